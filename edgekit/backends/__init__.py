@@ -1,0 +1,1 @@
+"""Inference backends: a runner per backend, one interface (see :mod:`edgekit.backends.base`)."""

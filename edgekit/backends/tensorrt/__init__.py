@@ -1,0 +1,1 @@
+"""TensorRT backend: the only package that imports ``tensorrt`` or ``pycuda``, and only lazily."""

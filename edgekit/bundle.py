@@ -1,0 +1,156 @@
+"""The bundle: the contract between host and device.
+
+A bundle is a folder holding ONNX models and ``edgekit.json``, the manifest::
+
+    {
+      "schema_version": 1,
+      "task": "classification",
+      "labels": ["cat", "dog"],
+      "input": {"name": "input", "shape": ["batch", 3, 224, 224], "layout": "NCHW", "dtype": "float32"},
+      "preprocess": {"size": [224, 224], "resize": "stretch", "color": "RGB", "scale": 0.00392,
+                     "mean": [0, 0, 0], "std": [1, 1, 1], "layout": "NCHW"},
+      "outputs": [{"name": "probs", "meaning": "probabilities"}],
+      "models": {"fp32": {"path": "model.onnx", "sha256": "...", "usable": true, ...},
+                 "int8": {"path": "model.int8.onnx", ...}},
+      "source": {"path": "...", "format": "keras", "sha256": "..."},
+      "opset": 17,
+      "target": {"name": "jetpack-6.1", "tensorrt": "10.3", "verdict": "ok", "problems": []},
+      "parity": {"max_abs_error": 1e-6, "tolerance": 1e-4},
+      "tools": {"edgekit": "0.1.0", ...}
+    }
+
+Model keys: ``fp32`` (always), ``fp16``, ``int8`` (Q/DQ for TensorRT), ``int8_cpu`` (a variant only
+ONNX Runtime on the CPU may use). Loading checks the schema and the hashes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgekit.atomic import copy_file, sha256_file, write_json
+from edgekit.errors import BundleError
+from edgekit.preprocess import Preprocess
+
+SCHEMA_VERSION = 1
+MANIFEST = "edgekit.json"
+TASKS = ("classification",)
+PRECISIONS = ("fp32", "fp16", "int8")
+MODEL_KEYS = ("fp32", "fp16", "int8", "int8_cpu")
+
+
+@dataclass
+class Bundle:
+    """A bundle folder and its manifest (a plain dict, validated on load)."""
+
+    path: Path
+    manifest: dict = field(default_factory=dict)
+
+    # ---- loading and saving -------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":
+        """Open a bundle folder; check its manifest and, with ``verify``, its models' hashes."""
+        path = Path(path)
+        mpath = path / MANIFEST
+        if not path.exists():
+            raise BundleError(f"bundle {path} does not exist")
+        if not mpath.is_file():
+            raise BundleError(f"{path} is not an edgekit bundle (no {MANIFEST})")
+        try:
+            manifest = json.loads(mpath.read_text("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(f"corrupt manifest {mpath}: {exc}") from exc
+        bundle = cls(path, manifest)
+        bundle.validate()
+        if verify:
+            bundle.verify_hashes()
+        return bundle
+
+    def validate(self) -> None:
+        """Check the manifest's schema; raise BundleError naming the first problem."""
+        m = self.manifest
+        where = self.path / MANIFEST
+        if not isinstance(m, dict):
+            raise BundleError(f"corrupt manifest {where}: not a JSON object")
+        version = m.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BundleError(
+                f"{where} has schema version {version!r}; this edgekit reads version {SCHEMA_VERSION}"
+            )
+        for key in ("task", "labels", "input", "preprocess", "outputs", "models"):
+            if key not in m:
+                raise BundleError(f"corrupt manifest {where}: missing {key!r}")
+        if m["task"] not in TASKS:
+            raise BundleError(f"{where}: unknown task {m['task']!r}")
+        if "fp32" not in m["models"]:
+            raise BundleError(f"bundle {self.path} has no fp32 model")
+        for key, entry in m["models"].items():
+            if key not in MODEL_KEYS or not isinstance(entry, dict) or "path" not in entry:
+                raise BundleError(f"corrupt manifest {where}: bad model entry {key!r}")
+        for key in ("name", "shape", "layout", "dtype"):
+            if key not in m["input"]:
+                raise BundleError(f"corrupt manifest {where}: input lacks {key!r}")
+        self.preprocess  # validates the spec
+
+    def verify_hashes(self) -> None:
+        """Raise BundleError when a model file is missing or its sha256 differs from the manifest."""
+        for key, entry in self.manifest["models"].items():
+            file = self.path / entry["path"]
+            if not file.is_file():
+                raise BundleError(f"bundle {self.path} lacks its {key} model {entry['path']}")
+            if entry.get("sha256") and sha256_file(file) != entry["sha256"]:
+                raise BundleError(f"{file} does not match its sha256 in the manifest (corrupt or edited)")
+
+    def save(self) -> None:
+        """Write the manifest atomically."""
+        write_json(self.path / MANIFEST, self.manifest)
+
+    # ---- accessors -------------------------------------------------------------------------
+    @property
+    def task(self) -> str:
+        return self.manifest["task"]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest["labels"])
+
+    @property
+    def input(self) -> dict:
+        return self.manifest["input"]
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess.from_dict(self.manifest["preprocess"])
+
+    @property
+    def models(self) -> dict:
+        return self.manifest["models"]
+
+    def has_model(self, key: str) -> bool:
+        return key in self.models
+
+    def model_path(self, key: str = "fp32") -> Path:
+        """Path of the model stored under ``key``; BundleError if the bundle has none."""
+        if key not in self.models:
+            have = ", ".join(self.models)
+            raise BundleError(f"bundle {self.path} has no {key} model (it has: {have})")
+        return self.path / self.models[key]["path"]
+
+    def model_sha256(self, key: str = "fp32") -> str:
+        entry = self.models[key] if key in self.models else None
+        if entry is None:
+            self.model_path(key)
+        return entry.get("sha256") or sha256_file(self.path / entry["path"])
+
+    def add_model(self, key: str, src: str | os.PathLike, filename: str, **info) -> dict:
+        """Copy ``src`` into the bundle as ``filename`` under ``key``, record its hash and ``info``."""
+        if key not in MODEL_KEYS:
+            raise BundleError(f"unknown model key {key!r}")
+        dst = self.path / filename
+        if Path(src).resolve() != dst.resolve():
+            copy_file(src, dst)
+        entry = {"path": filename, "sha256": sha256_file(dst), "usable": True, **info}
+        self.models[key] = entry
+        return entry

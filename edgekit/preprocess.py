@@ -1,0 +1,105 @@
+"""The one preprocessing: a frame (uint8 BGR, as OpenCV gives it) to the model's input tensor.
+
+Training, calibration, validation and the runtime loop all call :class:`Preprocess`, built from the
+bundle manifest, so a model never sees data prepared differently from what it was trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from edgekit.errors import BundleError
+
+RESIZE_MODES = ("stretch", "letterbox", "center_crop")
+COLOR_ORDERS = ("RGB", "BGR")
+LAYOUTS = ("NCHW", "NHWC")
+LETTERBOX_FILL = 114
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """``y = (resize(frame) * scale - mean) / std`` in the model's colour order and layout."""
+
+    size: tuple[int, int]  # (height, width)
+    resize: str = "stretch"
+    color: str = "RGB"
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    layout: str = "NCHW"
+    _affine: tuple = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        h, w = (int(v) for v in self.size)
+        if h <= 0 or w <= 0:
+            raise BundleError(f"preprocess size must be positive, got {self.size}")
+        for name, value, allowed in (
+            ("resize", self.resize, RESIZE_MODES),
+            ("color", self.color, COLOR_ORDERS),
+            ("layout", self.layout, LAYOUTS),
+        ):
+            if value not in allowed:
+                raise BundleError(f"preprocess {name} must be one of {', '.join(allowed)}, got {value!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s == 0 for s in self.std):
+            raise BundleError("preprocess mean and std need 3 values each, std non-zero")
+        object.__setattr__(self, "size", (h, w))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        gain = np.float32(self.scale) / np.asarray(self.std, np.float32)
+        bias = -np.asarray(self.mean, np.float32) / np.asarray(self.std, np.float32)
+        object.__setattr__(self, "_affine", (gain, bias))
+
+    @classmethod
+    def from_dict(cls, spec: dict) -> "Preprocess":
+        try:
+            return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.items()})
+        except TypeError as exc:
+            raise BundleError(f"bad preprocess spec in manifest: {exc}") from exc
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("_affine")
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+    def resized(self, frame: np.ndarray) -> np.ndarray:
+        """Resize a uint8 BGR frame to the model size as ``resize`` says (still uint8 BGR)."""
+        import cv2
+
+        h, w = self.size
+        fh, fw = frame.shape[:2]
+        if (fh, fw) == (h, w):
+            return frame
+        if self.resize == "stretch":
+            return cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA if fh > h else cv2.INTER_LINEAR)
+        if self.resize == "center_crop":
+            r = max(h / fh, w / fw)
+            nh, nw = max(h, round(fh * r)), max(w, round(fw * r))
+            big = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
+            y, x = (nh - h) // 2, (nw - w) // 2
+            return big[y : y + h, x : x + w]
+        r = min(h / fh, w / fw)
+        nh, nw = max(1, round(fh * r)), max(1, round(fw * r))
+        small = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
+        out = np.full((h, w, 3), LETTERBOX_FILL, np.uint8)
+        y, x = (h - nh) // 2, (w - nw) // 2
+        out[y : y + nh, x : x + nw] = small
+        return out
+
+    def hwc(self, frame: np.ndarray) -> np.ndarray:
+        """Resized, colour-ordered, normalised float32 HxWx3 image (the layout Keras trains on)."""
+        img = self.resized(frame)
+        if self.color == "RGB":
+            img = img[..., ::-1]
+        gain, bias = self._affine
+        return img.astype(np.float32) * gain + bias
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        """One frame to one input tensor (no batch axis) in the model's layout."""
+        img = self.hwc(frame)
+        return np.ascontiguousarray(img.transpose(2, 0, 1)) if self.layout == "NCHW" else img
+
+    def batch(self, frames) -> np.ndarray:
+        """Several frames to one batched input tensor."""
+        return np.stack([self(f) for f in frames])

@@ -1,0 +1,1 @@
+"""Running edgekit unattended: the systemd unit, its installation, and sd_notify messages."""

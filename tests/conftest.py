@@ -1,0 +1,88 @@
+"""Shared fixtures. Models are trained and converted once per session and reused."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class CliResult:
+    def __init__(self, code, out, err):
+        self.code, self.out, self.err = code, out, err
+
+    def __repr__(self):
+        return f"CliResult(code={self.code}, out={self.out[-2000:]!r}, err={self.err[-2000:]!r})"
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``edgekit ARGS`` in this process; returns code, stdout and stderr."""
+    from edgekit.cli import main
+
+    def run(*args) -> CliResult:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
+
+
+def assert_one_line_error(result: CliResult, *fragments: str) -> None:
+    """A user error: non-zero exit, one ``edgekit: error:`` line, no traceback, naming ``fragments``."""
+    assert result.code != 0, result
+    assert "Traceback" not in result.err, result
+    errors = [line for line in result.err.splitlines() if line.startswith("edgekit: error:")]
+    assert len(errors) == 1, result
+    for fragment in fragments:
+        assert fragment in errors[0], result
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """The ONNX-only colour classifier as an fp32 bundle (no TensorFlow needed)."""
+    from edgekit.tiny import write_tiny_bundle
+
+    return write_tiny_bundle(tmp_path_factory.mktemp("tiny") / "bundle")
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """The sample image set (real handwritten digits): train/, val/, val.mp4."""
+    from edgekit.sample_data import write_sample_data
+
+    return write_sample_data(tmp_path_factory.mktemp("digits") / "data")
+
+
+@pytest.fixture(scope="session")
+def trained_model(digits, tmp_path_factory):
+    """A small CNN trained for a few epochs on the digits (a .keras file with its sidecars)."""
+    pytest.importorskip("tensorflow")
+    from edgekit.host.train import train
+
+    out = tmp_path_factory.mktemp("trained") / "digits.keras"
+    train(digits / "train", out, epochs=4, batch_size=64, image_size=32, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fp32_bundle(trained_model, tmp_path_factory):
+    """The trained digits model exported to a bundle for JetPack 6.1."""
+    from edgekit.bundle import Bundle
+    from edgekit.host.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "digits"
+    export_bundle(trained_model, out, target="jetpack-6.1")
+    return Bundle.load(out)
