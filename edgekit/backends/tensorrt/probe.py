@@ -1,8 +1,13 @@
-"""Cheap questions about TensorRT and the GPU that never raise: used by backend choice and doctor."""
+"""Cheap questions about TensorRT, CUDA and the GPU that never raise: used by backend choice and doctor."""
 
 from __future__ import annotations
 
 import functools
+
+TENSORRT_HINT = (
+    "on a Jetson it comes with JetPack: sudo apt install python3-libnvinfer (and pip install pycuda);"
+    " elsewhere run on the CPU with --backend onnxruntime"
+)
 
 
 @functools.lru_cache(maxsize=None)
@@ -25,3 +30,93 @@ def gpu_present() -> bool:
         return cuda.Device.count() > 0
     except Exception:
         return False
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_info(device: int = 0) -> dict | None:
+    """``{"name", "compute_capability", "memory_mib"}`` of GPU ``device`` via pycuda, or None."""
+    try:
+        import pycuda.driver as cuda
+
+        cuda.init()
+        dev = cuda.Device(device)
+        cc_major, cc_minor = dev.compute_capability()
+        return {"name": dev.name(), "compute_capability": f"{cc_major}.{cc_minor}", "memory_mib": dev.total_memory() >> 20}
+    except Exception:
+        return None
+
+
+CUDA_VERSION_FILES = ("/usr/local/cuda/version.json", "/usr/local/cuda/version.txt")
+CUDNN_HEADERS = (
+    "/usr/include/cudnn_version.h",
+    "/usr/include/aarch64-linux-gnu/cudnn_version_v9.h",
+    "/usr/include/aarch64-linux-gnu/cudnn_version_v8.h",
+    "/usr/include/x86_64-linux-gnu/cudnn_version_v9.h",
+    "/usr/include/x86_64-linux-gnu/cudnn_version_v8.h",
+    "/usr/local/cuda/include/cudnn_version.h",
+)
+
+
+def parse_cuda_version(text: str) -> str | None:
+    """The CUDA toolkit version from ``version.json`` or the older ``version.txt``."""
+    import json
+    import re
+
+    try:
+        return json.loads(text)["cuda"]["version"]
+    except (ValueError, KeyError, TypeError):
+        match = re.search(r"CUDA Version (\d+(?:\.\d+)*)", text)
+        return match.group(1) if match else None
+
+
+def parse_cudnn_header(text: str) -> str | None:
+    """``MAJOR.MINOR.PATCH`` from cudnn_version.h's CUDNN_MAJOR/MINOR/PATCHLEVEL defines."""
+    import re
+
+    parts = [re.search(rf"#define\s+CUDNN_{k}\s+(\d+)", text) for k in ("MAJOR", "MINOR", "PATCHLEVEL")]
+    return ".".join(m.group(1) for m in parts) if all(parts) else None
+
+
+def _first(paths, parse) -> str | None:
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                found = parse(f.read())
+        except OSError:
+            continue
+        if found:
+            return found
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_version() -> str | None:
+    """The CUDA toolkit version (from its version file), else the driver's CUDA version via pycuda."""
+    found = _first(CUDA_VERSION_FILES, parse_cuda_version)
+    if found:
+        return found
+    try:
+        import pycuda.driver as cuda
+
+        v = cuda.get_driver_version()
+        return f"{v // 1000}.{v % 1000 // 10} (driver)"
+    except Exception:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def cudnn_version() -> str | None:
+    """The installed cuDNN's version from its header, or None."""
+    return _first(CUDNN_HEADERS, parse_cudnn_header)
+
+
+@functools.lru_cache(maxsize=None)
+def dla_cores() -> int | None:
+    """How many DLA cores TensorRT can use (None when TensorRT is unavailable)."""
+    try:
+        import tensorrt as trt
+
+        builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
+        return int(builder.num_DLA_cores)
+    except Exception:
+        return None

@@ -1,0 +1,34 @@
+import click
+
+
+@click.command("build")
+@click.argument("bundle", type=click.Path())
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--batch", default="1", show_default=True, help="Batch profile: N (= 1,N,N) or MIN,OPT,MAX.")
+@click.option("--workspace", type=int, help="Builder workspace limit in MiB (lower it when a small Jetson runs out of memory).")
+@click.option("--dla", type=int, help="Build for DLA core N, with GPU fallback (needs fp16 or int8).")
+@click.option("--calibrate", type=click.Path(), help="INT8 without a Q/DQ model: calibrate on these images (TensorRT <= 10).")
+@click.option("--cache-dir", type=click.Path(), help="Engine cache folder (default ~/.cache/edgekit; the service uses /var/lib/edgekit).")
+@click.option("--force", is_flag=True, help="Rebuild even when a cached engine fits.")
+def command(bundle, precision, batch, workspace, dla, calibrate, cache_dir, force):
+    """Build BUNDLE's TensorRT engine, or find it in the engine cache; print the plan's path.
+
+    The plan is a plain serialized engine (trtexec and DeepStream read it); its metadata sits beside
+    it in PLAN.json.
+    """
+    from pathlib import Path
+
+    from edgekit.backends.tensorrt.builder import BuildOptions, build
+    from edgekit.bundle import Bundle
+
+    options = BuildOptions(
+        precision=precision,
+        batch=batch,
+        workspace_mib=workspace,
+        dla_core=dla,
+        calibrate=Path(calibrate) if calibrate else None,
+        cache_dir=Path(cache_dir) if cache_dir else None,
+        force=force,
+    )
+    plan, built = build(Bundle.load(bundle), options)
+    click.echo(f"{'built' if built else 'cached'}: {plan}")

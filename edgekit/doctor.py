@@ -1,0 +1,246 @@
+"""What a user on real hardware runs first: an environment report and the TensorRT self-test.
+
+Exit-code semantics (``edgekit doctor``): 0 when everything ``edgekit run`` needs here is present,
+that is Python, numpy, OpenCV and ONNX Runtime running the tiny model on the CPU; TensorRT, CUDA, a GPU
+and cameras are reported, with hints, but only required with ``--require-tensorrt`` (then TensorRT,
+pycuda and a GPU must answer). ``--selftest`` always requires TensorRT and fails when any precision
+the device supports disagrees with ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import glob
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit import __version__
+from edgekit.bundle import PRECISIONS
+
+NV_TEGRA_RELEASE = "/etc/nv_tegra_release"
+# L4T release -> JetPack (tensorrt-facts.md)
+JETPACK = {"32.6": "4.6", "32.7": "4.6.x", "35": "5.1.x", "36.2": "6.0", "36.3": "6.0", "36.4": "6.1/6.2", "38": "7.x"}
+TOLERANCE = {"fp32": 1e-3, "fp16": 1e-2, "int8": 5e-2}  # max |TensorRT - ONNX Runtime fp32| on probabilities
+
+
+@dataclass
+class Check:
+    """One line of the report. ``required`` checks decide the exit code."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+    hint: str = ""
+    required: bool = False
+
+    def line(self) -> str:
+        status = "ok" if self.ok else "missing"
+        text = f"{status:8s}{self.name:22s}{self.detail}"
+        return text + (f"\n{'':30s}hint: {self.hint}" if self.hint and not self.ok else "")
+
+
+@dataclass
+class Report:
+    checks: list
+
+    @property
+    def missing_required(self) -> list[str]:
+        return [c.name for c in self.checks if c.required and not c.ok]
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing_required
+
+    def text(self) -> str:
+        return "\n".join(c.line() for c in self.checks)
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+
+
+# ---- parsers (pure) -------------------------------------------------------------------------
+def parse_nv_tegra_release(text: str) -> str | None:
+    """``# R36 (release), REVISION: 4.0, ...`` -> ``"36.4.0"``."""
+    m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
+    return f"{m.group(1)}.{m.group(2)}" if m else None
+
+
+def jetpack_for_l4t(l4t: str) -> str | None:
+    """The JetPack release that ships L4T ``l4t`` (most specific match first)."""
+    parts = l4t.split(".")
+    return JETPACK.get(".".join(parts[:2])) or JETPACK.get(parts[0])
+
+
+def parse_opencv_build(info: str) -> dict:
+    """GStreamer/V4L2/FFMPEG yes-or-no and the GUI backend from ``cv2.getBuildInformation()``."""
+
+    def field(label: str) -> str:
+        m = re.search(rf"^\s*{re.escape(label)}:\s*(.+?)\s*$", info, re.MULTILINE | re.IGNORECASE)
+        return m.group(1) if m else "NO"
+
+    return {
+        "GStreamer": field("GStreamer").upper().startswith("YES"),
+        "V4L2": field("v4l/v4l2").upper().startswith("YES"),
+        "FFMPEG": field("FFMPEG").upper().startswith("YES"),
+        "GUI": field("GUI"),
+    }
+
+
+# ---- probes ---------------------------------------------------------------------------------
+def l4t_release() -> str | None:
+    """The L4T release from /etc/nv_tegra_release, else from dpkg's nvidia-l4t-core; None off Jetson."""
+    try:
+        found = parse_nv_tegra_release(Path(NV_TEGRA_RELEASE).read_text(errors="replace"))
+        if found:
+            return found
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", "nvidia-l4t-core"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.split("-")[0] if out.returncode == 0 and out.stdout else None
+
+
+def _version(module: str) -> str | None:
+    try:
+        mod = __import__(module)
+    except Exception:
+        return None
+    return getattr(mod, "__version__", getattr(mod, "VERSION", "unknown"))
+
+
+def cpu_inference_check() -> tuple[bool, str]:
+    """Run the tiny model on ONNX Runtime's CPU provider: the CPU twin of every device step."""
+    try:
+        from edgekit.backends.onnxruntime import OnnxRuntimeRunner
+        from edgekit.tiny import LABELS, colour_frames, write_tiny_bundle
+
+        with tempfile.TemporaryDirectory() as tmp:
+            bundle = write_tiny_bundle(Path(tmp) / "tiny")
+            with OnnxRuntimeRunner(bundle.model_path("fp32")) as runner:
+                probs = runner.infer(bundle.preprocess.batch(colour_frames()[:3]))["probs"]
+        if list(probs.argmax(axis=1)) != list(range(len(LABELS))):
+            return False, "the tiny model gave wrong answers"
+        return True, "tiny model classified correctly"
+    except Exception as exc:
+        return False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def environment() -> Report:
+    """Every check, never raising."""
+    from edgekit.backends.tensorrt import probe
+
+    checks = [
+        Check("Python", sys.version_info >= (3, 10), platform.python_version(), "edgekit needs Python >= 3.10", True),
+        Check("edgekit", True, __version__),
+        Check("numpy", True, np.__version__, required=True),
+    ]
+    ort = _version("onnxruntime")
+    providers = []
+    if ort:
+        from edgekit.backends.onnxruntime import available_providers
+
+        providers = available_providers()
+    checks.append(Check("ONNX Runtime", ort is not None, f"{ort} ({', '.join(providers)})" if ort else "", "pip install onnxruntime", True))
+    ok, detail = cpu_inference_check() if ort else (False, "needs ONNX Runtime")
+    checks.append(Check("CPU inference", ok, detail, "reinstall onnxruntime and numpy", True))
+
+    cv = _version("cv2")
+    checks.append(Check("OpenCV", cv is not None, cv or "", "pip install 'opencv-python<5' (or JetPack's python3-opencv)", True))
+    if cv:
+        import cv2
+
+        build = parse_opencv_build(cv2.getBuildInformation())
+        checks += [
+            Check("OpenCV GStreamer", build["GStreamer"], "yes" if build["GStreamer"] else "no",
+                  "CSI cameras (nvarguscamerasrc) need JetPack's OpenCV: sudo apt install python3-opencv; pip uninstall opencv-python"),
+            Check("OpenCV V4L2", build["V4L2"], "yes" if build["V4L2"] else "no", "USB cameras need an OpenCV built with V4L2"),
+            Check("OpenCV FFMPEG", build["FFMPEG"], "yes" if build["FFMPEG"] else "no", "video files and RTSP need FFMPEG"),
+            Check("OpenCV GUI", build["GUI"].upper() != "NONE", build["GUI"], "no window display; use the MJPEG server"),
+        ]
+    videos = sorted(glob.glob("/dev/video*"))
+    checks.append(Check("cameras", bool(videos), " ".join(videos) or "no /dev/video*", "plug a USB/CSI camera, or run on a file or RTSP URL"))
+
+    trt = probe.tensorrt_version()
+    checks.append(Check("TensorRT", trt is not None, trt or "not importable", probe.TENSORRT_HINT))
+    pycuda = _version("pycuda")
+    checks.append(Check("pycuda", pycuda is not None, pycuda or "not importable", "pip install pycuda (on the Jetson, with JetPack's CUDA in PATH)"))
+    cuda, cudnn = probe.cuda_version(), probe.cudnn_version()
+    checks.append(Check("CUDA", cuda is not None, cuda or "not found", "part of JetPack (sudo apt install nvidia-jetpack)"))
+    checks.append(Check("cuDNN", cudnn is not None, cudnn or "not found", "part of JetPack (sudo apt install nvidia-jetpack)"))
+    gpu = probe.gpu_info()
+    gpu_text = f"{gpu['name']} (sm {gpu['compute_capability']}, {gpu['memory_mib']} MiB)" if gpu else ""
+    checks.append(Check("GPU", gpu is not None, gpu_text or "none", "no CUDA GPU answered (needs the NVIDIA driver and pycuda)"))
+    dla = probe.dla_cores()
+    checks.append(Check("DLA", bool(dla), f"{dla} core(s)" if dla else "none", "only Xavier and AGX/NX Orin have DLA; the GPU is used"))
+    l4t = l4t_release()
+    jp = jetpack_for_l4t(l4t) if l4t else None
+    checks.append(Check("JetPack", l4t is not None, f"{jp or '?'} (L4T {l4t})" if l4t else "not a Jetson", "not needed off a Jetson"))
+    return Report(checks)
+
+
+def require_tensorrt(report: Report) -> Report:
+    """Mark TensorRT, pycuda and the GPU as required (``--require-tensorrt``)."""
+    for check in report.checks:
+        if check.name in ("TensorRT", "pycuda", "GPU"):
+            check.required = True
+    return report
+
+
+# ---- self-test ------------------------------------------------------------------------------
+@dataclass
+class SelftestResult:
+    precision: str
+    status: str  # pass, fail, unsupported
+    max_error: float | None = None
+    detail: str = ""
+
+    def line(self) -> str:
+        err = f"max error {self.max_error:.2e} (tolerance {TOLERANCE[self.precision]:.0e})" if self.max_error is not None else ""
+        return f"{self.status:12s}{self.precision:6s}{err} {self.detail}".rstrip()
+
+
+def selftest(backend: str = "tensorrt", precisions=PRECISIONS, cache_dir: str | None = None) -> list[SelftestResult]:
+    """Build edgekit.tiny's model at each precision on ``backend`` and compare with ONNX Runtime FP32.
+
+    A precision passes when its max absolute error on the probabilities is within TOLERANCE and every
+    top-1 agrees; one the device cannot do (a DeviceError) is ``unsupported``, not failed. Engines go
+    to a fresh temporary cache unless ``cache_dir`` is given, so the build path is always exercised.
+    """
+    from edgekit.backends.onnxruntime import OnnxRuntimeRunner
+    from edgekit.backends.select import open_runner
+    from edgekit.backends.tensorrt.builder import UnsupportedPrecisionError
+    from edgekit.errors import EdgekitError
+    from edgekit.tiny import colour_frames, write_tiny_bundle
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = write_tiny_bundle(Path(tmp) / "tiny", variants=True)
+        inputs = bundle.preprocess.batch(colour_frames())
+        with OnnxRuntimeRunner(bundle.model_path("fp32")) as ref_runner:
+            reference = ref_runner.infer(inputs)["probs"]
+        for precision in precisions:
+            options = {"batch": (1, len(inputs), len(inputs)), "cache_dir": cache_dir or Path(tmp) / "engines"}
+            try:
+                with open_runner(bundle, backend, precision, **options) as runner:
+                    probs = runner.infer(inputs)["probs"]
+            except UnsupportedPrecisionError as exc:
+                results.append(SelftestResult(precision, "unsupported", detail=str(exc)))
+                continue
+            except EdgekitError as exc:
+                results.append(SelftestResult(precision, "fail", detail=str(exc)))
+                continue
+            err = float(np.abs(probs.astype(np.float32) - reference).max())
+            agree = bool((probs.argmax(axis=1) == reference.argmax(axis=1)).all())
+            ok = err <= TOLERANCE[precision] and agree
+            results.append(SelftestResult(precision, "pass" if ok else "fail", err, "" if agree else "top-1 differs"))
+    return results

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole edgekit path on the CPU, on data the install brings (scikit-learn's handwritten digits):
+# sample data -> train -> export + INT8 -> validate -> inference loop on a video -> bench.
+# Usage: bash examples/quickstart.sh [WORKDIR]   (EPOCHS=N to train longer or shorter)
+set -euo pipefail
+work=${1:-edgekit-quickstart}
+epochs=${EPOCHS:-8}
+mkdir -p "$work"
+cd "$work"
+step() { printf '\n==> %s\n' "$*"; }
+
+step "edgekit sample-data data"
+edgekit sample-data data --force
+
+step "edgekit train data/train -o digits.keras --epochs $epochs"
+edgekit train data/train -o digits.keras --epochs "$epochs" --force
+
+step "edgekit export digits.keras -o digits.bundle --target jetpack-6.1 --int8 --calib-images data/train"
+edgekit export digits.keras -o digits.bundle --target jetpack-6.1 --int8 --calib-images data/train --force
+
+step "edgekit inspect digits.bundle"
+edgekit inspect digits.bundle
+
+step "edgekit validate digits.bundle --images data/val"
+edgekit validate digits.bundle --images data/val
+
+step "edgekit run digits.bundle --source data/val.mp4 --precision int8 --json predictions.jsonl"
+edgekit run digits.bundle --source data/val.mp4 --precision int8 --json predictions.jsonl
+
+step "video accuracy against data/val.labels.txt"
+python3 - <<'PY'
+import json
+truth = open("data/val.labels.txt").read().split()
+preds = [json.loads(line) for line in open("predictions.jsonl")]
+hits = sum(p["results"][0]["label"] == t for p, t in zip(preds, truth))
+print(f"{hits}/{len(truth)} video frames classified correctly ({100 * hits / len(truth):.1f}%)")
+PY
+
+step "edgekit bench digits.bundle --precision int8"
+edgekit bench digits.bundle --precision int8 --duration 3
