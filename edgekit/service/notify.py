@@ -11,7 +11,9 @@ class Notifier:
     """Talks to systemd when started by it (``NOTIFY_SOCKET`` set); does nothing otherwise.
 
     ``watchdog()`` may be called every frame: it sends at most one ping per half watchdog interval
-    (``WATCHDOG_USEC``), so a loop that stops calling it gets the service restarted.
+    (``WATCHDOG_USEC``), so a loop that stops calling it gets the service restarted. Sends never
+    block: if the receiver's queue is full the message is dropped (False) rather than stalling the
+    loop, and a dropped ping is retried on the next call.
     """
 
     def __init__(self, env: dict | None = None):
@@ -38,6 +40,7 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self._sock.setblocking(False)
             self._sock.sendto(message.encode(), self.address)
             return True
         except OSError:
@@ -58,8 +61,10 @@ class Notifier:
         now = time.monotonic()
         if now - self._last_ping < self.watchdog_interval:
             return False
-        self._last_ping = now
-        return self.send("WATCHDOG=1")
+        sent = self.send("WATCHDOG=1")
+        if sent:
+            self._last_ping = now
+        return sent
 
     def close(self) -> None:
         if self._sock is not None:
