@@ -1,0 +1,82 @@
+"""``run_loop``: the camera loop assembled from ``edgekit run``'s options (scriptable as is)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+
+from edgekit.bundle import Bundle
+from edgekit.stream.metrics import STAGES
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def stop_on_signals(pipeline, signals=(signal.SIGINT, signal.SIGTERM)):
+    """SIGINT/SIGTERM stop the loop gracefully; a second one interrupts at once (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if pipeline.stop_reason is not None and pipeline.stop_reason.startswith("signal"):
+            raise KeyboardInterrupt
+        pipeline.stop(f"signal {signal.Signals(signum).name}")
+
+    old = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def summary_text(summary: dict) -> str:
+    lat = summary["latency_ms"]
+    parts = [f"{s.replace('_', '-')} {lat[s]['p50']:.1f}/{lat[s]['p99']:.1f}" for s in STAGES if lat.get(s)]
+    text = (
+        f"edgekit: stopped ({summary['stopped_by']}): {summary['frames']} frames in {summary['elapsed_s']:.1f} s "
+        f"({summary['average_fps']:.1f} fps), {summary['drops']} dropped"
+    )
+    if summary["reconnects"]:
+        text += f", {summary['reconnects']} reconnects"
+    return text + ("; latency ms p50/p99: " + ", ".join(parts) if parts else "")
+
+
+def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto", precision="fp32", json_path=None,
+             record=None, display=False, serve=None, max_frames=None, duration=None, realtime=False, loop=False,
+             top_k=1, log_every=10.0, timeout=10.0, notifier=None, **runner_options) -> dict:
+    """Run ``bundle`` on ``source`` (see :func:`~edgekit.stream.sources.open_source`) until it ends,
+    a limit is reached or a signal arrives; return the summary (with its one-line ``text``)."""
+    from edgekit.backends.select import open_runner
+    from edgekit.service.notify import Notifier
+    from edgekit.stream import postprocess
+    from edgekit.stream.pipeline import Pipeline
+    from edgekit.stream.server import StreamServer
+    from edgekit.stream.sinks import DisplaySink, JsonSink, VideoSink
+    from edgekit.stream.sources import Capture, open_source
+
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    post = postprocess.for_bundle(bundle, top_k=top_k)
+    src = open_source(source, width, height, fps, timeout)
+    pace = fps if realtime and not src.live else None
+    sinks = []
+    if json_path:
+        sinks.append(JsonSink(json_path))
+    if record:
+        sinks.append(VideoSink(record))
+    if serve:
+        sinks.append(StreamServer(serve))
+    if display:
+        sinks.append(DisplaySink())
+    runner = open_runner(bundle, backend, precision, **runner_options)
+    pipeline = Pipeline(
+        bundle, Capture(src, realtime=realtime, pace_fps=pace, loop=loop), runner, post, sinks,
+        max_frames=max_frames, duration=duration, notifier=notifier or Notifier(), log_every=log_every,
+    )
+    with stop_on_signals(pipeline):
+        summary = pipeline.run()
+    summary["text"] = summary_text(summary)
+    return summary

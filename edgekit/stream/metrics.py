@@ -1,0 +1,108 @@
+"""Loop metrics: per-stage latency percentiles, FPS, drops and reconnects; Prometheus text format."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+STAGES = ("capture", "preprocess", "infer", "postprocess", "end_to_end")
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+class Metrics:
+    """Thread-safe counters and a sliding window of the last ``window`` latencies per stage (ms)."""
+
+    def __init__(self, window: int = 10000, fps_window: float = 5.0):
+        self.started = time.monotonic()
+        self.frames = 0
+        self.drops = 0
+        self.reconnects = 0
+        self._lat = {stage: deque(maxlen=window) for stage in STAGES}
+        self._sums = dict.fromkeys(STAGES, 0.0)
+        self._done = deque()
+        self._fps_window = fps_window
+        self._lock = threading.Lock()
+
+    def add(self, latency_ms: dict[str, float], now: float | None = None) -> None:
+        """Record one finished frame."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self.frames += 1
+            for stage in STAGES:
+                if stage in latency_ms:
+                    self._lat[stage].append(latency_ms[stage])
+                    self._sums[stage] += latency_ms[stage]
+            self._done.append(now)
+            while self._done and now - self._done[0] > self._fps_window:
+                self._done.popleft()
+
+    def fps(self) -> float:
+        """Frames per second over the last few seconds."""
+        with self._lock:
+            if len(self._done) < 2:
+                return 0.0
+            span = self._done[-1] - self._done[0]
+            return (len(self._done) - 1) / span if span > 0 else 0.0
+
+    def percentiles(self, stage: str) -> dict[str, float]:
+        """``p50``, ``p90``, ``p99`` and ``mean`` of a stage's recent latencies (ms); empty if none."""
+        with self._lock:
+            values = np.fromiter(self._lat[stage], float)
+        if not values.size:
+            return {}
+        q = np.percentile(values, [100 * q for q in QUANTILES])
+        return {**{f"p{round(100 * k)}": float(v) for k, v in zip(QUANTILES, q)}, "mean": float(values.mean())}
+
+    def snapshot(self) -> dict:
+        """Everything, as a JSON-able dict."""
+        elapsed = time.monotonic() - self.started
+        return {
+            "frames": self.frames,
+            "elapsed_s": round(elapsed, 3),
+            "fps": round(self.fps(), 2),
+            "average_fps": round(self.frames / elapsed, 2) if elapsed > 0 else 0.0,
+            "drops": self.drops,
+            "reconnects": self.reconnects,
+            "latency_ms": {stage: {k: round(v, 3) for k, v in self.percentiles(stage).items()} for stage in STAGES},
+        }
+
+    def line(self) -> str:
+        """One log line: FPS, infer and end-to-end latency, drops."""
+        infer, e2e = self.percentiles("infer"), self.percentiles("end_to_end")
+        text = f"{self.fps():.1f} fps, {self.frames} frames"
+        if infer:
+            text += f", infer p50 {infer['p50']:.1f} ms, end-to-end p50 {e2e['p50']:.1f} p99 {e2e['p99']:.1f} ms"
+        return text + f", {self.drops} dropped" + (f", {self.reconnects} reconnects" if self.reconnects else "")
+
+    def prometheus(self, prefix: str = "edgekit") -> str:
+        """The Prometheus text exposition format (version 0.0.4)."""
+        out = [
+            f"# HELP {prefix}_frames_total Frames processed.",
+            f"# TYPE {prefix}_frames_total counter",
+            f"{prefix}_frames_total {self.frames}",
+            f"# HELP {prefix}_dropped_frames_total Frames dropped to keep latency bounded.",
+            f"# TYPE {prefix}_dropped_frames_total counter",
+            f"{prefix}_dropped_frames_total {self.drops}",
+            f"# HELP {prefix}_source_reconnects_total Times a lost live source was reopened.",
+            f"# TYPE {prefix}_source_reconnects_total counter",
+            f"{prefix}_source_reconnects_total {self.reconnects}",
+            f"# HELP {prefix}_fps Frames per second over the last {self._fps_window:g} s.",
+            f"# TYPE {prefix}_fps gauge",
+            f"{prefix}_fps {self.fps():.3f}",
+            f"# HELP {prefix}_stage_latency_seconds Per-stage latency of recent frames.",
+            f"# TYPE {prefix}_stage_latency_seconds summary",
+        ]
+        for stage in STAGES:
+            p = self.percentiles(stage)
+            for q in QUANTILES:
+                if p:
+                    out.append(f'{prefix}_stage_latency_seconds{{stage="{stage}",quantile="{q}"}} '
+                               f"{p[f'p{round(100 * q)}'] / 1000:.6f}")
+            with self._lock:
+                total, count = self._sums[stage] / 1000, self.frames
+            out.append(f'{prefix}_stage_latency_seconds_sum{{stage="{stage}"}} {total:.6f}')
+            out.append(f'{prefix}_stage_latency_seconds_count{{stage="{stage}"}} {count}')
+        return "\n".join(out) + "\n"

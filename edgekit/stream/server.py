@@ -1,0 +1,200 @@
+"""``--serve``: an MJPEG stream of annotated frames, a status page and ``/metrics`` over HTTP.
+
+Standard library only (``ThreadingHTTPServer``). Bound to 127.0.0.1 unless an address is given.
+
+==================  =============================================================
+``/``               status page (the stream, FPS, latency, drops)
+``/stream.mjpg``    ``multipart/x-mixed-replace`` JPEG frames as they are processed
+``/snapshot.jpg``   the latest annotated frame
+``/metrics``        Prometheus text format
+``/status.json``    the metrics as JSON
+==================  =============================================================
+"""
+
+from __future__ import annotations
+
+import errno
+import html
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+
+from edgekit.errors import EdgekitError, UsageError
+
+log = logging.getLogger(__name__)
+
+BOUNDARY = "edgekitframe"
+JPEG_QUALITY = 80
+
+
+def parse_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """``PORT``, ``HOST:PORT`` or ``[V6]:PORT`` -> (host, port)."""
+    host, sep, port = str(text).rpartition(":")
+    host = host.strip("[]") if sep else default_host
+    try:
+        number = int(port)
+        if not 0 <= number <= 65535:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"--serve needs HOST:PORT or PORT, got {text!r}") from None
+    return host or default_host, number
+
+
+class StreamServer:
+    """Serves the latest published frame as MJPEG; a sink when given to the pipeline.
+
+    ``publish(image)`` may also be called directly (tests use it as an MJPEG camera).
+    """
+
+    def __init__(self, address: str = "127.0.0.1:8080", metrics=None):
+        self.host, self.port = parse_address(address)
+        self.metrics = metrics
+        self._cond = threading.Condition()
+        self._image = None
+        self._seq = 0
+        self._jpeg = (0, None)
+        self._closed = False
+        self._httpd = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    # ---- sink protocol ----------------------------------------------------------------------
+    def open(self, info=None) -> "StreamServer":
+        if info is not None and self.metrics is None:
+            self.metrics = info.metrics
+        server = self
+
+        class Handler(_Handler):
+            owner = server
+
+        try:
+            self._httpd = _Server((self.host, self.port), Handler)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise EdgekitError(f"cannot serve on {self.host}:{self.port}: the port is in use") from exc
+            raise EdgekitError(f"cannot serve on {self.host}:{self.port}: {exc.strerror or exc}") from exc
+        self.port = self._httpd.server_address[1]
+        self._closed = False
+        threading.Thread(target=self._httpd.serve_forever, args=(0.2,), name="edgekit-http", daemon=True).start()
+        log.info("serving the stream at %s/ (metrics at /metrics)", self.url)
+        return self
+
+    def write(self, result) -> None:
+        self.publish(result.annotated())
+
+    def publish(self, image: np.ndarray) -> None:
+        with self._cond:
+            self._image = image
+            self._seq += 1
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    # ---- for the handler --------------------------------------------------------------------
+    def jpeg(self, after: int = -1, timeout: float = 1.0) -> tuple[int, bytes | None]:
+        """The latest frame as (sequence, JPEG), waiting up to ``timeout`` for one newer than ``after``."""
+        import cv2
+
+        with self._cond:
+            if self._seq <= after and not self._closed:
+                self._cond.wait(timeout)
+            seq, image = self._seq, self._image
+            if self._jpeg[0] == seq or image is None:
+                return self._jpeg if image is not None else (seq, None)
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        with self._cond:
+            self._jpeg = (seq, data.tobytes())
+            return self._jpeg
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: StreamServer
+    timeout = 10
+    server_version = "edgekit"
+
+    def log_message(self, fmt, *args):
+        log.debug("http %s: " + fmt, self.client_address[0], *args)
+
+    def _send(self, code: int, ctype: str, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        path = self.path.split("?", 1)[0]
+        owner = self.owner
+        try:
+            if path == "/stream.mjpg":
+                return self._stream()
+            if path == "/snapshot.jpg":
+                seq, data = owner.jpeg(timeout=2.0)
+                return self._send(200, "image/jpeg", data) if data else self._send(503, "text/plain", b"no frame yet\n")
+            if path == "/metrics" and owner.metrics is not None:
+                return self._send(200, "text/plain; version=0.0.4; charset=utf-8", owner.metrics.prometheus().encode())
+            if path == "/status.json" and owner.metrics is not None:
+                return self._send(200, "application/json", json.dumps(owner.metrics.snapshot()).encode())
+            if path in ("/", "/index.html"):
+                return self._send(200, "text/html; charset=utf-8", self._page().encode())
+            self._send(404, "text/plain", b"not found\n")
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass
+
+    def _stream(self):
+        self.send_response(200)
+        self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        seq = -1
+        while not self.owner.closed:
+            new, data = self.owner.jpeg(after=seq)
+            if data is None or new == seq:
+                continue
+            seq = new
+            self.wfile.write(
+                f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data + b"\r\n"
+            )
+            self.wfile.flush()
+        self.close_connection = True
+
+    def _page(self) -> str:
+        snap = self.owner.metrics.snapshot() if self.owner.metrics is not None else {}
+        rows = "".join(
+            f"<tr><td>{html.escape(stage)}</td>" + "".join(f"<td>{v.get(k, 0):.1f}</td>" for k in ("p50", "p90", "p99")) + "</tr>"
+            for stage, v in snap.get("latency_ms", {}).items()
+        )
+        return (
+            "<!doctype html><html><head><title>edgekit</title>"
+            "<style>body{font-family:sans-serif;margin:1em}td,th{padding:0 .6em;text-align:right}</style></head><body>"
+            "<h1>edgekit</h1><img src='/stream.mjpg' style='max-width:100%'>"
+            f"<p>{snap.get('fps', 0)} fps &middot; {snap.get('frames', 0)} frames &middot; {snap.get('drops', 0)} dropped"
+            f" &middot; {snap.get('reconnects', 0)} reconnects</p>"
+            f"<table><tr><th>stage (ms)</th><th>p50</th><th>p90</th><th>p99</th></tr>{rows}</table>"
+            "<p><a href='/metrics'>/metrics</a> &middot; <a href='/status.json'>/status.json</a></p></body></html>"
+        )
