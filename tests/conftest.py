@@ -86,3 +86,66 @@ def fp32_bundle(trained_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles") / "digits"
     export_bundle(trained_model, out, target="jetpack-6.1")
     return Bundle.load(out)
+
+
+@pytest.fixture(scope="session")
+def colour_media():
+    """Writers of solid-colour videos and image folders whose tiny_bundle labels are known."""
+    import cv2
+    import numpy as np
+
+    bgr = {"red": (0, 0, 255), "green": (0, 255, 0), "blue": (255, 0, 0)}
+
+    class ColourMedia:
+        @staticmethod
+        def frame(label, size=(48, 64)):
+            return np.full((*size, 3), bgr[label], np.uint8)
+
+        @staticmethod
+        def labels(n, run=1):
+            """n labels cycling red, green, blue, each repeated ``run`` times."""
+            return [list(bgr)[(i // run) % 3] for i in range(n)]
+
+        @classmethod
+        def video(cls, path, labels, fps=15.0, size=(48, 64)):
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (size[1], size[0]))
+            for label in labels:
+                writer.write(cls.frame(label, size))
+            writer.release()
+            return path
+
+        @classmethod
+        def folder(cls, path, labels, size=(48, 64)):
+            path.mkdir(parents=True, exist_ok=True)
+            for i, label in enumerate(labels):
+                cv2.imwrite(str(path / f"{i:04d}.png"), cls.frame(label, size))
+            return path
+
+    return ColourMedia
+
+
+@pytest.fixture(autouse=True)
+def _reset_edgekit_logging():
+    """A CLI run points the ``edgekit`` logger at that test's (later closed) stderr; undo it after each test."""
+    yield
+    import logging
+
+    logger = logging.getLogger("edgekit")
+    logger.handlers[:] = []
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
+
+
+@pytest.fixture(scope="session")
+def int8_bundle(fp32_bundle, digits, tmp_path_factory):
+    """The trained digits bundle plus INT8 (Q/DQ) and FP16 models, calibrated on digits/train
+    (method auto; the held-out part of train gates it). digits/val stays unseen for the tests."""
+    import shutil
+
+    from edgekit.bundle import Bundle
+    from edgekit.quant.quantize import quantize_bundle
+
+    out = tmp_path_factory.mktemp("int8") / "digits"
+    shutil.copytree(fp32_bundle.path, out)
+    quantize_bundle(out, digits / "train", num_images=500, holdout=200, progress=False)
+    return Bundle.load(out)

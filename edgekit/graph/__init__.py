@@ -1,0 +1,1 @@
+"""ONNX-only graph work: chainable passes, TensorRT targets and the op-support check (no TensorFlow)."""

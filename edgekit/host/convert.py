@@ -1,0 +1,131 @@
+"""Load a Keras/TF model (``.keras``, ``.h5`` or a SavedModel folder) and convert it to ONNX with tf2onnx.
+
+The network input becomes NCHW (``inputs_as_nchw``), so the device feeds a blob without a transpose.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgekit.errors import InputError, ModelError
+
+TF2ONNX_MAX_OPSET = 18
+INPUT_NAME = "input"
+
+
+@dataclass
+class Source:
+    """A loaded TF model: its file, format, NHWC input size and a TF function for conversion and parity."""
+
+    path: Path
+    format: str  # "keras", "h5" or "saved_model"
+    height: int | None
+    width: int | None
+    fn: Callable  # NHWC float32 tf.Tensor -> output tf.Tensor
+
+    def run(self, x_nhwc: np.ndarray) -> np.ndarray:
+        """The model's output for an NHWC float32 batch, computed by TensorFlow."""
+        return np.asarray(self.fn(x_nhwc))
+
+
+def source_format(path: str | os.PathLike) -> str:
+    """``keras``, ``h5`` or ``saved_model``; InputError for anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"model {path} does not exist")
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file():
+            return "saved_model"
+        raise InputError(f"{path} is a folder but not a SavedModel (no saved_model.pb)")
+    suffix = path.suffix.lower()
+    if suffix == ".keras":
+        return "keras"
+    if suffix in (".h5", ".hdf5"):
+        return "h5"
+    raise InputError(f"{path} is not a model: expected a .keras file, an .h5 file or a SavedModel folder")
+
+
+def load(path: str | os.PathLike) -> Source:
+    """Load a model; ModelError (one line) if it is corrupt or not a single-input image model."""
+    path = Path(path)
+    fmt = source_format(path)
+    from edgekit.host import import_tf
+
+    tf, keras = import_tf()
+    try:
+        if fmt == "saved_model":
+            loaded = tf.saved_model.load(str(path))
+            sig = loaded.signatures.get("serving_default") if hasattr(loaded, "signatures") else None
+            if sig is None:
+                raise ModelError(f"SavedModel {path} has no serving_default signature")
+            _, kwargs = sig.structured_input_signature
+            if len(kwargs) != 1 or len(sig.structured_outputs) != 1:
+                raise ModelError(f"SavedModel {path}: edgekit exports models with one input and one output")
+            (in_key, spec), = kwargs.items()
+            out_key = next(iter(sig.structured_outputs))
+            shape = list(spec.shape)
+
+            def fn(x, _sig=sig, _in=in_key, _out=out_key):
+                return _sig(**{_in: tf.convert_to_tensor(x, tf.float32)})[_out]
+
+            fn.keep_alive = loaded  # the signature needs its object alive
+        else:
+            model = keras.models.load_model(path, compile=False)
+            if len(model.inputs) != 1 or len(model.outputs) != 1:
+                raise ModelError(f"{path}: edgekit exports models with one input and one output")
+            shape = list(model.inputs[0].shape)
+
+            def fn(x, _model=model):
+                return _model(tf.convert_to_tensor(x, tf.float32), training=False)
+
+    except ModelError:
+        raise
+    except Exception as exc:  # Keras/TF raise many types for a corrupt or foreign file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load {path} as a {fmt} model: {first[:300]}") from exc
+    if len(shape) != 4 or shape[-1] != 3:
+        raise ModelError(f"{path}: input shape {shape} is not an NHWC 3-channel image batch")
+    return Source(path, fmt, shape[1], shape[2], fn)
+
+
+def to_onnx(source: Source, height: int, width: int, batch: int | None, opset: int):
+    """Convert with tf2onnx to an ``onnx.ModelProto`` whose input is NCHW ``[batch, 3, height, width]``."""
+    from edgekit.host import import_tf
+
+    tf, _ = import_tf()
+    import tf2onnx
+
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
+    spec = (tf.TensorSpec((batch, height, width, 3), tf.float32, name=INPUT_NAME),)
+    function = tf.function(tf.autograph.experimental.do_not_convert(source.fn), input_signature=spec)
+    try:
+        model, _ = tf2onnx.convert.from_function(
+            function, input_signature=spec, opset=opset, inputs_as_nchw=[INPUT_NAME]
+        )
+    except Exception as exc:  # tf2onnx raises bare exceptions for unconvertible graphs
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"tf2onnx cannot convert {source.path}: {first[:300]}") from exc
+    _freeze_captured_constants(model, function.get_concrete_function())
+    return model
+
+
+def _freeze_captured_constants(model, concrete) -> None:
+    """Turn graph inputs that are captured TF constants into initializers.
+
+    tf2onnx treats every non-resource input of the concrete function as a model input, including
+    tensors the function captured by value (e.g. the mean/variance of Keras 3's Normalization
+    layer inside EfficientNet); they belong in the graph as constants.
+    """
+    from onnx import numpy_helper
+
+    captured = {inner.name: outer for outer, inner in concrete.graph.captures if outer.dtype.name != "resource"}
+    for value in list(model.graph.input):
+        if value.name in captured:
+            model.graph.initializer.append(numpy_helper.from_array(captured[value.name].numpy(), value.name))
+            model.graph.input.remove(value)

@@ -1,0 +1,214 @@
+"""Export a Keras/TF model to a TensorRT-ready ONNX bundle.
+
+source -> tf2onnx (NCHW input, named dynamic batch) -> graph passes -> op-support check for the target
+-> TF vs ONNX Runtime parity -> ``model.onnx`` + ``edgekit.json``, written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from edgekit import __version__
+from edgekit.atomic import atomic_dir, check_output_dir, sha256_file
+from edgekit.bundle import SCHEMA_VERSION, Bundle
+from edgekit.errors import InputError, ModelError, UsageError
+from edgekit.graph.targets import DEFAULT_TARGET, get_target
+from edgekit.preprocess import Preprocess
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+TOOLS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "onnx-graphsurgeon")
+
+
+def export_bundle(
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    target: str = DEFAULT_TARGET,
+    batch: int | None = None,
+    opset: int | None = None,
+    allow_unsupported: bool = False,
+    force: bool = False,
+    tolerance: float = 1e-4,
+    labels: list[str] | None = None,
+    preprocess: Preprocess | dict | str | None = None,
+    samples: int = 8,
+    seed: int = 0,
+) -> Bundle:
+    """Convert ``model`` to a bundle at ``out`` for ``target``; return the loaded bundle.
+
+    Labels and preprocessing come from the sidecar ``train`` wrote (``<model>.edgekit.json``) unless
+    ``labels``/``preprocess`` are given; ``preprocess`` is a Preprocess, its dict (size defaults to the
+    model's) or an arch name from :mod:`edgekit.host.archs` (``mobilenetv2`` …). Without either,
+    labels are ``0..N-1`` and pixels RGB scaled to [0, 1], with a warning. ``batch`` fixes the batch
+    size (default: dynamic).
+    """
+    from edgekit.graph.passes import Passes
+    from edgekit.graph.support import check
+    from edgekit.host import convert
+
+    tgt = get_target(target)
+    opset = opset or tgt.default_opset
+    if not tgt.min_opset <= opset <= tgt.max_opset:
+        raise UsageError(f"--opset {opset} is outside {tgt.name}'s range {tgt.min_opset}-{tgt.max_opset}")
+    if opset > convert.TF2ONNX_MAX_OPSET:
+        raise UsageError(f"tf2onnx converts up to opset {convert.TF2ONNX_MAX_OPSET}; got --opset {opset}")
+    if batch is not None and batch < 1:
+        raise UsageError(f"--batch must be at least 1, got {batch}")
+    if tolerance <= 0:
+        raise UsageError(f"--tolerance must be positive, got {tolerance}")
+    out = check_output_dir(out, force)
+    model = Path(model)
+    fmt = convert.source_format(model)
+    meta = _sidecar(model)
+    labels = labels or meta.get("labels")
+    prep = preprocess or meta.get("preprocess")
+
+    source = convert.load(model)
+    if prep is None:
+        log.warning("no preprocessing recorded for %s; assuming RGB scaled to [0, 1]", model.name)
+        prep = {}
+    if isinstance(prep, str):
+        from edgekit.host.archs import get_arch
+
+        prep = get_arch(prep).preprocess(1).to_dict()
+        prep.pop("size")
+    if isinstance(prep, dict):
+        if "size" not in prep and not (source.height and source.width):
+            raise UsageError(f"{model} has no fixed input size; give the preprocessing a size")
+        prep = Preprocess.from_dict({"size": (source.height, source.width), **prep})
+    height, width = prep.size
+    if (source.height, source.width) not in ((height, width), (None, None)):
+        raise ModelError(
+            f"{model} takes {source.height}x{source.width} images but its preprocessing says {height}x{width}"
+        )
+    prep = Preprocess.from_dict({**prep.to_dict(), "layout": "NCHW"})
+
+    log.info("converting %s (%s) to ONNX opset %d for %s (TensorRT %s)",
+             model.name, fmt, opset, tgt.name, tgt.tensorrt)
+    onnx_model = convert.to_onnx(source, height, width, batch, opset)
+    out_op = _last_op(onnx_model)
+    out_name, meaning = ("probs", "probabilities") if out_op == "Softmax" else ("logits", "logits")
+    passes = (
+        Passes(onnx_model).strip_training().cast_double().fold_constants().fold_batchnorm()
+        .replace_unsupported(tgt.supported_ops)
+        .rename_io(inputs=[convert.INPUT_NAME], outputs=[out_name]).set_batch(batch or "batch")
+        .cleanup().toposort()
+    )
+    onnx_model = passes.model()
+    n_out = _output_width(onnx_model)
+    if labels is None:
+        labels = [str(i) for i in range(n_out)]
+        log.warning("no labels recorded for %s; using 0..%d", model.name, n_out - 1)
+    if len(labels) != n_out:
+        raise ModelError(f"{model} has {n_out} outputs but {len(labels)} labels")
+
+    report = check(onnx_model, tgt)
+    for p in report.warnings:
+        log.warning("%s %s: %s", p.op, p.node, p.message)
+    if not allow_unsupported:
+        report.raise_if_unsupported()
+    elif report.errors:
+        log.warning("%s; writing the bundle anyway (--allow-unsupported)", report.summary())
+
+    error, samples = _parity(source, onnx_model, prep, batch, samples, seed)
+    if not error <= tolerance:
+        raise ModelError(f"ONNX Runtime differs from TensorFlow by {error:.3g} > tolerance {tolerance:g}")
+    log.info("parity: max abs error %.3g (tolerance %g)", error, tolerance)
+
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "task": meta.get("task", "classification"),
+        "labels": list(labels),
+        "input": {"name": convert.INPUT_NAME, "shape": [batch or "batch", 3, height, width],
+                  "layout": "NCHW", "dtype": "float32"},
+        "preprocess": prep.to_dict(),
+        "outputs": [{"name": out_name, "meaning": meaning, "shape": [batch or "batch", n_out]}],
+        "models": {},
+        "source": {"path": str(model.resolve()), "format": fmt, "sha256": sha256_file(model)},
+        "opset": opset,
+        "target": report.to_dict(),
+        "parity": {"max_abs_error": float(error), "tolerance": tolerance, "samples": samples},
+        "passes": [{"name": name, "changes": changes} for name, changes in passes.applied],
+        "tools": tool_versions(),
+    }
+    import onnx
+
+    with atomic_dir(out, force=force) as tmp:
+        onnx.save(onnx_model, tmp / MODEL_FILE)
+        bundle = Bundle(tmp, manifest)
+        bundle.add_model("fp32", tmp / MODEL_FILE, MODEL_FILE)
+        bundle.validate()
+        bundle.save()
+    return Bundle.load(out)
+
+
+def tool_versions() -> dict:
+    versions = {"edgekit": __version__}
+    for name in TOOLS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            if name == "tensorflow":
+                versions[name] = _installed("tensorflow-cpu")
+    return versions
+
+
+def _installed(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _sidecar(model: Path) -> dict:
+    from edgekit.host.train import sidecar_path
+
+    path = sidecar_path(model)
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"corrupt sidecar {path}: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise InputError(f"corrupt sidecar {path}: not a JSON object")
+    return meta
+
+
+def _last_op(model) -> str | None:
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    return producers.get(model.graph.output[0].name)
+
+
+def _output_width(model) -> int:
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    if len(dims) != 2:
+        raise ModelError(f"model output has rank {len(dims)}; a classifier outputs [batch, classes]")
+    if not dims[1].dim_value:
+        raise ModelError("model output has no fixed number of classes")
+    return dims[1].dim_value
+
+
+def _parity(source, onnx_model, prep: Preprocess, batch: int | None, samples: int, seed: int) -> tuple[float, int]:
+    """Max abs difference between TF and ONNX Runtime on preprocessed random frames, and their count."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(seed)
+    n = batch or max(1, samples)
+    h, w = prep.size
+    frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+    nhwc = np.stack([prep.hwc(f) for f in frames]).astype(np.float32)
+    session = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: prep.batch(frames)})[0]
+    want = source.run(nhwc)
+    if got.shape != want.shape:
+        raise ModelError(f"ONNX output shape {got.shape} differs from TensorFlow's {want.shape}")
+    return float(np.max(np.abs(got.astype(np.float64) - want))), n

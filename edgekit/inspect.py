@@ -1,0 +1,125 @@
+"""A bundle at a glance: I/O, op histogram per model, target verdict, sizes and hashes.
+
+``inspect_bundle(path)`` returns a JSON-able dict; ``format_summary`` renders it for people. With
+``target`` the fp32 graph is re-checked against another JetPack/TensorRT version.
+"""
+
+from __future__ import annotations
+
+import os
+
+from edgekit.atomic import sha256_file
+from edgekit.bundle import Bundle
+
+ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64"}
+
+
+def inspect_bundle(path: str | os.PathLike, target: str | None = None) -> dict:
+    """Summarise the bundle at ``path`` (hash mismatches are reported, not raised)."""
+    import onnx
+
+    from edgekit.graph.support import check, op_histogram
+
+    bundle = Bundle.load(path, verify=False)
+    m = bundle.manifest
+    models = {}
+    for key, entry in m["models"].items():
+        file = bundle.path / entry["path"]
+        info = {"path": entry["path"], "present": file.is_file()}
+        info.update({k: v for k, v in entry.items() if k not in ("path", "sha256")})
+        models[key] = info
+        if file.is_file():
+            sha = sha256_file(file)
+            info.update(size=file.stat().st_size, sha256=sha, hash_ok=sha == entry.get("sha256", sha))
+            try:
+                model = onnx.load(str(file), load_external_data=False)
+            except Exception as exc:  # protobuf raises DecodeError and others for a damaged file
+                info["error"] = f"not a readable ONNX model ({type(exc).__name__})"
+                continue
+            ops = op_histogram(model)
+            info.update(
+                opset=next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
+                nodes=sum(ops.values()),
+                ops=dict(ops.most_common()),
+                inputs=[_io(v) for v in model.graph.input],
+                outputs=[_io(v) for v in model.graph.output],
+                qdq=ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0),
+            )
+            if key == "fp32" and target:
+                info["check"] = check(model, target).to_dict()
+    return {
+        "path": str(bundle.path),
+        "schema_version": m["schema_version"],
+        "task": m["task"],
+        "labels": m["labels"],
+        "input": m["input"],
+        "outputs": m["outputs"],
+        "preprocess": m["preprocess"],
+        "opset": m.get("opset"),
+        "target": m.get("target", {}),
+        "parity": m.get("parity"),
+        "source": m.get("source"),
+        "tools": m.get("tools", {}),
+        "models": models,
+    }
+
+
+def _io(value) -> dict:
+    t = value.type.tensor_type
+    shape = [d.dim_param or d.dim_value or "?" for d in t.shape.dim]
+    return {"name": value.name, "shape": shape, "dtype": ONNX_DTYPES.get(t.elem_type, str(t.elem_type))}
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def format_summary(s: dict) -> str:
+    """The summary as readable text."""
+    labels = s["labels"]
+    shown = ", ".join(labels[:10]) + (f", … ({len(labels)} in all)" if len(labels) > 10 else "")
+    p = s["preprocess"]
+    lines = [
+        f"bundle    {s['path']} (schema {s['schema_version']}, {s['task']})",
+        f"labels    {shown}",
+        f"input     {s['input']['name']} {s['input']['shape']} {s['input']['layout']} {s['input']['dtype']}",
+        *(f"output    {o['name']} ({o.get('meaning', '?')})" for o in s["outputs"]),
+        f"preproc   {p['size'][0]}x{p['size'][1]} {p['resize']} {p['color']} scale={p['scale']:.6g} "
+        f"mean={p['mean']} std={p['std']}",
+    ]
+    t = s["target"]
+    if t:
+        lines.append(f"target    {t.get('name')} (TensorRT {t.get('tensorrt')}): {t.get('verdict')}")
+        lines += [f"          {q['severity']}: {q['op']} {q['node']}: {q['message']}" for q in t.get("problems", [])]
+    if s.get("opset"):
+        lines.append(f"opset     {s['opset']}")
+    if s.get("parity"):
+        parity = s["parity"]
+        lines.append(f"parity    max abs error {parity['max_abs_error']:.3g} (tolerance {parity['tolerance']:g})")
+    if s.get("source"):
+        src = s["source"]
+        lines.append(f"source    {src.get('path')} ({src.get('format')}) sha256 {str(src.get('sha256', '-'))[:16]}")
+    for key, info in s["models"].items():
+        if not info["present"]:
+            lines.append(f"model     {key}: {info['path']} MISSING")
+            continue
+        flag = "" if info["hash_ok"] else "  HASH MISMATCH (corrupt or edited)"
+        if "error" in info:
+            lines.append(f"model     {key}: {info['path']} {_size(info['size'])} {info['error']}{flag}")
+            continue
+        usable = "" if info.get("usable", True) else "  (not usable)"
+        lines.append(f"model     {key}: {info['path']} {_size(info['size'])} opset {info['opset']} "
+                     f"{info['nodes']} nodes sha256 {info['sha256'][:16]}{flag}{usable}")
+        ios = [f"{v['name']} {v['shape']} {v['dtype']}" for v in (*info["inputs"], *info["outputs"])]
+        lines.append(f"          io: {' -> '.join(ios)}")
+        lines.append("          ops: " + ", ".join(f"{op} {n}" for op, n in info["ops"].items()))
+        if "check" in info:
+            c = info["check"]
+            lines.append(f"          {c['name']} (TensorRT {c['tensorrt']}): {c['verdict']}")
+            lines += [f"            {q['severity']}: {q['op']} {q['node']}: {q['message']}" for q in c["problems"]]
+    if s["tools"]:
+        lines.append("tools     " + ", ".join(f"{k} {v}" for k, v in s["tools"].items()))
+    return "\n".join(lines)
