@@ -92,7 +92,7 @@ class Bundle:
         for key in ("name", "shape", "layout", "dtype"):
             if key not in m["input"]:
                 raise BundleError(f"corrupt manifest {where}: input lacks {key!r}")
-        self.preprocess  # validates the spec
+        Preprocess.from_dict(m["preprocess"])  # raises BundleError on a bad spec
 
     def verify_hashes(self) -> None:
         """Raise BundleError when a model file is missing or its sha256 differs from the manifest."""

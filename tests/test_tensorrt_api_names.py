@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import gzip
-import re
 from functools import lru_cache
 from pathlib import Path
 

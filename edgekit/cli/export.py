@@ -19,7 +19,7 @@ CALIB_METHODS = ("entropy", "percentile", "minmax", "auto")  # edgekit.quant.qdq
                    "[-1,1]; resnet50: BGR mean-subtracted; efficientnetb0: raw 0-255) or a JSON file.")
 @click.option("--int8", is_flag=True, help="Also add an INT8 (Q/DQ) model, calibrated on --calib-images.")
 @click.option("--calib-images", type=click.Path(), default=None, help="Calibration image folder for --int8.")
-@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="entropy", show_default=True,
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="auto", show_default=True,
               help="Calibration method for --int8 (auto tries each and keeps the closest to FP32).")
 @click.option("--calib-count", default=500, show_default=True, help="Calibration images to use for --int8.")
 @click.option("--force", is_flag=True, help="Replace the bundle folder if it exists.")
@@ -70,7 +70,8 @@ def command(model, out, target, batch, opset, allow_unsupported, tolerance, labe
     if int8:
         from edgekit.quant.quantize import quantize_bundle
 
-        report = quantize_bundle(bundle.path, calib_images, method=calib_method, num_images=calib_count)
-        if report is not None:
-            click.echo(report.summary())
-        click.echo(f"added INT8 models to {bundle.path}")
+        import sys
+
+        quantize_bundle(bundle.path, calib_images, method=calib_method, num_images=calib_count,
+                        progress=sys.stderr.isatty())
+        click.echo(f"added INT8 and FP16 models to {bundle.path}")

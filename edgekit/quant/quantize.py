@@ -14,7 +14,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edgekit import __version__
 from edgekit.atomic import atomic_dir, write_json
 from edgekit.bundle import Bundle
 from edgekit.errors import GateError, UsageError
@@ -118,7 +117,6 @@ def quantize_bundle(
         if fp16:
             convert_fp16(new.model_path("fp32"), tmp / FP16_FILE)
             new.add_model("fp16", tmp / FP16_FILE, FP16_FILE, precision="fp16", format="fp16-io-fp32")
-        new.manifest.setdefault("tools", {})["edgekit_quantize"] = __version__
         if x is not None:
             keys = [k for k in ("int8", "int8_cpu", "fp16") if new.has_model(k)]
             report = evaluate(new, x, y, max_drop=max_drop, models=keys, tensorrt=False)
