@@ -97,8 +97,15 @@ class Preprocess:
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         """One frame to one input tensor (no batch axis) in the model's layout."""
-        img = self.hwc(frame)
-        return np.ascontiguousarray(img.transpose(2, 0, 1)) if self.layout == "NCHW" else img
+        if self.layout == "NHWC":
+            return self.hwc(frame)
+        img = self.resized(frame)
+        gain, bias = self._affine
+        out = np.empty((3, *self.size), np.float32)
+        for c, src in enumerate((2, 1, 0) if self.color == "RGB" else (0, 1, 2)):
+            np.multiply(img[..., src], gain[c], out=out[c], dtype=np.float32)  # planes straight into CHW
+            out[c] += bias[c]
+        return out
 
     def batch(self, frames) -> np.ndarray:
         """Several frames to one batched input tensor."""

@@ -125,6 +125,17 @@ def test_preprocess_normalises_in_model_colour_order_and_layout():
     assert Preprocess.from_dict(prep.to_dict()) == prep
 
 
+@pytest.mark.parametrize("color", ["RGB", "BGR"])
+@pytest.mark.parametrize("resize", ["stretch", "letterbox", "center_crop"])
+def test_training_layout_and_runtime_layout_are_the_same_numbers(color, resize):
+    """Keras trains on ``hwc()``; calibration and the loop feed ``__call__``: identical values."""
+    prep = Preprocess(size=(30, 40), resize=resize, color=color, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    frame = np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(prep(frame), prep.hwc(frame).transpose(2, 0, 1))
+    nhwc = Preprocess(size=(30, 40), resize=resize, color=color, layout="NHWC")
+    np.testing.assert_array_equal(nhwc(frame), nhwc.hwc(frame))
+
+
 def test_letterbox_keeps_aspect_and_center_crop_fills():
     frame = np.full((10, 40, 3), 200, np.uint8)
     box = Preprocess(size=(20, 20), resize="letterbox", scale=1.0).resized(frame)
@@ -218,3 +229,25 @@ def test_sample_data_is_real_digits(digits):
     cap.release()
     assert frames == len(labels) == len(found.samples)
     assert len(labelled_folder(digits / "train").samples) + len(found.samples) == 1797
+
+
+def test_device_commands_work_with_tensorflow_unimportable(tiny_bundle, tmp_path):
+    """bench, doctor, inspect and build never import TensorFlow (a Jetson has none)."""
+    code = (
+        "import sys\n"
+        "for name in ('tensorflow', 'tf2onnx', 'keras'):\n"
+        "    sys.modules[name] = None  # any import of them now raises ImportError\n"
+        "from edgekit.cli import main\n"
+        "for args in (['bench', sys.argv[1], '--iterations', '3', '--backend', 'onnxruntime'],\n"
+        "             ['doctor'], ['inspect', sys.argv[1]],\n"
+        "             ['build', sys.argv[1]]):\n"
+        "    try:\n"
+        "        main(args)\n"
+        "    except SystemExit as exc:\n"
+        "        print(args[0], 'exit', exc.code)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tiny_bundle.path)], capture_output=True, text=True)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "bench exit 0" in proc.stdout and "doctor exit 0" in proc.stdout and "inspect exit 0" in proc.stdout
+    # build needs TensorRT: here it must fail cleanly, for that reason and not a TensorFlow import
+    assert "build exit 1" in proc.stdout and "TensorRT is not available" in proc.stderr
