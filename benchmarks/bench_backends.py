@@ -2,8 +2,8 @@
 
     python benchmarks/bench_backends.py BUNDLE [--runs 7] [--iterations 200] [--batch 1] [--threads 0]
 
-The bundle needs an INT8 model (``edgekit quantize``); ONNX Runtime runs ``int8_cpu`` (U8S8, fast on
-x86) when present, else the TensorRT-bound ``int8`` (S8S8 Q/DQ). Runs alternate FP32 and INT8 so both
+The bundle needs an INT8 model (``edgekit quantize``); ONNX Runtime runs ``int8_cpu`` (asymmetric U8S8,
+ReLUs fused) when present, else the TensorRT-bound ``int8`` (S8S8 Q/DQ). Runs alternate FP32 and INT8 so both
 see the same machine load; the figures are medians over runs and the ratio is of those medians.
 """
 

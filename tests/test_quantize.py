@@ -144,9 +144,24 @@ def test_quantize_from_video_with_cpu_variant(fp32_bundle, digits, tmp_path, cli
     assert entry["gate"]["labelled"] is False  # a video has no labels: agreement with FP32 gates it
     assert saved.models["int8_cpu"]["for_backends"] == ["onnxruntime"]
     assert onnxruntime_model_key(saved, "int8") == "int8_cpu"
+    # The CPU variant: uint8 activations (TensorRT must never get it), ReLUs fused into the ranges,
+    # every layer but the score head quantized, so ONNX Runtime forms a QLinearConv chain.
+    fp32_ops = [n.op_type for n in onnx.load(saved.model_path("fp32")).graph.node]
     cpu = onnx.load(saved.model_path("int8_cpu"))
-    zps = [i for i in cpu.graph.initializer if i.name.endswith("zero_point") and i.data_type == TensorProto.UINT8]
-    assert zps  # uint8 activations: the variant TensorRT must never get
+    inits = {i.name: i for i in cpu.graph.initializer}
+    activation_zps = [inits[n.input[2]] for n in cpu.graph.node if n.op_type == "QuantizeLinear"]
+    assert activation_zps and all(zp.data_type == TensorProto.UINT8 for zp in activation_zps)
+    assert "Relu" in fp32_ops and not any(n.op_type == "Relu" for n in cpu.graph.node)
+    head = score_head_nodes(cpu)
+    dq_outputs = {n.output[0] for n in cpu.graph.node if n.op_type == "DequantizeLinear"}
+    convs = [n for n in cpu.graph.node if n.op_type == "Conv"]
+    assert convs and all(n.input[0] in dq_outputs and n.input[1] in dq_outputs for n in convs)  # first one too
+    head_layers = [n for n in cpu.graph.node if n.name in head and n.op_type in ("Gemm", "MatMul")]
+    assert head_layers and all(n.input[1] in inits for n in head_layers)  # float weights in the score head
+    # The TensorRT model is untouched by the variant: zero-point-0 INT8, per-channel weights, ReLUs kept.
+    trt = onnx.load(saved.model_path("int8"))
+    assert tensorrt_qdq_problems(trt) == []
+    assert [n.op_type for n in trt.graph.node].count("Relu") == fp32_ops.count("Relu")
 
 
 @pytest.mark.parametrize("case", ["empty", "tiny", "not-video", "no-fp32", "bad-method", "keep-float"])

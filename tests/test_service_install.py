@@ -118,6 +118,20 @@ def test_bad_input_is_one_line(cli, bundles, tmp_path, monkeypatch):
     assert not root.exists()
 
 
+def test_real_install_without_running_systemd_touches_nothing(cli, bundles, tmp_path, monkeypatch):
+    """As root in a container (no systemd as init): refused before any file is written or user made."""
+    from edgekit.service import install as inst
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(inst, "SYSTEMD_RUNTIME", tmp_path / "no-systemd")
+    written = []
+    monkeypatch.setattr(inst._Actions, "write", lambda self, *a, **k: written.append(a))
+    monkeypatch.setattr(inst._Actions, "run", lambda self, *a, **k: written.append(a))
+    assert_one_line_error(cli("service", "install", bundles[0], "--camera", "0"), "needs a running systemd", "--root")
+    assert_one_line_error(cli("service", "uninstall"), "needs a running systemd")
+    assert written == []
+
+
 # ---- the real-system path, with stand-in (FAKE) systemctl/useradd/groupadd/usermod on PATH ---------
 
 FAKE_TOOL = """#!/bin/sh

@@ -18,7 +18,9 @@ import click
 @click.option("--keep-float", multiple=True, metavar="NODE", help="Leave this node in float (repeatable).")
 @click.option("--fp16/--no-fp16", default=True, show_default=True, help="Also add an FP16 model (TensorRT 11).")
 @click.option("--cpu-variant", is_flag=True,
-              help="Also add a uint8-activation INT8 model only ONNX Runtime uses (faster on x86 CPUs without VNNI).")
+              help="Also add an INT8 model only ONNX Runtime on the CPU uses: asymmetric uint8 activations, "
+                   "ReLUs fused, all but the score head quantized "
+                   "(MobileNetV2 128x128 on x86: 1.2-1.7x FP32 at batch 1, 2.2-2.5x at 32).")
 def command(bundle, images, method, num_images, holdout, gate_images, max_drop, every, seed, keep_float, fp16,
             cpu_variant):
     """Add INT8 (Q/DQ, for TensorRT 8-11) and FP16 models to BUNDLE, gated on held-out images.

@@ -113,7 +113,7 @@ def quantize_bundle(
         )
         if cpu_variant:
             new.add_model("int8_cpu", tmp / INT8_CPU_FILE, INT8_CPU_FILE, precision="int8",
-                          format="qdq-u8s8", for_backends=["onnxruntime"], calibration=calibration)
+                          format="qdq-u8s8-asymmetric-per-channel", for_backends=["onnxruntime"], calibration=calibration)
         if fp16:
             convert_fp16(new.model_path("fp32"), tmp / FP16_FILE)
             new.add_model("fp16", tmp / FP16_FILE, FP16_FILE, precision="fp16", format="fp16-io-fp32")

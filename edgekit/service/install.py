@@ -124,9 +124,18 @@ class _Actions:
         return proc.returncode == 0
 
 
+SYSTEMD_RUNTIME = Path("/run/systemd/system")  # exists only while systemd runs as init (sd_booted)
+
+
 def _check_root(root, dry_run: bool, what: str) -> None:
-    if root is None and not dry_run and os.geteuid() != 0:
+    """On the real system: refuse without root, and before touching anything when systemd is not running."""
+    if root is not None or dry_run:
+        return
+    if os.geteuid() != 0:
         raise UsageError(f"{what} the service needs root: run it with sudo, or pass --root DIR to write under another root")
+    if not SYSTEMD_RUNTIME.is_dir():
+        raise EdgekitError(f"{what} the service needs a running systemd, and this machine (a container?) has none: "
+                           "pass --root DIR to write it into an image instead")
 
 
 def _bundle_id(bundle: Bundle) -> str:

@@ -278,6 +278,7 @@ def open_source(
     """The (not yet opened) :class:`Source` for ``uri`` in the grammar above."""
     import cv2
 
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # edgekit says what failed, once
     text = str(uri).strip()
     ms = int(timeout * 1000)
     if m := re.fullmatch(r"(?:v4l2://)?(?:/dev/video)?(\d+)", text):
