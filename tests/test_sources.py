@@ -147,6 +147,18 @@ def test_realtime_keeps_only_the_newest_frame(tmp_path, colour_media):
     assert len(taken) + capture.drops == 60
 
 
+
+def test_a_paced_frame_is_stamped_when_it_is_due_not_a_period_earlier(tmp_path, colour_media):
+    """At 5 fps a frame handed over must not carry the 200 ms pacing wait as its age."""
+    video = colour_media.video(tmp_path / "v.mp4", colour_media.labels(4), fps=5)
+    capture = Capture(open_source(video), realtime=True).start()
+    ages = []
+    for _ in range(3):
+        frame = capture.get(1.0)
+        ages.append(time.monotonic() - frame.captured)
+    capture.close()
+    assert max(ages) < 0.1, ages  # the period is 0.2 s; stamping before the wait made every age >= 0.2 s
+
 # ---- MJPEG over HTTP, and a source that vanishes --------------------------------------------
 class Camera:
     """An MJPEG 'camera' on 127.0.0.1: edgekit's own StreamServer publishing one colour."""

@@ -401,6 +401,13 @@ class Capture:
     def _reader(self) -> None:
         next_due = time.monotonic()
         while not self._stop.is_set():
+            if self.pace_fps and not self.source.live:  # wait first, so a frame is stamped when it is due
+                lag = next_due - time.monotonic()
+                if lag > 0 and self._stop.wait(lag):
+                    break
+                if lag < -1.0:
+                    next_due = time.monotonic()
+                next_due += 1.0 / self.pace_fps
             try:
                 frame = self._read()
             except Exception as exc:  # SourceLost, or anything the backend raises mid-stream
@@ -415,13 +422,6 @@ class Capture:
                 with self._cond:
                     self._cond.notify_all()
                 return
-            if self.pace_fps and not self.source.live:
-                next_due += 1.0 / self.pace_fps
-                lag = next_due - time.monotonic()
-                if lag > 0:
-                    self._stop.wait(lag)
-                elif lag < -1.0:
-                    next_due = time.monotonic()
             with self._cond:
                 if self._slot is not None:
                     self.drops += 1
