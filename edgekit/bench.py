@@ -74,6 +74,17 @@ def sample_batch(bundle: Bundle, batch: int, seed: int = 0) -> np.ndarray:
     return bundle.preprocess.batch(frames).astype(np.dtype(bundle.input.get("dtype", "float32")))
 
 
+def check_counts(warmup: int, iterations: int | None, duration: float | None) -> int | None:
+    """Raise UsageError for a bad count; return ``iterations`` (100 when neither it nor ``duration`` is given)."""
+    if iterations is not None and duration is not None:
+        raise UsageError("pass --iterations or --duration, not both")
+    if iterations is None and duration is None:
+        iterations = 100
+    if (iterations is not None and iterations < 1) or (duration is not None and duration <= 0) or warmup < 0:
+        raise UsageError("--iterations and --duration must be positive, --warmup not negative")
+    return iterations
+
+
 def bench(
     runner: Runner,
     inputs: np.ndarray,
@@ -83,12 +94,7 @@ def bench(
     precision: str = "",
 ) -> BenchResult:
     """Time ``runner.infer(inputs)`` (runner active): ``iterations`` calls, or as many as fit in ``duration`` s."""
-    if iterations is not None and duration is not None:
-        raise UsageError("pass --iterations or --duration, not both")
-    if iterations is None and duration is None:
-        iterations = 100
-    if (iterations is not None and iterations < 1) or (duration is not None and duration <= 0) or warmup < 0:
-        raise UsageError("--iterations and --duration must be positive, --warmup not negative")
+    iterations = check_counts(warmup, iterations, duration)
     for _ in range(warmup):
         runner.infer(inputs)
     latencies = []
@@ -118,6 +124,7 @@ def bench_bundle(
 
     if batch < 1:
         raise UsageError("--batch must be at least 1")
+    check_counts(warmup, iterations, duration)  # before a TensorRT engine build that may take minutes
     options.setdefault("batch", (1, batch, batch))  # the TensorRT profile; ONNX Runtime ignores it
     inputs = sample_batch(bundle, batch)
     with open_runner(bundle, backend, precision, **options) as runner:

@@ -22,6 +22,7 @@ import numpy as np
 
 from edgekit import __version__
 from edgekit.bundle import PRECISIONS
+from edgekit.errors import EdgekitError, first_line
 
 NV_TEGRA_RELEASE = "/etc/nv_tegra_release"
 # L4T release -> JetPack (tensorrt-facts.md)
@@ -132,7 +133,7 @@ def cpu_inference_check() -> tuple[bool, str]:
             return False, "the tiny model gave wrong answers"
         return True, "tiny model classified correctly"
     except Exception as exc:
-        return False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return False, f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def environment() -> Report:
@@ -219,7 +220,6 @@ def selftest(backend: str = "tensorrt", precisions=PRECISIONS, cache_dir: str | 
     from edgekit.backends.onnxruntime import OnnxRuntimeRunner
     from edgekit.backends.select import open_runner
     from edgekit.backends.tensorrt.builder import UnsupportedPrecisionError
-    from edgekit.errors import EdgekitError
     from edgekit.tiny import colour_frames, write_tiny_bundle
 
     results = []

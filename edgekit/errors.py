@@ -37,3 +37,9 @@ class GateError(EdgekitError):
     """A quantized or reduced-precision model failed the accuracy gate."""
 
     exit_code = 3
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of ``exc``'s message (at most ``limit`` characters), else its type name."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

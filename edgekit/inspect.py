@@ -18,7 +18,7 @@ def inspect_bundle(path: str | os.PathLike, target: str | None = None) -> dict:
     """Summarise the bundle at ``path`` (hash mismatches are reported, not raised)."""
     import onnx
 
-    from edgekit.graph.support import check, op_histogram
+    from edgekit.graph.support import check, onnx_opset, op_histogram
 
     bundle = Bundle.load(path, verify=False)
     m = bundle.manifest
@@ -38,7 +38,7 @@ def inspect_bundle(path: str | os.PathLike, target: str | None = None) -> dict:
                 continue
             ops = op_histogram(model)
             info.update(
-                opset=next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
+                opset=onnx_opset(model),
                 nodes=sum(ops.values()),
                 ops=dict(ops.most_common()),
                 inputs=[_io(v) for v in model.graph.input],

@@ -55,7 +55,7 @@ class Preprocess:
     def from_dict(cls, spec: dict) -> "Preprocess":
         try:
             return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.items()})
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:  # unknown keys, wrong counts, non-numbers
             raise BundleError(f"bad preprocess spec in manifest: {exc}") from exc
 
     def to_dict(self) -> dict:

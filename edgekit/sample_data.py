@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.atomic import atomic_dir
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, UsageError
+
+MAX_SIZE = 1024  # the digits are 8x8 scans: larger only costs memory and disk
 
 
 def load_digits_images(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -42,6 +44,10 @@ def write_sample_data(
     """Write ``train/``, ``val/``, ``val.mp4`` and ``val.labels.txt`` under ``out``; return it."""
     import cv2
 
+    if not 8 <= size <= MAX_SIZE:
+        raise UsageError(f"--image-size must be between 8 and {MAX_SIZE}, got {size}")
+    if not 0.0 < val_fraction < 1.0:
+        raise UsageError(f"--val-split must be between 0 and 1 (exclusive), got {val_fraction}")
     images, labels = load_digits_images(size)
     order = np.random.default_rng(seed).permutation(len(images))
     n_val = int(round(len(images) * val_fraction))
@@ -51,7 +57,8 @@ def write_sample_data(
             for i in idx:
                 folder = tmp / split / str(labels[i])
                 folder.mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(folder / f"{i:04d}.png"), images[i])
+                if not cv2.imwrite(str(folder / f"{i:04d}.png"), images[i]):
+                    raise EdgekitError(f"cannot write images under {out}")
         val = sorted(splits["val"])
         writer = cv2.VideoWriter(str(tmp / "val.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (video_size, video_size))
         if not writer.isOpened():

@@ -77,6 +77,13 @@ def test_bundle_bench_on_onnxruntime(tiny_bundle):
         bench_bundle(tiny_bundle, "onnxruntime", batch=0)
 
 
+def test_bundle_bench_checks_counts_before_opening_the_runner(tiny_bundle):
+    # TensorRT's runner would build an engine first (minutes on a Jetson); without TensorRT, a DeviceError.
+    for kwargs in ({"iterations": 5, "duration": 1.0}, {"iterations": 0}, {"warmup": -1}):
+        with pytest.raises(UsageError):
+            bench_bundle(tiny_bundle, "tensorrt", **kwargs)
+
+
 def test_cli_text_and_json(cli, tiny_bundle):
     text = cli("bench", tiny_bundle.path, "--backend", "onnxruntime", "--iterations", "10", "--warmup", "1", "--batch", "2")
     assert text.code == 0, text

@@ -68,7 +68,7 @@ def test_tensors_are_made_by_the_bundle_preprocess(tmp_path, monkeypatch):
     assert len(calls) == 20
     np.testing.assert_array_equal(x, np.stack(calls))
     monkeypatch.undo()
-    for item, tensor in zip(cal.items, x):
+    for item, tensor in zip(cal.items, x, strict=True):
         np.testing.assert_array_equal(tensor, PREP(read_image(item.path)))
 
 

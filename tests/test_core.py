@@ -220,6 +220,13 @@ def test_sample_data_refuses_existing_output(cli, tmp_path):
     assert_one_line_error(cli("sample-data", tmp_path / "out"), "already exists", "--force")
 
 
+@pytest.mark.parametrize("args", [["--image-size", "0"], ["--image-size", "100000"], ["--val-split", "1.5"]])
+def test_sample_data_refuses_bad_sizes(cli, tmp_path, args):
+    result = cli("sample-data", tmp_path / "out", *args)
+    assert_one_line_error(result)
+    assert result.code == 2 and not (tmp_path / "out").exists()
+
+
 def test_sample_data_is_real_digits(digits):
     found = labelled_folder(digits / "val")
     assert found.classes == [str(d) for d in range(10)]

@@ -307,6 +307,8 @@ def test_cli_export_labels_and_preprocess_override(cli, trained_model, tmp_path)
     r = cli("export", trained_model, "-o", tmp_path / "c", "--labels", "a,b")
     assert_one_line_error(r, "10 outputs", "2 labels")
     assert_one_line_error(cli("export", trained_model, "-o", tmp_path / "c", "--preprocess", "vgg"), "unknown arch")
+    labels.write_bytes(b"\xff\xfe not utf-8")
+    assert_one_line_error(cli("export", trained_model, "-o", tmp_path / "c", "--labels", labels), "cannot read labels")
     assert _no_leftovers(tmp_path, "c")
 
 

@@ -136,6 +136,9 @@ def test_cli_train_bad_options(cli, tmp_path, digits):
     assert_one_line_error(r, ".keras")
     r = cli("train", digits / "train", "-o", tmp_path / "m.keras", "--val-split", "1.5")
     assert_one_line_error(r, "--val-split")
+    r = cli("train", digits / "train", "-o", tmp_path / "m.keras", "--image-size", "0")
+    assert_one_line_error(r, "--image-size must be at least 8")
+    assert r.code == 2
 
 
 def test_imagenet_weights_offline_fail_fast(monkeypatch, tmp_path):

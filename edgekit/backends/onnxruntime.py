@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.backends.base import Runner, TensorSpec
-from edgekit.errors import ModelError
+from edgekit.errors import ModelError, first_line
 
 _ORT_TYPES = {
     "tensor(float)": np.float32,
@@ -70,8 +70,7 @@ class OnnxRuntimeRunner(Runner):
                 str(self.model_path), sess_options=options, providers=self.providers
             )
         except Exception as exc:  # onnxruntime raises its own untyped errors for corrupt models
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"ONNX Runtime cannot load {self.model_path}: {first}") from exc
+            raise ModelError(f"ONNX Runtime cannot load {self.model_path}: {first_line(exc)}") from exc
         if len(self.session.get_inputs()) != 1:
             raise ModelError(f"{self.model_path} has {len(self.session.get_inputs())} inputs; edgekit needs one")
 
@@ -95,5 +94,5 @@ class OnnxRuntimeRunner(Runner):
         try:
             outputs = self.session.run(names, {self.session.get_inputs()[0].name: batch})
         except Exception as exc:
-            raise ModelError(f"ONNX Runtime failed on {self.model_path.name}: {str(exc).splitlines()[0]}") from exc
-        return dict(zip(names, outputs))
+            raise ModelError(f"ONNX Runtime failed on {self.model_path.name}: {first_line(exc)}") from exc
+        return dict(zip(names, outputs, strict=True))

@@ -8,7 +8,7 @@ import click
 @click.option("--workspace", type=int, help="Builder workspace limit in MiB (lower it when a small Jetson runs out of memory).")
 @click.option("--dla", type=int, help="Build for DLA core N, with GPU fallback (needs fp16 or int8).")
 @click.option("--calibrate", type=click.Path(), help="INT8 without a Q/DQ model: calibrate on these images (TensorRT <= 10).")
-@click.option("--cache-dir", type=click.Path(), help="Engine cache folder (default ~/.cache/edgekit; the service uses /var/lib/edgekit).")
+@click.option("--cache-dir", type=click.Path(), help="Engine cache folder (default ~/.cache/edgekit; the service uses /var/cache/edgekit).")
 @click.option("--force", is_flag=True, help="Rebuild even when a cached engine fits.")
 def command(bundle, precision, batch, workspace, dla, calibrate, cache_dir, force):
     """Build BUNDLE's TensorRT engine, or find it in the engine cache; print the plan's path.

@@ -30,6 +30,7 @@ def command(model, out, target, batch, opset, allow_unsupported, tolerance, labe
     The graph is cleaned, checked op by op against the target TensorRT, and compared with TensorFlow
     in ONNX Runtime; labels and preprocessing come from MODEL.edgekit.json written by `edgekit train`.
     """
+    import sys
     from pathlib import Path
 
     from edgekit.errors import InputError, UsageError
@@ -43,7 +44,10 @@ def command(model, out, target, batch, opset, allow_unsupported, tolerance, labe
     labels = None
     if labels_arg:
         path = Path(labels_arg)
-        lines = path.read_text("utf-8").splitlines() if path.is_file() else labels_arg.split(",")
+        try:
+            lines = path.read_text("utf-8").splitlines() if path.is_file() else labels_arg.split(",")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read labels from {labels_arg}: {exc}") from exc
         labels = [s.strip() for s in lines if s.strip()]
     preprocess = preprocess_arg
     if preprocess_arg and Path(preprocess_arg).is_file():
@@ -69,8 +73,6 @@ def command(model, out, target, batch, opset, allow_unsupported, tolerance, labe
     )
     if int8:
         from edgekit.quant.quantize import quantize_bundle
-
-        import sys
 
         quantize_bundle(bundle.path, calib_images, method=calib_method, num_images=calib_count,
                         progress=sys.stderr.isatty())

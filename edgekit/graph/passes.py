@@ -100,7 +100,7 @@ class Passes:
         """Give the graph inputs and outputs stable names (``input``, ``probs`` …)."""
         changed = 0
         for tensors, names in ((self.graph.inputs, inputs), (self.graph.outputs, outputs)):
-            for tensor, name in zip(tensors, names or ()):
+            for tensor, name in zip(tensors, names or (), strict=False):  # unnamed ones keep theirs
                 if tensor.name != name:
                     tensor.name = name
                     changed += 1
@@ -129,16 +129,14 @@ class Passes:
         return self._done("toposort", 0)
 
     # ---- result --------------------------------------------------------------------------------
-    def model(self, infer_shapes: bool = True):
+    def model(self):
         """The graph as an ``onnx.ModelProto`` with the lowest IR version its opsets allow, shapes inferred."""
         import onnx
         from onnx import helper
 
         model = _gs().export_onnx(self.graph)
         model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))
-        if infer_shapes:
-            model = onnx.shape_inference.infer_shapes(model)
-        return model
+        return onnx.shape_inference.infer_shapes(model)
 
     # ---- helpers -------------------------------------------------------------------------------
     def _bypass(self, node) -> bool:

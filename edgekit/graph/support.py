@@ -45,6 +45,8 @@ DEFAULT_HINT = "rewrite the model without it, target a newer TensorRT, or provid
 
 @dataclass(frozen=True)
 class Problem:
+    """One thing the target's ONNX parser refuses (``error``) or runs differently (``warning``)."""
+
     op: str
     node: str
     message: str
@@ -56,6 +58,8 @@ class Problem:
 
 @dataclass
 class Report:
+    """The problems of one graph on one target; ``verdict`` is ``unsupported`` when any is an error."""
+
     target: Target
     opset: int
     problems: list[Problem] = field(default_factory=list)
@@ -98,6 +102,7 @@ class Report:
         )
 
     def raise_if_unsupported(self) -> "Report":
+        """Raise UnsupportedOpError with :meth:`summary` when there are errors; else return self."""
         if self.errors:
             raise UnsupportedOpError(self.summary())
         return self
@@ -106,7 +111,7 @@ class Report:
 def check(model, target: Target | str) -> Report:
     """Check every node of ``model`` (an ``onnx.ModelProto``), subgraphs included, against ``target``."""
     target = get_target(target) if isinstance(target, str) else target
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = onnx_opset(model) or 0
     report = Report(target, opset)
     if opset > target.max_opset or opset < target.min_opset:
         report.problems.append(Problem(
@@ -115,6 +120,11 @@ def check(model, target: Target | str) -> Report:
         ))
     _check_graph(model.graph, target, report, set(), is_main=True)
     return report
+
+
+def onnx_opset(model) -> int | None:
+    """The model's opset of the default ONNX domain (None if it imports none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def op_histogram(model) -> Counter:

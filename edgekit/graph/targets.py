@@ -22,6 +22,8 @@ DEFAULT_OPSET = 17
 
 @dataclass(frozen=True)
 class Target:
+    """A TensorRT release to check a graph against: its operator table and the opsets its parser reads."""
+
     name: str  # canonical, e.g. "jetpack-6.1"
     tensorrt: str  # e.g. "10.3"
     op_table: str  # file stem in ops/, e.g. "10.1-GA"
@@ -44,9 +46,6 @@ class Target:
     @property
     def unsupported_ops(self) -> frozenset[str]:
         return _table(self.op_table)[1]
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "tensorrt": self.tensorrt, "op_table": self.op_table, "max_opset": self.max_opset}
 
 
 def _t(name, trt, table, max_opset, note=""):
@@ -99,6 +98,7 @@ def get_target(name: str) -> Target:
 
 
 def valid_names() -> list[str]:
+    """Target names for messages: the table's, and the TensorRT 10/11 minor-version patterns."""
     return list(TARGETS) + ["tensorrt-10.N", "tensorrt-11.N"]
 
 

@@ -20,6 +20,8 @@ WEIGHTS_HOST = ("storage.googleapis.com", 443)
 
 @dataclass(frozen=True)
 class Arch:
+    """A trainable architecture: its Keras application (if any), input normalisation and smallest input side."""
+
     name: str
     application: str | None  # keras.applications attribute; None for the small CNN
     color: str
@@ -28,7 +30,13 @@ class Arch:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     min_size: int = 32
 
+    def check_image_size(self, image_size: int) -> None:
+        """UsageError when ``image_size`` is below what this architecture takes."""
+        if image_size < self.min_size:
+            raise UsageError(f"--image-size must be at least {self.min_size} for {self.name}")
+
     def preprocess(self, image_size: int) -> Preprocess:
+        """The one preprocessing this architecture expects, for square ``image_size`` inputs."""
         return Preprocess(
             size=(image_size, image_size), color=self.color, scale=self.scale, mean=self.mean, std=self.std
         )
@@ -49,6 +57,7 @@ ARCHS = {
 
 
 def get_arch(name: str) -> Arch:
+    """The architecture called ``name``; UsageError listing the valid ones."""
     if name not in ARCHS:
         raise UsageError(f"unknown arch {name!r}; choose one of: {', '.join(ARCHS)}")
     return ARCHS[name]
@@ -59,8 +68,7 @@ def build_model(arch: Arch, image_size: int, n_classes: int, weights: str = "non
     from edgekit.host import import_tf
 
     _, keras = import_tf()
-    if image_size < arch.min_size:
-        raise UsageError(f"--image-size must be at least {arch.min_size} for {arch.name}")
+    arch.check_image_size(image_size)
     inputs = keras.Input((image_size, image_size, 3), name="input")
     if arch.application is None:
         if weights != "none":

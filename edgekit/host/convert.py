@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgekit.errors import InputError, ModelError
+from edgekit.errors import InputError, ModelError, first_line
 
 TF2ONNX_MAX_OPSET = 18
 INPUT_NAME = "input"
@@ -87,8 +87,7 @@ def load(path: str | os.PathLike) -> Source:
     except ModelError:
         raise
     except Exception as exc:  # Keras/TF raise many types for a corrupt or foreign file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot load {path} as a {fmt} model: {first[:300]}") from exc
+        raise ModelError(f"cannot load {path} as a {fmt} model: {first_line(exc)}") from exc
     if len(shape) != 4 or shape[-1] != 3:
         raise ModelError(f"{path}: input shape {shape} is not an NHWC 3-channel image batch")
     return Source(path, fmt, shape[1], shape[2], fn)
@@ -109,8 +108,7 @@ def to_onnx(source: Source, height: int, width: int, batch: int | None, opset: i
             function, input_signature=spec, opset=opset, inputs_as_nchw=[INPUT_NAME]
         )
     except Exception as exc:  # tf2onnx raises bare exceptions for unconvertible graphs
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"tf2onnx cannot convert {source.path}: {first[:300]}") from exc
+        raise ModelError(f"tf2onnx cannot convert {source.path}: {first_line(exc)}") from exc
     _freeze_captured_constants(model, function.get_concrete_function())
     return model
 

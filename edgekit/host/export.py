@@ -151,13 +151,12 @@ def export_bundle(
 
 
 def tool_versions() -> dict:
+    """Versions of edgekit and of the conversion tools installed (tensorflow-cpu counts as tensorflow)."""
     versions = {"edgekit": __version__}
     for name in TOOLS:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            if name == "tensorflow":
-                versions[name] = _installed("tensorflow-cpu")
+        version = _installed(name) or (_installed("tensorflow-cpu") if name == "tensorflow" else None)
+        if version:
+            versions[name] = version
     return versions
 
 

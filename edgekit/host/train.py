@@ -61,6 +61,7 @@ def train(
         raise UsageError(f"--val-split must be in [0, 1), got {val_split}")
     check_output_dir(out, force)
     spec = get_arch(arch)
+    spec.check_image_size(image_size)  # before the images are read
     prep = spec.preprocess(image_size)
     folder = labelled_folder(data_dir)
     frames, ys, skipped = _load(folder, prep)

@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from edgekit.errors import InputError
+from edgekit.errors import InputError, UsageError
 from edgekit.images import IMAGE_EXTENSIONS, list_images, read_images
 from edgekit.preprocess import Preprocess
 
@@ -58,11 +58,8 @@ class CalibrationSet:
 
     @property
     def labelled(self) -> bool:
+        """Whether every item has a label (a class-per-folder set named by the bundle's labels)."""
         return bool(self.items) and all(item.label is not None for item in self.items)
-
-    @property
-    def labels(self) -> np.ndarray:
-        return np.array([-1 if i.label is None else i.label for i in self.items], np.int64)
 
     def split(self) -> tuple["CalibrationSet", "CalibrationSet"]:
         """(calibration, held out): the last ``holdout`` items are held out for the accuracy gate."""
@@ -134,7 +131,7 @@ def calibration_set(
     """
     source = Path(source)
     if num_images < 1 or holdout < 0 or every < 1:
-        raise InputError("--num-images and --every must be positive and the hold-out not negative")
+        raise UsageError("--num-images and --every must be positive and the hold-out not negative")
     if source.is_file():
         if source.suffix.lower() not in VIDEO_EXTENSIONS:
             kind = "an image" if source.suffix.lower() in IMAGE_EXTENSIONS else "not a video"

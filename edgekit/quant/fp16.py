@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edgekit.errors import ModelError
+from edgekit.atomic import atomic_path
+from edgekit.errors import ModelError, first_line
 
 KEEP_FP32_OPS = (
     "Softmax", "LogSoftmax", "Sigmoid", "Exp", "Log", "Pow", "Sqrt", "Reciprocal", "Div",
@@ -43,8 +44,9 @@ def convert_fp16(fp32_path: str | os.PathLike, out_path: str | os.PathLike) -> P
         _float32_outputs(half)
         onnx.checker.check_model(half)
     except Exception as exc:  # the converter raises assorted errors on graphs it cannot handle
-        raise ModelError(f"cannot convert {fp32_path} to FP16: {str(exc).splitlines()[0]}") from exc
-    onnx.save(half, str(out_path))
+        raise ModelError(f"cannot convert {fp32_path} to FP16: {first_line(exc)}") from exc
+    with atomic_path(out_path) as tmp:
+        onnx.save(half, str(tmp))
     return Path(out_path)
 
 

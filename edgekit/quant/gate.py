@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.bundle import Bundle
-from edgekit.errors import EdgekitError, GateError, InputError
+from edgekit.errors import EdgekitError, GateError, InputError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class Result:
 
 @dataclass
 class Report:
+    """The gate's verdict on ``images`` tensors: one Result per model and backend, FP32 first."""
+
     bundle: str
     images: int
     labelled: bool
@@ -233,7 +235,7 @@ def validate(
     report) when an FP16 or INT8 model's top-1 accuracy is more than ``max_drop`` points below FP32.
     """
     if max_drop < 0:
-        raise InputError("--max-drop must not be negative")
+        raise UsageError("--max-drop must not be negative")
     if not isinstance(bundle, Bundle):
         bundle = Bundle.load(bundle)
     x, y = labelled_tensors(bundle, images_dir)

@@ -39,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import InputError, ModelError
+from edgekit.atomic import atomic_path
+from edgekit.errors import InputError, ModelError, first_line
 from edgekit.quant.calibration import CalibrationSet, DataReader
 
 METHODS = ("entropy", "percentile", "minmax")
@@ -219,7 +220,7 @@ class Quantizer:
         try:
             quant_pre_process(str(fp32_path), str(self.pre))
         except Exception as exc:  # onnxruntime/onnx raise untyped errors on models they cannot optimise
-            raise ModelError(f"cannot prepare {fp32_path} for quantization: {str(exc).splitlines()[0]}") from exc
+            raise ModelError(f"cannot prepare {fp32_path} for quantization: {first_line(exc)}") from exc
         self.model = onnx.load(self.pre)
         _named(self.model)
         onnx.save(self.model, self.pre)
@@ -227,6 +228,7 @@ class Quantizer:
         self.images = 0
 
     def calibrate(self, cal: CalibrationSet, batch_size: int = 32) -> "Quantizer":
+        """Run the one calibration pass over ``cal``: histograms for every method ``write`` offers."""
         self.histograms = Histograms(self.pre, cal, batch_size)
         self.images = len(cal)
         return self
@@ -303,9 +305,9 @@ def quantize_qdq(
 def _quantize(pre: Path, out, cache: Path, ranges, activation_type, nodes, ops, extra) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), atomic_path(out) as tmp:
         quantize_static(
-            str(pre), str(out), calibration_data_reader=None, calibration_cache_path=str(cache),
+            str(pre), str(tmp), calibration_data_reader=None, calibration_cache_path=str(cache),
             calibrate_method=ranges.calibration_method, quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=activation_type, weight_type=QuantType.QInt8,
             op_types_to_quantize=ops, nodes_to_quantize=nodes, extra_options=extra,

@@ -95,8 +95,7 @@ def quantize_bundle(
                 for m in METHODS:
                     quantizer.write(tmp / INT8_FILE, m, tuple(keep_float))
                     new.add_model("int8", tmp / INT8_FILE, INT8_FILE)
-                    pick_y = y if x is not None else None
-                    r = evaluate(new, pick_x, pick_y, models=["int8"], tensorrt=False).result("int8")
+                    r = evaluate(new, pick_x, y, models=["int8"], tensorrt=False).result("int8")
                     candidates[m] = {"drop": r.drop, "agreement": r.agreement, "mean_abs_error": r.mean_abs_error}
                 method = min(METHODS, key=lambda m: (-candidates[m]["agreement"], candidates[m]["mean_abs_error"]))
                 log.info("method %s kept (top-1 agreement with FP32: %s)", method,

@@ -41,7 +41,6 @@ from edgekit.errors import EdgekitError, InputError, UsageError
 from edgekit.service.unit import ServiceOptions, render_env, render_sysusers, render_unit
 
 log = logging.getLogger("edgekit.service")
-KEEP_BUNDLES = 2
 
 
 def default_command() -> tuple[str, ...]:

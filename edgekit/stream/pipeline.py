@@ -223,7 +223,10 @@ class Pipeline:
         except BaseException as exc:
             self._fail(exc)
         finally:
-            outq.put(_END)
+            try:  # the output side stops reading STOP_GRACE after a stop: never block the deactivation
+                outq.put(_END, timeout=STOP_GRACE)
+            except queue.Full:
+                pass
             self.runner.deactivate()
 
     def _finish(self, work: _Work) -> FrameResult:
@@ -264,14 +267,12 @@ class Pipeline:
                 threading.Thread(target=self._prepare, args=(prepq,), name="edgekit-prepare", daemon=True),
             ]
             threads[0].start()
-            while not self._ready.wait(0.1):  # activation may build an engine: stay stoppable
-                if self._stop.is_set():
-                    return self.summary()
-            if self._error is not None:
-                raise self._error
-            threads[1].start()
-            self.metrics.started = time.monotonic()
-            self._output(outq, opened)
+            while not self._ready.wait(0.1) and not self._stop.is_set():
+                pass  # activation may build an engine: stay stoppable
+            if self._error is None and not self._stop.is_set():
+                threads[1].start()
+                self.metrics.started = time.monotonic()
+                self._output(outq, opened)
         finally:
             self.stop("stopped")
             for t in threads:

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import DeviceError, InputError, UsageError
-from edgekit.images import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
+from edgekit.images import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image, to_bgr8
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +111,13 @@ class VideoCaptureSource(Source):
     def read(self) -> np.ndarray | None:
         if self._first is not None:
             frame, self._first = self._first, None
-            return frame
-        ok, frame = self.cap.read()
-        if ok and frame is not None:
-            return frame if frame.ndim == 3 and frame.shape[2] == 3 else _bgr(frame)
-        if self.live:
-            raise SourceLost(f"{self.name} gave no frame")
-        return None
+        else:
+            ok, frame = self.cap.read()
+            if not ok or frame is None:
+                if self.live:
+                    raise SourceLost(f"{self.name} gave no frame")
+                return None
+        return frame if frame.ndim == 3 and frame.shape[2] == 3 else to_bgr8(frame)
 
     def close(self) -> None:
         if self.cap is not None:
@@ -322,12 +322,6 @@ def open_source(
         raise InputError(f"cannot read {path}: {os.strerror(errno.EACCES)}")
     return VideoCaptureSource(str(path), str(path), cv2.CAP_FFMPEG, live=False,
                               fail=lambda: InputError(f"{path} is not a video OpenCV can read"))
-
-
-def _bgr(frame: np.ndarray) -> np.ndarray:
-    from edgekit.images import to_bgr8
-
-    return to_bgr8(frame)
 
 
 # ---- reading ---------------------------------------------------------------------------------

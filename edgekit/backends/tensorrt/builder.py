@@ -9,6 +9,7 @@ below them and import ``tensorrt`` lazily. Version gates compare ``major`` (Tens
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -23,7 +24,6 @@ log = logging.getLogger(__name__)
 
 MIN_CC = {"fp32": (3, 0), "fp16": (5, 3), "int8": (6, 1)}  # compute capability each precision needs
 OOM_MARKERS = ("out of memory", "outofmemory", "insufficient memory", "cudamalloc", "requested amount of gpu memory")
-CALIBRATION_BATCH = 8
 
 
 class UnsupportedPrecisionError(DeviceError):
@@ -303,8 +303,12 @@ def serialize_network(
     return bytes(plan)
 
 
-def entropy_calibrator(bundle: Bundle, paths: list[Path], cache_file: Path, batch: int = CALIBRATION_BATCH):
-    """An IInt8EntropyCalibrator2 (TensorRT <= 10) over image ``paths``, through the bundle's Preprocess."""
+def entropy_calibrator(bundle: Bundle, paths: list[Path], cache_file: Path, batch: int):
+    """An IInt8EntropyCalibrator2 (TensorRT <= 10) over image ``paths``, through the bundle's Preprocess.
+
+    ``batch`` must be the calibration profile's opt batch: with explicit batch, TensorRT reads
+    input buffers of the profile's opt shape, whatever ``get_batch_size`` says.
+    """
     import numpy as np
     import tensorrt as trt
 
@@ -323,7 +327,7 @@ def entropy_calibrator(bundle: Bundle, paths: list[Path], cache_file: Path, batc
             return batch
 
         def get_batch(self, names):
-            frames = [f for _, f in zip(range(batch), self.images)]
+            frames = list(itertools.islice(self.images, batch))
             if not frames:
                 return None
             tensor = prep.batch(frames).astype(np.float32)
@@ -387,7 +391,8 @@ def load_engine(bundle: Bundle, options: BuildOptions):
         if not paths:
             raise BundleError(f"calibration folder {options.calibrate} holds no images (jpg, png, bmp)")
         digest = folder_digest(paths)
-        calibrator = entropy_calibrator(bundle, paths, cache.root / "calibration" / f"{sha[:16]}-{digest}.cache")
+        cache_file = cache.root / "calibration" / f"{sha[:16]}-{digest}.cache"
+        calibrator = entropy_calibrator(bundle, paths, cache_file, batch=shapes[1][0])
     key = device_key(options, sha, shapes, digest)
     timing = cache.timing_cache_path(key.tensorrt, key.gpu)
     runtime = trt.Runtime(logger())

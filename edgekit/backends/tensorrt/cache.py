@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Callable
 
 from edgekit.atomic import sha256_file, write_bytes, write_json
-from edgekit.errors import DeviceError, InputError
+from edgekit.errors import DeviceError, InputError, first_line
 
 log = logging.getLogger(__name__)
 
-SERVICE_CACHE_DIR = "/var/lib/edgekit"
 SIDECAR_FORMAT = 1
 
 
@@ -183,5 +182,5 @@ def _try(deserialize: Callable[[bytes], object], data: bytes):
     try:
         return deserialize(data)
     except Exception as exc:  # TensorRT raises or returns None for a foreign or corrupt plan
-        log.warning("engine: cached plan unreadable: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        log.warning("engine: cached plan unreadable: %s", first_line(exc))
         return None

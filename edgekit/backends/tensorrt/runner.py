@@ -55,7 +55,7 @@ class TensorRTRunner(Runner):
         return cls(bundle, BuildOptions(precision=precision, **options), device)
 
     def _reset(self) -> None:
-        self.cuda_context = self.engine = self.context = self.stream = None
+        self.context = self.engine = self.stream = self.cuda_context = None  # the execution context before its engine
         self.buffers: dict = {}
         self.inputs: list[str] = []
         self.outputs: list[str] = []
