@@ -71,28 +71,32 @@ class OnnxRuntimeRunner(Runner):
             )
         except Exception as exc:  # onnxruntime raises its own untyped errors for corrupt models
             raise ModelError(f"ONNX Runtime cannot load {self.model_path}: {first_line(exc)}") from exc
-        if len(self.session.get_inputs()) != 1:
-            raise ModelError(f"{self.model_path} has {len(self.session.get_inputs())} inputs; edgekit needs one")
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelError(f"{self.model_path} has {len(inputs)} inputs; edgekit needs one")
+        self._input = _spec(inputs[0])  # fixed while active: derived once, not per inference
+        self._outputs = [_spec(o) for o in self.session.get_outputs()]
+        self._output_names = [o.name for o in self._outputs]
 
     def deactivate_impl(self) -> None:
         self.session = None
 
     @property
     def input_spec(self) -> TensorSpec:
-        return _spec(self.session.get_inputs()[0])
+        return self._input
 
     @property
     def output_specs(self) -> list[TensorSpec]:
-        return [_spec(o) for o in self.session.get_outputs()]
+        return self._outputs
 
     @property
     def active_provider(self) -> str:
         return self.session.get_providers()[0]
 
     def infer_impl(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        names = [o.name for o in self.session.get_outputs()]
+        names = self._output_names
         try:
-            outputs = self.session.run(names, {self.session.get_inputs()[0].name: batch})
+            outputs = self.session.run(names, {self._input.name: batch})
         except Exception as exc:
             raise ModelError(f"ONNX Runtime failed on {self.model_path.name}: {first_line(exc)}") from exc
         return dict(zip(names, outputs, strict=True))

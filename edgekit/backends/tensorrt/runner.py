@@ -57,6 +57,7 @@ class TensorRTRunner(Runner):
     def _reset(self) -> None:
         self.context = self.engine = self.stream = self.cuda_context = None  # the execution context before its engine
         self.buffers: dict = {}
+        self.specs: dict[str, TensorSpec] = {}
         self.inputs: list[str] = []
         self.outputs: list[str] = []
         self.max_batch = self.min_batch = 0
@@ -89,6 +90,7 @@ class TensorRTRunner(Runner):
                 buf = cuda.HostDeviceBuffer(shape, numpy_dtype(self.engine.get_tensor_dtype(name)))
                 self.buffers[name] = buf
                 self.context.set_tensor_address(name, buf.ptr)
+            self.specs = {name: self._spec(name) for name in self.inputs + self.outputs}  # once, not per inference
         except BaseException:
             self.deactivate_impl()
             raise
@@ -107,11 +109,11 @@ class TensorRTRunner(Runner):
 
     @property
     def input_spec(self) -> TensorSpec:
-        return self._spec(self.inputs[0])
+        return self.specs[self.inputs[0]]
 
     @property
     def output_specs(self) -> list[TensorSpec]:
-        return [self._spec(n) for n in self.outputs]
+        return [self.specs[n] for n in self.outputs]
 
     def infer_impl(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         self.cuda_context.check_thread()
