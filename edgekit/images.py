@@ -98,18 +98,23 @@ def labelled_folder(folder: str | os.PathLike, min_classes: int = 2) -> Labelled
     return LabelledFolder(folder, classes, samples)
 
 
-def read_images(paths, on_error: str = "skip"):
-    """Yield (path, image) for readable images; unreadable ones are skipped with a warning and counted.
+class ImageReader:
+    """Iterate ``(path, image)`` over readable images; unreadable ones are skipped with a warning.
 
-    Returns the number skipped as the generator's return value (``yield from`` gets it).
+    ``skipped`` counts them as iteration goes: ``reader = ImageReader(paths); for p, im in reader: ...;
+    reader.skipped``.
     """
-    skipped = 0
-    for path in paths:
-        try:
-            yield path, read_image(path)
-        except ImageReadError as exc:
-            if on_error != "skip":
-                raise
-            skipped += 1
-            log.warning("skipping %s", exc)
-    return skipped
+
+    def __init__(self, paths):
+        self.paths = paths
+        self.skipped = 0
+
+    def __iter__(self):
+        for path in self.paths:
+            try:
+                image = read_image(path)
+            except ImageReadError as exc:
+                self.skipped += 1
+                log.warning("skipping %s", exc)
+                continue
+            yield path, image

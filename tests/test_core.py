@@ -15,7 +15,7 @@ from conftest import assert_one_line_error
 from edgekit import atomic
 from edgekit.bundle import MANIFEST, Bundle
 from edgekit.errors import BundleError, EdgekitError, InputError
-from edgekit.images import labelled_folder, read_image, read_images
+from edgekit.images import ImageReader, labelled_folder, read_image
 from edgekit.preprocess import Preprocess
 
 
@@ -159,17 +159,9 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path, caplog):
     cv2.imwrite(str(tmp_path / "ok.png"), np.zeros((4, 4, 3), np.uint8))
     (tmp_path / "bad.png").write_bytes(b"not a png")
 
-    def consume():
-        return (yield from read_images(sorted(tmp_path.iterdir())))
-
-    got = []
-    gen = consume()
-    try:
-        while True:
-            got.append(next(gen))
-    except StopIteration as stop:
-        skipped = stop.value
-    assert [p.name for p, _ in got] == ["ok.png"] and skipped == 1
+    reader = ImageReader(sorted(tmp_path.iterdir()))
+    got = list(reader)
+    assert [p.name for p, _ in got] == ["ok.png"] and reader.skipped == 1
     assert "bad.png" in caplog.text
 
 

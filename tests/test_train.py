@@ -30,7 +30,7 @@ def test_trained_model_beats_chance_on_held_out_digits(trained_model, digits):
     """The model learned something: well above 10% on val/ images it never saw, read the bundle's way."""
     from edgekit.host import import_tf
     from edgekit.host.train import sidecar_path
-    from edgekit.images import labelled_folder, read_images
+    from edgekit.images import ImageReader, labelled_folder
     from edgekit.preprocess import Preprocess
 
     _, keras = import_tf()
@@ -38,7 +38,7 @@ def test_trained_model_beats_chance_on_held_out_digits(trained_model, digits):
     prep = Preprocess.from_dict(json.loads(sidecar_path(trained_model).read_text())["preprocess"])
     folder = labelled_folder(digits / "val")
     label_of = dict(folder.samples)
-    pairs = list(read_images(label_of))
+    pairs = list(ImageReader(label_of))
     x = np.stack([prep.hwc(img) for _, img in pairs])
     y = np.array([label_of[p] for p, _ in pairs])
     accuracy = float((model.predict(x, verbose=0).argmax(1) == y).mean())

@@ -19,7 +19,7 @@ import numpy as np
 from edgekit.atomic import check_output_dir, copy_file, write_json
 from edgekit.errors import InputError, UsageError
 from edgekit.host.archs import build_model, get_arch
-from edgekit.images import labelled_folder, read_images
+from edgekit.images import ImageReader, labelled_folder
 
 log = logging.getLogger(__name__)
 
@@ -122,15 +122,11 @@ def _load(folder, prep):
     """Decode and resize every image once (uint8); unreadable ones are skipped and counted."""
     label_of = dict(folder.samples)
     frames, ys = [], []
-    images = read_images(label_of)
-    while True:
-        try:
-            path, image = next(images)
-        except StopIteration as stop:
-            skipped = stop.value or 0
-            break
+    images = ImageReader(label_of)
+    for path, image in images:
         frames.append(prep.resized(image))
         ys.append(label_of[path])
+    skipped = images.skipped
     if skipped:
         log.warning("skipped %d unreadable image(s) in %s", skipped, folder.root)
     present = len(set(ys))

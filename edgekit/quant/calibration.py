@@ -23,7 +23,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from edgekit.errors import InputError, UsageError
-from edgekit.images import IMAGE_EXTENSIONS, list_images, read_images
+from edgekit.images import IMAGE_EXTENSIONS, ImageReader, list_images
 from edgekit.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -76,14 +76,10 @@ class CalibrationSet:
         files = [i for i in self.items if i.frame is None]
         if files:
             by_path = {i.path: i for i in files}
-            reader = read_images(list(by_path))
-            while True:
-                try:
-                    path, image = next(reader)
-                except StopIteration as stop:
-                    self.skipped += stop.value or 0
-                    break
+            reader = ImageReader(list(by_path))
+            for path, image in reader:
                 yield by_path[path], image
+            self.skipped += reader.skipped
         frames = [i for i in self.items if i.frame is not None]
         if frames:
             yield from _video_frames(frames)

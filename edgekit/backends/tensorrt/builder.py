@@ -313,14 +313,14 @@ def entropy_calibrator(bundle: Bundle, paths: list[Path], cache_file: Path, batc
     import tensorrt as trt
 
     from edgekit.backends.tensorrt import cuda
-    from edgekit.images import read_images
+    from edgekit.images import ImageReader
 
     prep = bundle.preprocess
 
     class Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self):
             trt.IInt8EntropyCalibrator2.__init__(self)
-            self.images = (image for _, image in read_images(paths))
+            self.images = (image for _, image in ImageReader(paths))
             self.buffer = None
 
         def get_batch_size(self):
