@@ -107,6 +107,14 @@ def _run(runner, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
     return out, float(np.median(times[3:] or times) * 1000)
 
 
+def fp32_reference(bundle: Bundle, x: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, float]:
+    """The FP32 model's outputs on ``x`` and its median batch-1 latency (ms): what every model is scored against."""
+    from edgekit.backends.onnxruntime import OnnxRuntimeRunner
+
+    with OnnxRuntimeRunner(bundle.model_path("fp32")) as runner:
+        return _run(runner, x, batch_size)
+
+
 def evaluate(
     bundle: Bundle,
     x: np.ndarray,
@@ -115,15 +123,18 @@ def evaluate(
     models: list[str] | None = None,
     tensorrt: bool = True,
     batch_size: int = 32,
+    reference: tuple[np.ndarray, float] | None = None,
 ) -> Report:
-    """Run ``models`` (default: all in the bundle) on the tensors ``x`` against the FP32 reference."""
+    """Run ``models`` (default: all in the bundle) on the tensors ``x`` against the FP32 reference.
+
+    ``reference`` is :func:`fp32_reference` of the same bundle and ``x``, when the caller already has it.
+    """
     from edgekit.backends.onnxruntime import OnnxRuntimeRunner
     from edgekit.backends.select import open_runner, tensorrt_available
 
     labelled = y is not None and bool(np.all(y >= 0))
     report = Report(str(bundle.path), len(x), labelled, max_drop)
-    with OnnxRuntimeRunner(bundle.model_path("fp32")) as runner:
-        ref, ms = _run(runner, x, batch_size)
+    ref, ms = reference if reference is not None else fp32_reference(bundle, x, batch_size)
     ref_top = ref.argmax(1)
     ref_acc = float(np.mean(ref_top == y) * 100) if labelled else None
 

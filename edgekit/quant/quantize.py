@@ -57,7 +57,7 @@ def quantize_bundle(
 
     from edgekit.quant.calibration import calibration_set
     from edgekit.quant.fp16 import convert_fp16
-    from edgekit.quant.gate import evaluate, labelled_tensors, write_report
+    from edgekit.quant.gate import evaluate, fp32_reference, labelled_tensors, write_report
     from edgekit.quant.qdq import METHODS, Quantizer, ranges_document
 
     if method != "auto" and method not in METHODS:
@@ -90,12 +90,14 @@ def quantize_bundle(
         with tempfile.TemporaryDirectory(prefix="edgekit-quant-") as work:
             quantizer = Quantizer(new.model_path("fp32"), work).calibrate(cal)
             candidates = {}
+            reference = None
             if method == "auto":
                 pick_x = x if x is not None else cal.take(200).tensors()[0]
+                reference = fp32_reference(new, pick_x)  # one FP32 pass for every candidate, and the gate (same x)
                 for m in METHODS:
                     quantizer.write(tmp / INT8_FILE, m, tuple(keep_float))
                     new.add_model("int8", tmp / INT8_FILE, INT8_FILE)
-                    r = evaluate(new, pick_x, y, models=["int8"], tensorrt=False).result("int8")
+                    r = evaluate(new, pick_x, y, models=["int8"], tensorrt=False, reference=reference).result("int8")
                     candidates[m] = {"drop": r.drop, "agreement": r.agreement, "mean_abs_error": r.mean_abs_error}
                 method = min(METHODS, key=lambda m: (-candidates[m]["agreement"], candidates[m]["mean_abs_error"]))
                 log.info("method %s kept (top-1 agreement with FP32: %s)", method,
@@ -118,7 +120,7 @@ def quantize_bundle(
             new.add_model("fp16", tmp / FP16_FILE, FP16_FILE, precision="fp16", format="fp16-io-fp32")
         if x is not None:
             keys = [k for k in ("int8", "int8_cpu", "fp16") if new.has_model(k)]
-            report = evaluate(new, x, y, max_drop=max_drop, models=keys, tensorrt=False)
+            report = evaluate(new, x, y, max_drop=max_drop, models=keys, tensorrt=False, reference=reference)
             for r in report.results:
                 if r.name in keys:
                     new.models[r.name]["usable"] = bool(r.passed)
