@@ -78,21 +78,6 @@ def jetpack_for_l4t(l4t: str) -> str | None:
     return JETPACK.get(".".join(parts[:2])) or JETPACK.get(parts[0])
 
 
-def parse_opencv_build(info: str) -> dict:
-    """GStreamer/V4L2/FFMPEG yes-or-no and the GUI backend from ``cv2.getBuildInformation()``."""
-
-    def field(label: str) -> str:
-        m = re.search(rf"^\s*{re.escape(label)}:\s*(.+?)\s*$", info, re.MULTILINE | re.IGNORECASE)
-        return m.group(1) if m else "NO"
-
-    return {
-        "GStreamer": field("GStreamer").upper().startswith("YES"),
-        "V4L2": field("v4l/v4l2").upper().startswith("YES"),
-        "FFMPEG": field("FFMPEG").upper().startswith("YES"),
-        "GUI": field("GUI"),
-    }
-
-
 # ---- probes ---------------------------------------------------------------------------------
 def l4t_release() -> str | None:
     """The L4T release from /etc/nv_tegra_release, else from dpkg's nvidia-l4t-core; None off Jetson."""
@@ -158,9 +143,9 @@ def environment() -> Report:
     cv = _version("cv2")
     checks.append(Check("OpenCV", cv is not None, cv or "", "pip install 'opencv-python<5' (or JetPack's python3-opencv)", True))
     if cv:
-        import cv2
+        from edgekit.opencv_build import opencv_build
 
-        build = parse_opencv_build(cv2.getBuildInformation())
+        build = opencv_build()
         checks += [
             Check("OpenCV GStreamer", build["GStreamer"], "yes" if build["GStreamer"] else "no",
                   "CSI cameras (nvarguscamerasrc) need JetPack's OpenCV: sudo apt install python3-opencv; pip uninstall opencv-python"),

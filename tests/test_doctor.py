@@ -10,6 +10,7 @@ from conftest import assert_one_line_error
 from edgekit import doctor
 from edgekit.backends.select import tensorrt_available
 from edgekit.backends.tensorrt import probe
+from edgekit.opencv_build import parse as parse_opencv_build
 
 no_tensorrt = pytest.mark.skipif(tensorrt_available(), reason="checks the report of a machine without TensorRT/GPU")
 
@@ -32,7 +33,7 @@ def test_parsers():
     assert doctor.jetpack_for_l4t("36.4.0") == "6.1/6.2"
     assert doctor.jetpack_for_l4t("35.5.0") == "5.1.x"
     assert doctor.jetpack_for_l4t("99.0") is None
-    assert doctor.parse_opencv_build(OPENCV_INFO) == {"GStreamer": True, "V4L2": False, "FFMPEG": True, "GUI": "NONE"}
+    assert parse_opencv_build(OPENCV_INFO) == {"GStreamer": True, "V4L2": False, "FFMPEG": True, "GUI": "NONE"}
     assert probe.parse_cuda_version('{"cuda": {"name": "CUDA SDK", "version": "12.6.68"}}') == "12.6.68"
     assert probe.parse_cuda_version("CUDA Version 10.2.300") == "10.2.300"
     assert probe.parse_cuda_version("nothing") is None
@@ -40,10 +41,14 @@ def test_parsers():
     assert probe.parse_cudnn_header(header) == "9.3.0" and probe.parse_cudnn_header("#define CUDNN_MAJOR 9") is None
 
 
+def test_a_build_without_gui_line_has_no_gui():
+    assert parse_opencv_build("  GStreamer:  NO\n")["GUI"] == "NONE"
+
+
 def test_real_opencv_build_is_parsed():
     import cv2
 
-    build = doctor.parse_opencv_build(cv2.getBuildInformation())
+    build = parse_opencv_build(cv2.getBuildInformation())
     assert set(build) == {"GStreamer", "V4L2", "FFMPEG", "GUI"} and isinstance(build["GStreamer"], bool)
 
 

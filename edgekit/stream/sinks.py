@@ -127,11 +127,9 @@ class VideoSink:
 
 def gui_available() -> str | None:
     """None when OpenCV can open a window here, else why not."""
-    import cv2
+    from edgekit.opencv_build import opencv_build
 
-    info = cv2.getBuildInformation()
-    gui = info.split("GUI:", 1)[1].split("\n", 1)[0].strip() if "GUI:" in info else "NONE"
-    if gui.upper().startswith("NONE"):
+    if opencv_build()["GUI"] == "NONE":
         return "this OpenCV has no GUI support (opencv-python-headless?)"
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         return "no screen (DISPLAY and WAYLAND_DISPLAY are unset)"

@@ -244,9 +244,9 @@ class MjpegHttpSource(Source):
 
 # ---- the grammar -----------------------------------------------------------------------------
 def has_gstreamer() -> bool:
-    import cv2
+    from edgekit.opencv_build import opencv_build
 
-    return bool(re.search(r"GStreamer:\s*YES", cv2.getBuildInformation()))
+    return opencv_build()["GStreamer"]
 
 
 def _need_gstreamer(uri: str) -> None:
