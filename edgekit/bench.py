@@ -112,20 +112,22 @@ def bench(
 def bench_bundle(
     bundle: Bundle,
     backend: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     batch: int = 1,
     warmup: int = 10,
     iterations: int | None = None,
     duration: float | None = None,
     **options,
 ) -> BenchResult:
-    """Open the runner ``open_runner`` picks and benchmark it on a preprocessed random batch."""
+    """Open the runner ``open_runner`` picks (``auto``: the fastest model that passed its gate; failed gates
+    refused unless ``allow_failed_gate`` is among ``options``) and benchmark it on a preprocessed random batch."""
     from edgekit.backends.select import open_runner
 
     if batch < 1:
         raise UsageError("--batch must be at least 1")
     check_counts(warmup, iterations, duration)  # before a TensorRT engine build that may take minutes
-    options.setdefault("batch", (1, batch, batch))  # the TensorRT profile; ONNX Runtime ignores it
+    options.setdefault("batch", batch)  # the TensorRT profile (1..batch, or static with DLA); ONNX Runtime ignores it
     inputs = sample_batch(bundle, batch)
     with open_runner(bundle, backend, precision, **options) as runner:
-        return bench(runner, inputs, warmup, iterations, duration, precision)
+        chosen = runner.choice.key if runner.choice is not None else precision
+        return bench(runner, inputs, warmup, iterations, duration, chosen)

@@ -21,6 +21,11 @@ A bundle is a folder holding ONNX models and ``edgekit.json``, the manifest::
 
 Model keys: ``fp32`` (always), ``fp16``, ``int8`` (Q/DQ for TensorRT), ``int8_cpu`` (a variant only
 ONNX Runtime on the CPU may use). Loading checks the schema and the hashes.
+
+Verdicts: a reduced-precision model entry carries ``usable`` and, from quantize's gate, ``gate``; a
+labelled ``edgekit validate`` adds ``validation`` ({passed, metric, value, reference, drop, max_drop,
+images, at}) and sets ``usable`` from it, so the latest judgement wins. FP32 is the reference and is
+never gated. :meth:`Bundle.verdict` says in one line why a model may not be used.
 """
 
 from __future__ import annotations
@@ -154,3 +159,40 @@ class Bundle:
         entry = {"path": filename, "sha256": sha256_file(dst), "usable": True, **info}
         self.models[key] = entry
         return entry
+
+    # ---- verdicts --------------------------------------------------------------------------
+    def usable(self, key: str) -> bool:
+        """False when model ``key`` failed its latest accuracy gate (quantize's or validate's)."""
+        return self.models.get(key, {}).get("usable", True) is not False
+
+    def verdict(self, key: str) -> str | None:
+        """One line naming the gate result that makes model ``key`` unusable; None when it may be used."""
+        if self.usable(key):
+            return None
+        entry = self.models[key]
+        v, g = entry.get("validation"), entry.get("gate")
+        if isinstance(v, dict) and v.get("passed") is False:
+            return (
+                f"{key} failed `edgekit validate` ({v.get('at', 'unknown time')}): {v.get('metric', 'top1')} "
+                f"{_num(v.get('value'))} vs {_num(v.get('reference'))} for fp32, a drop of {_num(v.get('drop'))} "
+                f"points (max {_num(v.get('max_drop'))}) on {v.get('images', '?')} images"
+            )
+        if isinstance(g, dict):
+            basis = "top-1 accuracy" if g.get("labelled") else "top-1 agreement with fp32"
+            return (
+                f"{key} failed the quantize accuracy gate: {basis} dropped {_num(g.get('drop'))} points "
+                f"(max {_num(g.get('max_drop'))}) on {g.get('images', '?')} held-out images"
+            )
+        return f"{key} is marked unusable in {self.path / MANIFEST}"
+
+    def record_validation(self, key: str, validation: dict) -> None:
+        """Store ``validate``'s verdict on model ``key`` (not saved): ``usable`` follows ``passed``."""
+        if key == "fp32":
+            raise BundleError("the fp32 model is the reference; it has no gate")
+        entry = self.models[key]
+        entry["validation"] = dict(validation)
+        entry["usable"] = bool(validation["passed"])
+
+
+def _num(value) -> str:
+    return "?" if not isinstance(value, (int, float)) else f"{value:.2f}".rstrip("0").rstrip(".")

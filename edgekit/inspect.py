@@ -27,6 +27,8 @@ def inspect_bundle(path: str | os.PathLike, target: str | None = None) -> dict:
         file = bundle.path / entry["path"]
         info = {"path": entry["path"], "present": file.is_file()}
         info.update({k: v for k, v in entry.items() if k not in ("path", "sha256")})
+        if key != "fp32":
+            info["verdict"] = bundle.verdict(key)  # None: usable
         models[key] = info
         if file.is_file():
             sha = sha256_file(file)
@@ -77,6 +79,24 @@ def _size(n: int) -> str:
         n /= 1024
 
 
+def _verdict_lines(info: dict) -> list[str]:
+    """The accuracy verdicts on one model: quantize's gate, validate's run, and what they decide."""
+    lines = []
+    g, v = info.get("gate"), info.get("validation")
+    if isinstance(g, dict) and isinstance(g.get("drop"), (int, float)):
+        basis = "top-1" if g.get("labelled") else "agreement with fp32"
+        lines.append(f"          gate: {basis} drop {g['drop']:.2f} points (max {g.get('max_drop', 0):g}) "
+                     f"on {g.get('images', '?')} held-out images")
+    if isinstance(v, dict):
+        result = "pass" if v.get("passed") else "FAIL"
+        lines.append(f"          validate: {result}, top-1 {v.get('value', 0):.2f}% vs {v.get('reference', 0):.2f}% "
+                     f"fp32, drop {v.get('drop', 0):.2f} points (max {v.get('max_drop', 0):g}) "
+                     f"on {v.get('images', '?')} images, {v.get('at', '?')}")
+    if info.get("verdict"):
+        lines.append(f"          refused by build/bench/run/service: {info['verdict']} (--allow-failed-gate overrides)")
+    return lines
+
+
 def format_summary(s: dict) -> str:
     """The summary as readable text."""
     labels = s["labels"]
@@ -116,6 +136,7 @@ def format_summary(s: dict) -> str:
         ios = [f"{v['name']} {v['shape']} {v['dtype']}" for v in (*info["inputs"], *info["outputs"])]
         lines.append(f"          io: {' -> '.join(ios)}")
         lines.append("          ops: " + ", ".join(f"{op} {n}" for op, n in info["ops"].items()))
+        lines += _verdict_lines(info)
         if "check" in info:
             c = info["check"]
             lines.append(f"          {c['name']} (TensorRT {c['tensorrt']}): {c['verdict']}")

@@ -43,7 +43,7 @@ def test_auto_picks_onnxruntime_and_says_so(tiny_bundle, caplog):
     caplog.set_level(logging.INFO, logger="edgekit")
     runner = open_runner(tiny_bundle, "auto")
     assert isinstance(runner, OnnxRuntimeRunner) and runner.providers == ["CPUExecutionProvider"]
-    assert "backend: onnxruntime (CPUExecutionProvider; fp32 model)" in caplog.text
+    assert "backend: onnxruntime (CPUExecutionProvider; fp32 model, fp32): auto: no int8_cpu model" in caplog.text
 
 
 @no_tensorrt

@@ -28,6 +28,7 @@ class Runner(abc.ABC):
     """Base class: activation bookkeeping, input checking and the context-manager protocol."""
 
     name = "runner"
+    choice = None  # the select.Choice that picked the model, when open_runner made the runner
 
     def __init__(self):
         self.is_active = False

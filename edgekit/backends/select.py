@@ -1,16 +1,25 @@
-"""Choosing a backend and the bundle model it runs: ``open_runner(bundle, backend, precision)``."""
+"""Choosing a backend and the bundle model it runs: ``open_runner(bundle, backend, precision)``.
+
+:func:`choose_model` is the one place that turns a precision (``auto`` included) into a bundle model,
+honouring the accuracy verdicts recorded in the manifest (:meth:`Bundle.verdict`): ``run``,
+``bench``, ``build``, ``validate`` (on TensorRT), ``service install`` and the Python API all go
+through it, so a model that failed its gate is refused (or, with ``allow_failed_gate``, used with a
+warning) the same way everywhere.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict, dataclass
 
 from edgekit.backends.base import Runner
 from edgekit.bundle import PRECISIONS, Bundle
-from edgekit.errors import BundleError, UsageError
+from edgekit.errors import BundleError, DeviceError, GateError, UsageError
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
+CHOICES = ("auto",) + PRECISIONS
 
 
 ORT_OPTIONS = ("providers", "intra_op_threads", "inter_op_threads")
@@ -18,35 +27,179 @@ TRT_OPTIONS = ("batch", "workspace_mib", "dla_core", "calibrate", "cache_dir", "
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
+@dataclass(frozen=True)
+class Choice:
+    """The bundle model a backend runs: ``key`` in the manifest, the ``precision`` it runs at, and why."""
+
+    backend: str
+    key: str
+    precision: str
+    reason: str
+    warning: str | None = None  # set when a model that failed its gate is used anyway
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def _refuse(bundle: Bundle, key: str) -> GateError:
+    return GateError(
+        f"{bundle.verdict(key)}; refusing to run it (bundle {bundle.path}): pass --allow-failed-gate to run it "
+        "anyway, or choose another --precision"
+    )
+
+
+def _gated(bundle: Bundle, key: str) -> str:
+    entry = bundle.models[key]
+    v, g = entry.get("validation"), entry.get("gate")
+    if isinstance(v, dict):
+        return f"{key} passed `edgekit validate` (drop {v.get('drop', 0):.2f} of max {v.get('max_drop', 0):g} points)"
+    if isinstance(g, dict) and isinstance(g.get("drop"), (int, float)):
+        return f"{key} passed its gate (drop {g['drop']:.2f} of max {g.get('max_drop', 0):g} points)"
+    return f"{key} was not gated"
+
+
+def tensorrt_key(bundle: Bundle, precision: str) -> str | None:
+    """The bundle model whose verdict governs a TensorRT engine at ``precision`` (None: no such model).
+
+    INT8 engines are built from the Q/DQ model; FP16 ones are judged by the fp16 model (TensorRT < 11
+    builds them from fp32 with the FP16 flag, but the fp16 model is the one the gate measured).
+    """
+    if precision == "fp32":
+        return "fp32"
+    return precision if bundle.has_model(precision) else None
+
+
+def device_supports(precision: str, compute_capability: str | None) -> bool:
+    """True when a GPU of ``compute_capability`` has fast ``precision`` (unknown capability: assume so)."""
+    from edgekit.backends.tensorrt.builder import MIN_CC
+
+    if not compute_capability:
+        return True
+    cc = tuple(int(v) for v in compute_capability.split(".")[:2])
+    return cc >= MIN_CC[precision]
+
+
+def choose_model(
+    bundle: Bundle,
+    backend: str,
+    precision: str = "auto",
+    allow_failed_gate: bool = False,
+    *,
+    cpu: bool = True,
+    dla: bool = False,
+    compute_capability: str | None = None,
+) -> Choice:
+    """The model ``backend`` (``tensorrt`` or ``onnxruntime``) runs for ``precision``.
+
+    ``auto``: on TensorRT the best usable of int8 -> fp16 -> fp32 the GPU (``compute_capability``)
+    supports (DLA: int8/fp16 only), int8 and fp16 only from the bundle's gated models; on ONNX Runtime on the CPU (``cpu``)
+    the usable ``int8_cpu`` variant if present, else fp32 (the TensorRT-placed Q/DQ model is slower
+    than FP32 on a CPU). An explicit precision whose model failed its gate raises GateError unless
+    ``allow_failed_gate`` (then the Choice carries a warning); on the CPU, int8 prefers ``int8_cpu``
+    and falls back to the Q/DQ model when only that one passed.
+    """
+    if precision not in CHOICES:
+        raise UsageError(f"unknown precision {precision!r}; choose from {', '.join(CHOICES)}")
+    if backend not in ("tensorrt", "onnxruntime"):
+        raise UsageError(f"choose_model needs a concrete backend, not {backend!r}")
+    if precision == "auto":
+        return _auto(bundle, backend, cpu, dla, compute_capability)
+    if backend == "onnxruntime":
+        keys = ["int8_cpu", "int8"] if precision == "int8" and cpu else [precision]
+        keys = [k for k in keys if bundle.has_model(k)]
+        if not keys:
+            hint = " (run `edgekit quantize` first)" if precision == "int8" else ""
+            raise BundleError(f"bundle {bundle.path} has no {precision} model{hint}")
+    else:
+        key = tensorrt_key(bundle, precision)
+        keys = [key] if key else []
+        if not keys:  # TensorRT < 11 builds fp16 from fp32 (no gated model to judge it); the builder decides
+            return Choice(backend, "fp32", precision, f"{precision} asked; the bundle has no {precision} model to judge it")
+    for key in keys:
+        if bundle.usable(key):
+            skipped = [bundle.verdict(k) for k in keys[: keys.index(key)]]
+            why = f"{precision} asked; {_gated(bundle, key)}" + "".join(f"; skipped {s}" for s in skipped)
+            return Choice(backend, key, precision, why)
+    if not allow_failed_gate:
+        raise _refuse(bundle, keys[0])
+    warning = f"{bundle.verdict(keys[0])}; running it anyway (--allow-failed-gate)"
+    return Choice(backend, keys[0], precision, f"{precision} asked; --allow-failed-gate", warning)
+
+
+def _auto(bundle, backend, cpu, dla, compute_capability) -> Choice:
+    skipped = []
+    if backend == "onnxruntime":
+        if not cpu:
+            return Choice(backend, "fp32", "fp32", "auto: ONNX Runtime on a GPU provider runs fp32")
+        if bundle.has_model("int8_cpu"):
+            if bundle.usable("int8_cpu"):
+                return Choice(backend, "int8_cpu", "int8", f"auto: {_gated(bundle, 'int8_cpu')}")
+            skipped.append(f"skipped {bundle.verdict('int8_cpu')}")
+        else:
+            skipped.append("no int8_cpu model (edgekit quantize --cpu-variant)")
+        return Choice(backend, "fp32", "fp32", "auto: " + "; ".join(skipped))
+    for precision in ("int8", "fp16") if dla else ("int8", "fp16", "fp32"):
+        if not device_supports(precision, compute_capability):
+            skipped.append(f"the GPU (sm {compute_capability}) has no fast {precision}")
+            continue
+        key = tensorrt_key(bundle, precision)
+        if key is None:
+            skipped.append(f"no {precision} model")
+            continue
+        if not bundle.usable(key):
+            skipped.append(f"skipped {bundle.verdict(key)}")
+            continue
+        why = "fp32 is the reference" if precision == "fp32" else _gated(bundle, key)
+        return Choice(backend, key, precision, "; ".join([f"auto: {why}"] + skipped))
+    detail = "; ".join(skipped)
+    if dla:
+        raise GateError(f"no usable int8 or fp16 model for DLA in bundle {bundle.path}: {detail}")
+    raise DeviceError(f"no precision of bundle {bundle.path} runs here: {detail}")
+
+
 def onnxruntime_model_key(bundle: Bundle, precision: str, cpu: bool = True) -> str:
-    """The bundle model ONNX Runtime runs for ``precision`` (on the CPU, the CPU-fast INT8 variant when present)."""
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    if precision == "int8" and cpu and bundle.has_model("int8_cpu"):
-        return "int8_cpu"
-    if not bundle.has_model(precision):
-        hint = " (run `edgekit quantize` first)" if precision == "int8" else ""
-        raise BundleError(f"bundle {bundle.path} has no {precision} model{hint}")
-    return precision
+    """The bundle model ONNX Runtime runs for ``precision`` (see :func:`choose_model`; failed gates refused)."""
+    return choose_model(bundle, "onnxruntime", precision, cpu=cpu).key
 
 
-def open_runner(bundle: Bundle, backend: str = "auto", precision: str = "fp32", **options) -> Runner:
-    """A not-yet-activated runner for ``bundle`` on ``backend`` at ``precision``.
+def resolve_backend(backend: str) -> str:
+    """``auto`` -> ``tensorrt`` when TensorRT imports and a GPU answers, else ``onnxruntime``."""
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "tensorrt" if tensorrt_available() else "onnxruntime"
+    return backend
+
+
+def choose_here(bundle: Bundle, backend: str = "auto", precision: str = "auto", allow_failed_gate: bool = False,
+                dla_core: int | None = None, device: int = 0, providers: list[str] | None = None) -> Choice:
+    """The :class:`Choice` :func:`open_runner` makes on this machine, without opening anything."""
+    backend = resolve_backend(backend)
+    if backend == "tensorrt":
+        return choose_tensorrt_model(bundle, precision, allow_failed_gate, dla_core, device)
+    providers = providers or choose_providers()
+    return choose_model(bundle, "onnxruntime", precision, allow_failed_gate, cpu=providers[0] == "CPUExecutionProvider")
+
+
+def open_runner(bundle: Bundle, backend: str = "auto", precision: str = "auto", allow_failed_gate: bool = False,
+                **options) -> Runner:
+    """A not-yet-activated runner for ``bundle`` on ``backend`` at ``precision`` (default ``auto``).
 
     ``auto`` picks TensorRT when it imports and a GPU is present, else ONNX Runtime with its TensorRT
-    or CUDA execution providers when it offers them, else its CPU provider, and logs which.
+    or CUDA execution providers when it offers them, else its CPU provider. The model comes from
+    :func:`choose_model` (a model that failed its gate is refused unless ``allow_failed_gate``); backend,
+    model and why are logged in one line and kept as ``runner.choice``.
     ONNX Runtime options: ``providers``, ``intra_op_threads``, ``inter_op_threads``. TensorRT
     options: ``batch``, ``workspace_mib``, ``dla_core``, ``calibrate``, ``cache_dir``, ``force``,
     ``device``. Options of the backend not chosen are ignored, so ``auto`` can be given both.
     """
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if precision not in CHOICES:
+        raise UsageError(f"unknown precision {precision!r}; choose from {', '.join(CHOICES)}")
     unknown = set(options) - set(ORT_OPTIONS) - set(TRT_OPTIONS)
     if unknown:
         raise UsageError(f"unknown runner option(s): {', '.join(sorted(unknown))}")
     chosen = {k: v for k, v in options.items() if v is not None}
-    if backend == "auto":
-        backend = "tensorrt" if tensorrt_available() else "onnxruntime"
+    backend = resolve_backend(backend)
     if backend == "tensorrt":
         if not tensorrt_available():
             from edgekit.backends.tensorrt.builder import require_tensorrt
@@ -54,16 +207,45 @@ def open_runner(bundle: Bundle, backend: str = "auto", precision: str = "fp32", 
             require_tensorrt()
         from edgekit.backends.tensorrt.runner import TensorRTRunner
 
-        log.info("backend: tensorrt (%s)", precision)
         trt_options = {k: v for k, v in chosen.items() if k in TRT_OPTIONS}
-        return TensorRTRunner.from_bundle(bundle, precision=precision, **trt_options)
-    from edgekit.backends.onnxruntime import OnnxRuntimeRunner, available_providers
+        choice = choose_here(bundle, backend, precision, allow_failed_gate, trt_options.get("dla_core"),
+                             trt_options.get("device", 0))
+        log_choice(choice)
+        runner = TensorRTRunner.from_bundle(bundle, precision=choice.precision, allow_failed_gate=allow_failed_gate,
+                                            **trt_options)
+    else:
+        from edgekit.backends.onnxruntime import OnnxRuntimeRunner
 
-    ort_options = {k: v for k, v in chosen.items() if k in ORT_OPTIONS}
-    providers = ort_options.pop("providers", None) or onnxruntime_providers(available_providers())
-    key = onnxruntime_model_key(bundle, precision, cpu=providers[0] == "CPUExecutionProvider")
-    log.info("backend: onnxruntime (%s; %s model)", ", ".join(providers), key)
-    return OnnxRuntimeRunner(bundle.model_path(key), providers=providers, **ort_options)
+        ort_options = {k: v for k, v in chosen.items() if k in ORT_OPTIONS}
+        providers = ort_options.pop("providers", None) or choose_providers()
+        choice = choose_here(bundle, backend, precision, allow_failed_gate, providers=providers)
+        log_choice(choice, "; ".join(providers) + "; ")
+        runner = OnnxRuntimeRunner(bundle.model_path(choice.key), providers=providers, **ort_options)
+    runner.choice = choice
+    return runner
+
+
+def choose_tensorrt_model(bundle: Bundle, precision: str, allow_failed_gate: bool = False, dla_core=None,
+                          device: int = 0) -> Choice:
+    """:func:`choose_model` on TensorRT for this machine's GPU ``device``."""
+    from edgekit.backends.tensorrt import probe
+
+    return choose_model(bundle, "tensorrt", precision, allow_failed_gate, dla=dla_core is not None,
+                        compute_capability=(probe.gpu_info(device) or {}).get("compute_capability"))
+
+
+def log_choice(choice: Choice, detail: str = "") -> None:
+    """The one line saying which backend and model run, and why (after a warning for a failed gate)."""
+    if choice.warning:
+        log.warning("%s", choice.warning)
+    log.info("backend: %s (%s%s model, %s): %s", choice.backend, detail, choice.key, choice.precision, choice.reason)
+
+
+def choose_providers() -> list[str]:
+    """ONNX Runtime's providers to use on this machine (see :func:`onnxruntime_providers`)."""
+    from edgekit.backends.onnxruntime import available_providers
+
+    return onnxruntime_providers(available_providers())
 
 
 def onnxruntime_providers(available: list[str]) -> list[str]:

@@ -4,7 +4,10 @@ import click
 @click.command("bench")
 @click.argument("bundle", type=click.Path())
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
+              help="auto: the fastest model that passed its accuracy gate (TensorRT: int8, fp16, fp32; "
+                   "ONNX Runtime on the CPU: int8_cpu, fp32).")
+@click.option("--allow-failed-gate", is_flag=True, help="Use a model that failed its accuracy gate (with a warning).")
 @click.option("--batch", default=1, show_default=True, help="Images per inference.")
 @click.option("--warmup", default=10, show_default=True, help="Untimed inferences first.")
 @click.option("--iterations", type=int, help="Timed inferences (default 100).")
@@ -13,7 +16,7 @@ import click
 @click.option("--inter-threads", type=int, help="ONNX Runtime inter-op threads.")
 @click.option("--cache-dir", type=click.Path(), help="TensorRT engine cache (default ~/.cache/edgekit).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def command(bundle, backend, precision, batch, warmup, iterations, duration, threads, inter_threads, cache_dir, as_json):
+def command(bundle, backend, precision, allow_failed_gate, batch, warmup, iterations, duration, threads, inter_threads, cache_dir, as_json):
     """Measure BUNDLE's throughput (inferences/s, images/s) and latency (min/p50/p90/p99/max).
 
     Like trtexec, for any backend; a TensorRT engine is built on first use and cached.
@@ -34,5 +37,6 @@ def command(bundle, backend, precision, batch, warmup, iterations, duration, thr
         intra_op_threads=threads,
         inter_op_threads=inter_threads,
         cache_dir=cache_dir,
+        allow_failed_gate=allow_failed_gate,
     )
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.summary())

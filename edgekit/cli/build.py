@@ -3,14 +3,18 @@ import click
 
 @click.command("build")
 @click.argument("bundle", type=click.Path())
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
-@click.option("--batch", default="1", show_default=True, help="Batch profile: N (= 1,N,N) or MIN,OPT,MAX.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
+              help="auto: the fastest model that passed its accuracy gate (TensorRT: int8, fp16, fp32; "
+                   "ONNX Runtime on the CPU: int8_cpu, fp32).")
+@click.option("--allow-failed-gate", is_flag=True, help="Use a model that failed its accuracy gate (with a warning).")
+@click.option("--batch", default="1", show_default=True,
+              help="Batch profile: N (= 1,N,N; with --dla N,N,N) or MIN,OPT,MAX.")
 @click.option("--workspace", type=int, help="Builder workspace limit in MiB (lower it when a small Jetson runs out of memory).")
-@click.option("--dla", type=int, help="Build for DLA core N, with GPU fallback (needs fp16 or int8).")
+@click.option("--dla", type=int, help="Build for DLA core N, with GPU fallback (needs fp16 or int8, and a static --batch).")
 @click.option("--calibrate", type=click.Path(), help="INT8 without a Q/DQ model: calibrate on these images (TensorRT <= 10).")
 @click.option("--cache-dir", type=click.Path(), help="Engine cache folder (default ~/.cache/edgekit; the service uses /var/cache/edgekit).")
 @click.option("--force", is_flag=True, help="Rebuild even when a cached engine fits.")
-def command(bundle, precision, batch, workspace, dla, calibrate, cache_dir, force):
+def command(bundle, precision, allow_failed_gate, batch, workspace, dla, calibrate, cache_dir, force):
     """Build BUNDLE's TensorRT engine, or find it in the engine cache; print the plan's path.
 
     The plan is a plain serialized engine (trtexec and DeepStream read it); its metadata sits beside
@@ -29,6 +33,7 @@ def command(bundle, precision, batch, workspace, dla, calibrate, cache_dir, forc
         calibrate=Path(calibrate) if calibrate else None,
         cache_dir=Path(cache_dir) if cache_dir else None,
         force=force,
+        allow_failed_gate=allow_failed_gate,
     )
     plan, built = build(Bundle.load(bundle), options)
     click.echo(f"{'built' if built else 'cached'}: {plan}")

@@ -11,7 +11,10 @@ SOURCE_HELP = "0 or /dev/videoN, csi://N, rtsp://..., http(s)://... (MJPEG), gst
 @click.option("--height", type=int, help="Camera frame height (V4L2/CSI).")
 @click.option("--fps", type=float, help="Camera frame rate; with --realtime, the pace a file is played at.")
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
+              help="auto: the fastest model that passed its accuracy gate (TensorRT: int8, fp16, fp32; "
+                   "ONNX Runtime on the CPU: int8_cpu, fp32).")
+@click.option("--allow-failed-gate", is_flag=True, help="Use a model that failed its accuracy gate (with a warning).")
 @click.option("--json", "json_path", metavar="PATH|-", help="Write one JSON line per frame (- for stdout).")
 @click.option("--record", type=click.Path(dir_okay=False), help="Record the annotated frames (.mp4, .avi, .mkv, .mov).")
 @click.option("--display", is_flag=True, help="Show the annotated frames in a window.")
@@ -27,7 +30,7 @@ SOURCE_HELP = "0 or /dev/videoN, csi://N, rtsp://..., http(s)://... (MJPEG), gst
               metavar="SECONDS", help="Opening/reading timeout of network sources.")
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: its choice).")
 @click.option("--cache-dir", type=click.Path(), help="TensorRT engine cache (default ~/.cache/edgekit).")
-def command(bundle, camera, source, width, height, fps, backend, precision, json_path, record, display, serve,
+def command(bundle, camera, source, width, height, fps, backend, precision, allow_failed_gate, json_path, record, display, serve,
             max_frames, duration, realtime, loop, top_k, log_every, timeout, threads, cache_dir):
     """Run BUNDLE on frames from a camera, stream, video file or image folder.
 
@@ -47,7 +50,8 @@ def command(bundle, camera, source, width, height, fps, backend, precision, json
     summary = run_loop(
         bundle,
         camera if camera is not None else source,
-        width=width, height=height, fps=fps, backend=backend, precision=precision, json_path=json_path,
+        width=width, height=height, fps=fps, backend=backend, precision=precision,
+        allow_failed_gate=allow_failed_gate, json_path=json_path,
         record=record, display=display, serve=serve, max_frames=max_frames, duration=duration, realtime=realtime,
         loop=loop, top_k=top_k, log_every=log_every, timeout=timeout, intra_op_threads=threads, cache_dir=cache_dir,
     )

@@ -4,6 +4,10 @@ Per precision it reports top-1 accuracy (labelled images), top-1 agreement with 
 ONNX Runtime, max/mean absolute output error against it, and median batch-1 latency. A reduced
 precision fails when its top-1 drops more than ``max_drop`` points below FP32; without labels the
 disagreement rate stands in for the drop (an upper bound of it).
+
+``validate`` records its verdict in each judged model's manifest entry (``validation``) and sets
+``usable`` from it, so a failing model is refused by every later command and a passing one is
+usable again (see ``select.choose_model``).
 """
 
 from __future__ import annotations
@@ -130,7 +134,7 @@ def evaluate(
     ``reference`` is :func:`fp32_reference` of the same bundle and ``x``, when the caller already has it.
     """
     from edgekit.backends.onnxruntime import OnnxRuntimeRunner
-    from edgekit.backends.select import open_runner, tensorrt_available
+    from edgekit.backends import select
 
     labelled = y is not None and bool(np.all(y >= 0))
     report = Report(str(bundle.path), len(x), labelled, max_drop)
@@ -156,20 +160,66 @@ def evaluate(
         report.results.append(score(key, MODEL_PRECISION[key], "onnxruntime", out, ms))
     if not tensorrt:
         return report
-    if not tensorrt_available():
+    if not select.tensorrt_available():
         report.results.append(Result("tensorrt", "-", "tensorrt", skipped="TensorRT is not available on this machine"))
         return report
+    from edgekit.backends.tensorrt.runner import TensorRTRunner
+
     for precision in ("fp32", "fp16", "int8"):
         if precision != "fp32" and not bundle.has_model(precision):
             continue
+        # Judging a model is how a failed one becomes usable again, so failed gates are allowed here; the
+        # profile covers the batches fed (batch_size, the last partial one, and 1 for latency).
         try:
-            with open_runner(bundle, "tensorrt", precision) as runner:
+            with TensorRTRunner.from_bundle(bundle, precision, batch=batch_size, allow_failed_gate=True) as runner:
                 out, ms = _run(runner, x, batch_size)
         except EdgekitError as exc:
             report.results.append(Result(f"tensorrt:{precision}", precision, "tensorrt", skipped=str(exc)))
             continue
         report.results.append(score(f"tensorrt:{precision}", precision, "tensorrt", out, ms))
     return report
+
+
+def validation_records(report: Report, bundle: Bundle, at: str | None = None) -> dict[str, dict]:
+    """``validation`` entries for each judged model of ``bundle`` (labelled reports only; fp32 has no gate).
+
+    A model's verdict covers its ONNX Runtime row and the TensorRT engine built for its precision
+    (``tensorrt:int8`` judges ``int8``, ``tensorrt:fp16`` judges ``fp16``); the worst row decides.
+    """
+    import datetime
+
+    if not report.labelled:
+        return {}
+    at = at or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    reference = report.result("fp32")
+    records = {}
+    for key in bundle.models:
+        if key == "fp32":
+            continue
+        rows = [r for r in report.results if not r.skipped and r.passed is not None
+                and r.name in (key, f"tensorrt:{key}")]
+        if not rows:
+            continue
+        worst = max(rows, key=lambda r: (not r.passed, r.drop))
+        records[key] = {
+            "passed": all(r.passed for r in rows), "metric": "top1", "value": worst.accuracy,
+            "reference": reference.accuracy if reference else None, "drop": worst.drop,
+            "max_drop": report.max_drop, "images": report.images, "at": at,
+        }
+    return records
+
+
+def record_verdicts(report: Report, bundle: Bundle) -> dict[str, dict]:
+    """Write :func:`validation_records` into ``bundle``'s manifest (atomically); return them."""
+    records = validation_records(report, bundle)
+    for key, record in records.items():
+        bundle.record_validation(key, record)
+        state = "usable" if record["passed"] else "unusable"
+        log.info("%s: %s (top-1 %.2f, drop %.2f points, max %g)", key, state, record["value"], record["drop"],
+                 record["max_drop"])
+    if records:
+        bundle.save()
+    return records
 
 
 def labelled_tensors(bundle: Bundle, images_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -242,8 +292,9 @@ def validate(
 ) -> Report:
     """Gate every model of ``bundle`` on a labelled image folder; write the report to ``out``.
 
-    ``out`` defaults to the bundle folder. With ``check``, raises GateError (after writing the
-    report) when an FP16 or INT8 model's top-1 accuracy is more than ``max_drop`` points below FP32.
+    ``out`` defaults to the bundle folder. Each judged model's verdict goes into the bundle's manifest
+    (``validation``, ``usable``). With ``check``, raises GateError (after writing the report) when an
+    FP16 or INT8 model's top-1 accuracy is more than ``max_drop`` points below FP32.
     """
     if max_drop < 0:
         raise UsageError("--max-drop must not be negative")
@@ -252,6 +303,7 @@ def validate(
     x, y = labelled_tensors(bundle, images_dir)
     report = evaluate(bundle, x, y, max_drop=max_drop, tensorrt=tensorrt, batch_size=batch_size)
     write_report(report, out if out is not None else bundle.path)
+    record_verdicts(report, bundle)
     if check:
         report.check()
     return report

@@ -195,6 +195,20 @@ def _prune(layout: Layout, act: _Actions) -> None:
             act.remove(old)
 
 
+def check_run_model(bundle: Bundle, run_args) -> None:
+    """Refuse, before installing anything, a bundle whose model for ``run_args`` failed its accuracy gate
+    (the choice `edgekit run` would make here, ``--precision auto`` by default; ``--allow-failed-gate`` overrides)."""
+    from edgekit.backends.select import choose_here, log_choice
+
+    args, given = list(run_args), {}
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if name in ("--backend", "--precision"):
+            given[name] = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+    log_choice(choose_here(bundle, given.get("--backend", "auto"), given.get("--precision", "auto"),
+                           "--allow-failed-gate" in args))
+
+
 def install(bundle, run_args=(), *, root=None, dry_run: bool = False, force: bool = False,
             command: tuple[str, ...] | None = None, run_commands: bool | None = None, out=print) -> ServiceOptions:
     """Install (or, with ``force`` over an installed one, update) the service for ``bundle``.
@@ -205,6 +219,7 @@ def install(bundle, run_args=(), *, root=None, dry_run: bool = False, force: boo
     options = ServiceOptions(run_args=tuple(run_args), command=tuple(command or default_command()))
     layout = Layout(options, root)
     bundle = Bundle.load(bundle)
+    check_run_model(bundle, options.run_args)
     if layout.unit.exists() and not force:
         raise InputError(f"{options.unit_name} is already installed ({layout.unit}); "
                          "pass --force to replace it (its bundle is kept as the previous one)")

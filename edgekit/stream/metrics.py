@@ -25,6 +25,7 @@ class Metrics:
         self._done = deque()
         self._fps_window = fps_window
         self._lock = threading.Lock()
+        self.model: dict = {}  # the model that runs and why: backend, key, precision, reason (select.Choice)
 
     def add(self, latency_ms: dict[str, float], now: float | None = None) -> None:
         """Record one finished frame."""
@@ -67,6 +68,7 @@ class Metrics:
             "drops": self.drops,
             "reconnects": self.reconnects,
             "latency_ms": {stage: {k: round(v, 3) for k, v in self.percentiles(stage).items()} for stage in STAGES},
+            **({"model": dict(self.model)} if self.model else {}),
         }
 
     def line(self) -> str:
@@ -76,6 +78,13 @@ class Metrics:
         if infer:
             text += f", infer p50 {infer['p50']:.1f} ms, end-to-end p50 {e2e['p50']:.1f} p99 {e2e['p99']:.1f} ms"
         return text + f", {self.drops} dropped" + (f", {self.reconnects} reconnects" if self.reconnects else "")
+
+    def _model_info(self, prefix: str) -> list[str]:
+        if not self.model:
+            return []
+        labels = ",".join(f'{k}="{_label(self.model.get(k, ""))}"' for k in ("backend", "key", "precision", "reason"))
+        return [f"# HELP {prefix}_model_info The bundle model that runs, and why it was chosen.",
+                f"# TYPE {prefix}_model_info gauge", f"{prefix}_model_info{{{labels}}} 1"]
 
     def prometheus(self, prefix: str = "edgekit") -> str:
         """The Prometheus text exposition format (version 0.0.4)."""
@@ -92,6 +101,7 @@ class Metrics:
             f"# HELP {prefix}_fps Frames per second over the last {self._fps_window:g} s.",
             f"# TYPE {prefix}_fps gauge",
             f"{prefix}_fps {self.fps():.3f}",
+            *self._model_info(prefix),
             f"# HELP {prefix}_stage_latency_seconds Per-stage latency of recent frames.",
             f"# TYPE {prefix}_stage_latency_seconds summary",
         ]
@@ -106,3 +116,8 @@ class Metrics:
             out.append(f'{prefix}_stage_latency_seconds_sum{{stage="{stage}"}} {total:.6f}')
             out.append(f'{prefix}_stage_latency_seconds_count{{stage="{stage}"}} {count}')
         return "\n".join(out) + "\n"
+
+
+def _label(value) -> str:
+    """A Prometheus label value: backslash, double quote and newline escaped."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -185,6 +185,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _page(self) -> str:
         snap = self.owner.metrics.snapshot() if self.owner.metrics is not None else {}
+        model = snap.get("model", {})
+        chosen = (f"<p>model {html.escape(model.get('key', '?'))} ({html.escape(model.get('precision', '?'))}) on "
+                  f"{html.escape(model.get('backend', '?'))}: {html.escape(model.get('reason', ''))}</p>" if model else "")
         rows = "".join(
             f"<tr><td>{html.escape(stage)}</td>" + "".join(f"<td>{v.get(k, 0):.1f}</td>" for k in ("p50", "p90", "p99")) + "</tr>"
             for stage, v in snap.get("latency_ms", {}).items()
@@ -194,7 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
             "<style>body{font-family:sans-serif;margin:1em}td,th{padding:0 .6em;text-align:right}</style></head><body>"
             "<h1>edgekit</h1><img src='/stream.mjpg' style='max-width:100%'>"
             f"<p>{snap.get('fps', 0)} fps &middot; {snap.get('frames', 0)} frames &middot; {snap.get('drops', 0)} dropped"
-            f" &middot; {snap.get('reconnects', 0)} reconnects</p>"
+            f" &middot; {snap.get('reconnects', 0)} reconnects</p>{chosen}"
             f"<table><tr><th>stage (ms)</th><th>p50</th><th>p90</th><th>p99</th></tr>{rows}</table>"
             "<p><a href='/metrics'>/metrics</a> &middot; <a href='/status.json'>/status.json</a></p></body></html>"
         )

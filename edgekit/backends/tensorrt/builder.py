@@ -4,6 +4,11 @@ The decisions (which bundle model, which builder flags, which shapes, whether th
 precision or DLA) are pure functions at the top, testable without TensorRT. The TensorRT calls are
 below them and import ``tensorrt`` lazily. Version gates compare ``major`` (TensorRT's major version);
 ``tests/test_tensorrt_api_names.py`` checks every ``trt`` name used against each release's bindings.
+
+TensorRT 11 is strongly typed: an INT8 engine is built from the Q/DQ model as it is, so the layers
+the quantizer left in float (score heads, ``--keep-float`` nodes, non-fused ops) run in FP32, not
+FP16 as with TensorRT <= 10's FP16 flag. edgekit keeps them FP32 (the gate measured exactly that
+model) and says so in the build log; FP16 islands would need their own gated model.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ log = logging.getLogger(__name__)
 
 MIN_CC = {"fp32": (3, 0), "fp16": (5, 3), "int8": (6, 1)}  # compute capability each precision needs
 OOM_MARKERS = ("out of memory", "outofmemory", "insufficient memory", "cudamalloc", "requested amount of gpu memory")
+# TensorRT's closing summaries of a failed build: they name no cause, the errors before them do.
+GENERIC_ERRORS = ("buildserializednetwork", "engine != nullptr", "network validation failed",
+                  "engine could not be created", "failed to build", "builder failed", "could not build engine")
 
 
 class UnsupportedPrecisionError(DeviceError):
@@ -33,7 +41,9 @@ class UnsupportedPrecisionError(DeviceError):
 # ---- pure decisions -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BuildOptions:
-    """What ``edgekit build`` takes. ``batch`` is the (min, opt, max) batch of the optimization profile."""
+    """What ``edgekit build`` takes. ``batch`` is the (min, opt, max) batch of the optimization profile
+    (static, min = opt = max, with ``dla_core``); ``precision`` may be ``auto`` (see ``select.choose_model``);
+    ``device`` is the CUDA device index; ``allow_failed_gate`` builds a model that failed its accuracy gate."""
 
     precision: str = "fp32"
     batch: tuple = (1, 1, 1)
@@ -42,30 +52,39 @@ class BuildOptions:
     calibrate: Path | None = None
     cache_dir: Path | None = None
     force: bool = False
+    device: int = 0
+    allow_failed_gate: bool = False
 
     def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
-        object.__setattr__(self, "batch", parse_batch(self.batch))
+        if self.precision not in ("auto",) + PRECISIONS:
+            raise UsageError(f"unknown precision {self.precision!r}; choose from auto, {', '.join(PRECISIONS)}")
+        object.__setattr__(self, "batch", parse_batch(self.batch, static=self.dla_core is not None))
         if self.workspace_mib is not None and self.workspace_mib <= 0:
             raise UsageError("--workspace must be a positive number of MiB")
         if self.dla_core is not None and self.dla_core < 0:
             raise UsageError("--dla must be a DLA core number (0 or 1)")
 
 
-def parse_batch(spec) -> tuple[int, int, int]:
-    """``"8"`` -> (1, 8, 8); ``"1,4,8"`` -> (1, 4, 8); tuples pass through. Needs 1 <= min <= opt <= max."""
+def parse_batch(spec, static: bool = False) -> tuple[int, int, int]:
+    """``"8"`` -> (1, 8, 8); ``"1,4,8"`` -> (1, 4, 8); tuples pass through. Needs 1 <= min <= opt <= max.
+
+    ``static`` (DLA, which has no dynamic shapes): ``"8"`` -> (8, 8, 8), and a range is refused.
+    """
     if isinstance(spec, int):
-        spec = (1, spec, spec)
+        spec = (spec,) * 3 if static else (1, spec, spec)
     elif isinstance(spec, str):
         try:
             parts = tuple(int(p) for p in spec.split(","))
         except ValueError:
             raise UsageError(f"--batch takes N or MIN,OPT,MAX, got {spec!r}") from None
-        spec = (1, parts[0], parts[0]) if len(parts) == 1 else parts
+        spec = (parts[0] if static else 1, parts[0], parts[0]) if len(parts) == 1 else parts
     spec = tuple(int(v) for v in spec)
     if len(spec) != 3 or not 1 <= spec[0] <= spec[1] <= spec[2]:
         raise UsageError(f"--batch needs 1 <= MIN <= OPT <= MAX, got {','.join(map(str, spec))}")
+    if static and spec[0] != spec[2]:
+        raise UsageError(
+            f"DLA needs a static batch (min = opt = max), got {','.join(map(str, spec))}; pass --batch N with --dla"
+        )
     return spec
 
 
@@ -155,6 +174,13 @@ def folder_digest(paths) -> str:
     return h.hexdigest()[:16]
 
 
+def root_cause(messages: list[str]) -> str:
+    """The first error TensorRT logged that names a cause, not its closing "build failed" summary."""
+    specific = [m for m in messages if not any(g in m.lower().replace(" ", "") for g in
+                                               (x.replace(" ", "") for x in GENERIC_ERRORS))]
+    return (specific or messages or ["unknown error"])[0].strip()
+
+
 def oom_hint(messages: list[str]) -> bool:
     """True when TensorRT's error messages say the build ran out of memory."""
     text = " ".join(messages).lower().replace(" ", "")
@@ -193,6 +219,21 @@ def logger():
     return _LOGGER
 
 
+_PLUGINS = False
+
+
+def init_plugins() -> None:
+    """Register TensorRT's plugin library (EfficientNMS_TRT, InstanceNormalization_TRT, ...) once per
+    process: needed before parsing an ONNX that uses them and before deserializing an engine holding them."""
+    global _PLUGINS
+    if not _PLUGINS:
+        import tensorrt as trt
+
+        if not trt.init_libnvinfer_plugins(logger(), ""):
+            log.warning("TensorRT's plugin library did not initialise; models using its plugins will fail")
+        _PLUGINS = True
+
+
 def _progress_monitor():
     import tensorrt as trt
 
@@ -214,8 +255,12 @@ def _progress_monitor():
 
 
 def device_key(options: BuildOptions, onnx_sha256: str, shapes: tuple, calibration: str | None = None) -> EngineKey:
-    """The cache key for building ``onnx_sha256`` on this TensorRT and GPU with ``options``."""
-    gpu = probe.gpu_info() or {}
+    """The cache key for building ``onnx_sha256`` on this TensorRT and GPU ``options.device`` with ``options``.
+
+    Besides name and compute capability the GPU is identified by its SM count and memory: Jetson
+    modules of one family (e.g. Orin NX 8 GB and 16 GB) share both.
+    """
+    gpu = probe.gpu_info(options.device) or {}
     return EngineKey(
         onnx_sha256=onnx_sha256,
         tensorrt=probe.tensorrt_version() or "none",
@@ -225,6 +270,9 @@ def device_key(options: BuildOptions, onnx_sha256: str, shapes: tuple, calibrati
         shapes=shapes,
         dla_core=options.dla_core,
         calibration=calibration,
+        device=options.device,
+        multiprocessors=gpu.get("multiprocessors"),
+        memory_mib=gpu.get("memory_mib"),
     )
 
 
@@ -242,6 +290,7 @@ def serialize_network(
 
     major = trt_major()
     log_ = logger()
+    init_plugins()
     log_.errors.clear()
     builder = trt.Builder(log_)
     flags = 0
@@ -250,8 +299,8 @@ def serialize_network(
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, log_)
     if not parser.parse_from_file(str(onnx_path)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise ModelError(f"TensorRT cannot parse {onnx_path.name}: {errors[0] if errors else 'unknown error'}")
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)] + log_.errors
+        raise ModelError(f"TensorRT cannot parse {onnx_path.name}: {root_cause(errors)}")
 
     config = builder.create_builder_config()
     if options.workspace_mib:
@@ -260,9 +309,10 @@ def serialize_network(
     profile.set_shape(input_name, *shapes)
     config.add_optimization_profile(profile)
 
+    compute_capability = (probe.gpu_info(options.device) or {}).get("compute_capability")
     if major < 11:
         check_precision(
-            options.precision, (probe.gpu_info() or {}).get("compute_capability"),
+            options.precision, compute_capability,
             builder.platform_has_fast_fp16, builder.platform_has_fast_int8,
         )
         named = {"FP16": trt.BuilderFlag.FP16, "INT8": trt.BuilderFlag.INT8}
@@ -272,7 +322,9 @@ def serialize_network(
             config.int8_calibrator = calibrator
             config.set_calibration_profile(profile)
     else:
-        check_precision(options.precision, (probe.gpu_info() or {}).get("compute_capability"))
+        check_precision(options.precision, compute_capability)
+        if options.precision == "int8":
+            log.info("TensorRT %d is strongly typed: the float layers of the Q/DQ model run in FP32", major)
 
     if options.dla_core is not None:
         check_dla(options.dla_core, builder.num_DLA_cores, options.precision)
@@ -292,7 +344,7 @@ def serialize_network(
                 "TensorRT ran out of memory building the engine; pass a smaller --workspace (MiB),"
                 " close other GPU programs or add swap (common on small Jetsons)"
             )
-        raise DeviceError(f"TensorRT failed to build the engine: {log_.errors[-1] if log_.errors else 'unknown error'}")
+        raise DeviceError(f"TensorRT failed to build the engine: {root_cause(log_.errors)}")
     from edgekit.atomic import write_bytes
     from edgekit.errors import EdgekitError
 
@@ -358,11 +410,21 @@ def require_tensorrt() -> None:
 
 
 def build(bundle: Bundle, options: BuildOptions) -> tuple[Path, bool]:
-    """Build ``bundle``'s engine, or find it in the cache: ``(plan path, built now)``."""
+    """Build ``bundle``'s engine, or find it in the cache: ``(plan path, built now)``.
+
+    The model comes from ``select.choose_model`` (``auto`` resolved, failed gates refused), logged in one line.
+    """
+    import dataclasses
+
+    from edgekit.backends.select import choose_tensorrt_model, log_choice
     from edgekit.backends.tensorrt import cuda
 
     require_tensorrt()
-    with cuda.CudaContext():
+    choice = choose_tensorrt_model(bundle, options.precision, options.allow_failed_gate, options.dla_core,
+                                   options.device)
+    log_choice(choice)
+    options = dataclasses.replace(options, precision=choice.precision)
+    with cuda.CudaContext(options.device):
         engine, plan, built = load_engine(bundle, options)
         del engine
     return plan, built
@@ -371,10 +433,18 @@ def build(bundle: Bundle, options: BuildOptions) -> tuple[Path, bool]:
 def load_engine(bundle: Bundle, options: BuildOptions):
     """The deserialized engine for ``bundle`` with ``options``: from the cache or built now.
 
-    Returns ``(engine, plan_path, built)``. Needs a current CUDA context (``cuda.CudaContext``).
+    Returns ``(engine, plan_path, built)``. Needs a current CUDA context (``cuda.CudaContext``). Refuses
+    (GateError) a model that failed its accuracy gate unless ``options.allow_failed_gate``; resolves ``auto``.
     """
+    import dataclasses
+
     import tensorrt as trt
 
+    from edgekit.backends.select import choose_tensorrt_model
+
+    choice = choose_tensorrt_model(bundle, options.precision, options.allow_failed_gate, options.dla_core,
+                                   options.device)
+    options = dataclasses.replace(options, precision=choice.precision)
     major = trt_major()
     rec = recipe(bundle, options.precision, major, options.calibrate)
     onnx_path = bundle.model_path(rec.model_key)
@@ -394,7 +464,8 @@ def load_engine(bundle: Bundle, options: BuildOptions):
         cache_file = cache.root / "calibration" / f"{sha[:16]}-{digest}.cache"
         calibrator = entropy_calibrator(bundle, paths, cache_file, batch=shapes[1][0])
     key = device_key(options, sha, shapes, digest)
-    timing = cache.timing_cache_path(key.tensorrt, key.gpu)
+    timing = cache.timing_cache_path(key)
+    init_plugins()
     runtime = trt.Runtime(logger())
     if options.dla_core is not None:
         runtime.DLA_core = options.dla_core

@@ -4,10 +4,11 @@ Pure Python (no TensorRT import), so keys and rebuild decisions are testable any
 
     <root>/engines/<model>-<precision>-<id>.plan       the plan, untouched: trtexec and DeepStream read it
     <root>/engines/<model>-<precision>-<id>.plan.json  sidecar: the full key, plan sha256, build info
-    <root>/timing/<tensorrt>-<gpu>.cache               TensorRT timing cache, reused across builds
+    <root>/timing/<tensorrt>-<gpu>-<cc>-<SMs>-<MiB>-<device>.cache   TensorRT timing cache, reused across builds
 
-``<id>`` hashes what the user chose (model, precision, shapes, DLA core); the TensorRT version and the
-GPU are checked against the sidecar, so after a JetPack upgrade the old plan is rebuilt in place,
+``<id>`` hashes what the user chose (model, precision, shapes, DLA core, CUDA device index); the
+TensorRT version and the GPU (name, compute capability, SM count, memory: Jetson modules of one family
+share a name and compute capability) are checked against the sidecar, so after a JetPack upgrade the old plan is rebuilt in place,
 with a log line saying why, instead of piling up beside the new one.
 """
 
@@ -56,16 +57,31 @@ class EngineKey:
     shapes: tuple
     dla_core: int | None = None
     calibration: str | None = None  # digest of the calibration set when built with a calibrator
+    device: int = 0  # CUDA device index
+    multiprocessors: int | None = None  # the GPU's SM count
+    memory_mib: int | None = None  # the GPU's total memory
 
     def choice_id(self) -> str:
         """Hash of the user's choices (not of TensorRT or the GPU): the plan's file name."""
         chosen = [self.onnx_sha256, self.precision, [list(s) for s in self.shapes], self.dla_core, self.calibration]
+        if self.device:  # device 0 keeps the id plans had before the index was part of it
+            chosen.append(self.device)
         return hashlib.sha256(json.dumps(chosen).encode()).hexdigest()[:16]
+
+    def gpu_identity(self) -> tuple:
+        return (self.gpu, self.compute_capability, self.multiprocessors, self.memory_mib)
+
+    def describe_gpu(self) -> str:
+        return _describe(self.gpu, self.compute_capability, self.multiprocessors, self.memory_mib)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["shapes"] = [list(s) for s in self.shapes]
         return d
+
+
+def _describe(gpu, compute_capability, multiprocessors, memory_mib) -> str:
+    return f"{gpu} (sm {compute_capability}, {multiprocessors} SMs, {memory_mib} MiB)"
 
 
 def rebuild_reason(key: EngineKey, sidecar: dict | None, plan: Path) -> str | None:
@@ -77,11 +93,9 @@ def rebuild_reason(key: EngineKey, sidecar: dict | None, plan: Path) -> str | No
     cached = sidecar["key"]
     if cached.get("tensorrt") != key.tensorrt:
         return f"the cached engine was built by TensorRT {cached.get('tensorrt')}, this is {key.tensorrt}"
-    if (cached.get("gpu"), cached.get("compute_capability")) != (key.gpu, key.compute_capability):
-        return (
-            f"the cached engine was built for {cached.get('gpu')} (sm {cached.get('compute_capability')}),"
-            f" this is {key.gpu} (sm {key.compute_capability})"
-        )
+    identity = tuple(cached.get(k) for k in ("gpu", "compute_capability", "multiprocessors", "memory_mib"))
+    if identity != key.gpu_identity():
+        return f"the cached engine was built for {_describe(*identity)}, this is {key.describe_gpu()}"
     if cached != key.to_dict():
         return "the cached engine was built from a different model or settings"
     if sidecar.get("plan_sha256") != sha256_file(plan):
@@ -102,8 +116,10 @@ class EngineCache:
     def sidecar_path(plan: Path) -> Path:
         return plan.with_name(plan.name + ".json")
 
-    def timing_cache_path(self, tensorrt: str, gpu: str) -> Path:
-        return self.root / "timing" / f"{_slug(tensorrt)}-{_slug(gpu)}.cache"
+    def timing_cache_path(self, key: EngineKey) -> Path:
+        """The timing cache for ``key``'s TensorRT and GPU (timings are only valid on that exact GPU)."""
+        parts = (key.tensorrt, *key.gpu_identity(), key.device)
+        return self.root / "timing" / ("-".join(_slug(str(p)) for p in parts) + ".cache")
 
     def check_writable(self) -> None:
         """Raise InputError now, before a long build, when plans cannot be written under ``root``."""

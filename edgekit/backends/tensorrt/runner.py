@@ -39,20 +39,20 @@ def numpy_dtype(trt_dtype) -> np.dtype:
 
 
 class TensorRTRunner(Runner):
-    """Runs a bundle's engine on the GPU. Options are those of :class:`BuildOptions` plus ``device``."""
+    """Runs a bundle's engine on GPU ``options.device``; options are those of :class:`BuildOptions`."""
 
     name = "tensorrt"
 
-    def __init__(self, bundle: Bundle, options: BuildOptions, device: int = 0):
+    def __init__(self, bundle: Bundle, options: BuildOptions):
         super().__init__()
-        self.bundle, self.options, self.device = bundle, options, device
+        self.bundle, self.options, self.device = bundle, options, options.device
         self.plan_path: Path | None = None
         self._reset()
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle, precision: str = "fp32", device: int = 0, **options) -> "TensorRTRunner":
-        """A runner for ``bundle`` at ``precision``; ``options`` are :class:`BuildOptions` fields."""
-        return cls(bundle, BuildOptions(precision=precision, **options), device)
+    def from_bundle(cls, bundle: Bundle, precision: str = "fp32", **options) -> "TensorRTRunner":
+        """A runner for ``bundle`` at ``precision``; ``options`` are :class:`BuildOptions` fields (``device`` too)."""
+        return cls(bundle, BuildOptions(precision=precision, **options))
 
     def _reset(self) -> None:
         self.context = self.engine = self.stream = self.cuda_context = None  # the execution context before its engine
@@ -119,6 +119,8 @@ class TensorRTRunner(Runner):
         self.cuda_context.check_thread()
         n = batch.shape[0]
         if not self.min_batch <= n <= self.max_batch:
+            if self.min_batch == self.max_batch:
+                raise ModelError(f"the engine's batch is fixed at {self.max_batch} (static profile); got {n}")
             raise ModelError(
                 f"batch of {n} is outside the engine's profile ({self.min_batch}..{self.max_batch}); rebuild with --batch"
             )
