@@ -44,6 +44,7 @@ MANIFEST = "edgekit.json"
 TASKS = ("classification",)
 PRECISIONS = ("fp32", "fp16", "int8")
 MODEL_KEYS = ("fp32", "fp16", "int8", "int8_cpu")
+METRIC_NAMES = {"top1": "top-1 %", "map50": "mAP@0.5"}
 
 
 @dataclass
@@ -172,10 +173,11 @@ class Bundle:
         entry = self.models[key]
         v, g = entry.get("validation"), entry.get("gate")
         if isinstance(v, dict) and v.get("passed") is False:
+            metric = METRIC_NAMES.get(v.get("metric"), v.get("metric"))
             return (
-                f"{key} failed `edgekit validate` ({v.get('at', 'unknown time')}): {v.get('metric', 'top1')} "
-                f"{_num(v.get('value'))} vs {_num(v.get('reference'))} for fp32, a drop of {_num(v.get('drop'))} "
-                f"points (max {_num(v.get('max_drop'))}) on {v.get('images', '?')} images"
+                f"{key} failed `edgekit validate` ({v.get('at', 'unknown time')}): {metric} {_num(v.get('value'))} "
+                f"(fp32 {_num(v.get('reference'))}), a drop of {_num(v.get('drop'))} points "
+                f"(max {_num(v.get('max_drop'))}) on {v.get('images', '?')} images"
             )
         if isinstance(g, dict):
             basis = "top-1 accuracy" if g.get("labelled") else "top-1 agreement with fp32"

@@ -83,6 +83,22 @@ def test_rebuild_reasons(tmp_path):
     assert "metadata" in cache.lookup(k)[1]
 
 
+def test_gpu_identity_and_device_in_keys(tmp_path):
+    """Jetson modules of one family share a name and compute capability: SMs and memory tell them apart."""
+    cache = EngineCache(tmp_path)
+    nx16 = key(multiprocessors=8, memory_mib=15000)
+    plan = cache.store(nx16, b"plan")
+    sidecar = json.loads(cache.sidecar_path(plan).read_text())
+    nx8 = key(multiprocessors=4, memory_mib=7000)
+    assert nx8.choice_id() == nx16.choice_id()  # the same plan file, rebuilt in place ...
+    reason = rebuild_reason(nx8, sidecar, plan)
+    assert "8 SMs, 15000 MiB" in reason and "4 SMs, 7000 MiB" in reason  # ... with the reason said
+    assert rebuild_reason(nx16, sidecar, plan) is None
+    assert key(device=1).choice_id() != key().choice_id()  # a second GPU keeps its own plans
+    paths = {cache.timing_cache_path(k) for k in (nx16, nx8, key(device=1, multiprocessors=8, memory_mib=15000))}
+    assert len(paths) == 3 and all(p.parent == tmp_path / "timing" for p in paths)
+
+
 def test_plan_is_plain_and_metadata_is_a_sidecar(tmp_path):
     cache = EngineCache(tmp_path)
     plan = cache.store(key(), b"\x00serialized-engine", source_model="fp32")

@@ -20,6 +20,7 @@ from edgekit.backends.tensorrt.builder import (
     parse_batch,
     profile_shapes,
     recipe,
+    root_cause,
 )
 from edgekit.backends.tensorrt.runner import numpy_dtype
 from edgekit.errors import BundleError, ModelError, UsageError
@@ -112,6 +113,74 @@ def test_oom_hint_and_calibration_digest(tmp_path):
     assert folder_digest([tmp_path / "b.png", tmp_path / "a.png"]) != first
 
 
+def test_dla_forces_a_static_profile():
+    assert parse_batch("8", static=True) == (8, 8, 8) and parse_batch(4, static=True) == (4, 4, 4)
+    assert BuildOptions(precision="int8", dla_core=0).batch == (1, 1, 1)
+    assert BuildOptions(precision="int8", dla_core=0, batch="4").batch == (4, 4, 4)
+    assert BuildOptions(precision="int8", dla_core=0, batch="2,2,2").batch == (2, 2, 2)
+    with pytest.raises(UsageError, match="DLA needs a static batch"):
+        BuildOptions(precision="int8", dla_core=0, batch="1,4,8")
+    assert BuildOptions(precision="int8", batch="4").batch == (1, 4, 4)  # GPU: dynamic as before
+
+
+def test_build_errors_name_the_root_cause():
+    """TensorRT logs the cause first and a generic summary last (messages as TensorRT 8.6/10 print them)."""
+    errors = [
+        "ModelImporter.cpp:771: While parsing node number 3 [Mod -> \"out\"]: No importer registered for op: Mod",
+        "[network.cpp::validate::3162] Error Code 4: Internal Error (Network validation failed.)",
+        "2: [builder.cpp::buildSerializedNetwork::751] Error Code 2: Internal Error (Assertion engine != nullptr failed. )",
+    ]
+    assert "No importer registered for op: Mod" in root_cause(errors)
+    assert root_cause(errors[1:]) == errors[1]  # only summaries: the first one
+    assert root_cause([]) == "unknown error"
+
+
+def test_auto_and_failed_gates_in_build_options():
+    assert BuildOptions(precision="auto").precision == "auto"
+    assert BuildOptions(allow_failed_gate=True, device=1).device == 1
+
+
+def test_device_key_identifies_the_gpu_by_index_sms_and_memory(monkeypatch):
+    """Which GPU the key describes follows options.device (probe answers are FAKE: no GPU here)."""
+    from edgekit.backends.tensorrt import builder, probe
+
+    gpus = {0: {"name": "Orin", "compute_capability": "8.7", "multiprocessors": 8, "memory_mib": 15000},
+            1: {"name": "Orin", "compute_capability": "8.7", "multiprocessors": 4, "memory_mib": 7000}}
+    monkeypatch.setattr(probe, "gpu_info", lambda device=0: gpus[device])
+    monkeypatch.setattr(probe, "tensorrt_version", lambda: "10.3.0")
+    shapes = ((1, 3, 8, 8),) * 3
+    k0 = builder.device_key(BuildOptions(precision="fp16"), "ab" * 32, shapes)
+    k1 = builder.device_key(BuildOptions(precision="fp16", device=1), "ab" * 32, shapes)
+    assert (k0.device, k0.multiprocessors, k0.memory_mib) == (0, 8, 15000)
+    assert (k1.device, k1.multiprocessors, k1.memory_mib) == (1, 4, 7000)
+    assert k0.choice_id() != k1.choice_id()
+
+
+def test_validate_opens_tensorrt_with_a_profile_covering_its_batch(full_bundle, monkeypatch):
+    """Control flow only: validate's TensorRT rows ask for a 1..batch profile and may judge failed models.
+
+    The runner is a FAKE that records its BuildOptions and refuses to run (no TensorRT here)."""
+    from edgekit.backends import select
+    from edgekit.backends.tensorrt import runner as trt_runner
+    from edgekit.errors import DeviceError
+    from edgekit.quant.gate import evaluate
+    from edgekit.tiny import colour_frames
+
+    seen = []
+
+    def fake_from_bundle(bundle, precision="fp32", **options):
+        seen.append(BuildOptions(precision=precision, **options))
+        raise DeviceError("FAKE: no TensorRT")
+
+    monkeypatch.setattr(select, "tensorrt_available", lambda: True)
+    monkeypatch.setattr(trt_runner.TensorRTRunner, "from_bundle", staticmethod(fake_from_bundle))
+    x = full_bundle.preprocess.batch(np.concatenate([colour_frames()] * 8))  # 40 images, batches of 16
+    report = evaluate(full_bundle, x, max_drop=1.0, batch_size=16)
+    assert [o.precision for o in seen] == ["fp32", "fp16", "int8"]
+    assert all(o.batch == (1, 16, 16) and o.allow_failed_gate for o in seen)
+    assert [r.skipped for r in report.results if r.backend == "tensorrt"] == ["FAKE: no TensorRT"] * 3
+
+
 class FakeDataType:
     """FAKE stand-in for a ``trt.DataType`` member: only its ``name`` matters to the mapping."""
 
@@ -181,11 +250,11 @@ def test_build_then_cache_hit_and_runner(cli, full_bundle, tmp_path):
     from edgekit.backends.select import open_runner
     from edgekit.tiny import colour_frames
 
-    first = cli("build", full_bundle.path, "--batch", "1,2,5", "--cache-dir", tmp_path)
+    first = cli("build", full_bundle.path, "--precision", "fp32", "--batch", "1,2,5", "--cache-dir", tmp_path)
     assert first.code == 0 and first.out.startswith("built: "), first
     plan = Path(first.out.split(": ", 1)[1].strip())
     assert plan.is_file() and Path(str(plan) + ".json").is_file()
-    second = cli("build", full_bundle.path, "--batch", "1,2,5", "--cache-dir", tmp_path)
+    second = cli("build", full_bundle.path, "--precision", "fp32", "--batch", "1,2,5", "--cache-dir", tmp_path)
     assert second.out.strip() == f"cached: {plan}"
     frames = full_bundle.preprocess.batch(colour_frames())
     with open_runner(full_bundle, "tensorrt", "fp32", batch=(1, 2, 5), cache_dir=tmp_path) as runner:

@@ -419,9 +419,9 @@ def build(bundle: Bundle, options: BuildOptions) -> tuple[Path, bool]:
     from edgekit.backends.select import choose_tensorrt_model, log_choice
     from edgekit.backends.tensorrt import cuda
 
-    require_tensorrt()
     choice = choose_tensorrt_model(bundle, options.precision, options.allow_failed_gate, options.dla_core,
-                                   options.device)
+                                   options.device)  # a failed gate is refused even where TensorRT is missing
+    require_tensorrt()
     log_choice(choice)
     options = dataclasses.replace(options, precision=choice.precision)
     with cuda.CudaContext(options.device):

@@ -34,14 +34,15 @@ def gpu_present() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def gpu_info(device: int = 0) -> dict | None:
-    """``{"name", "compute_capability", "memory_mib"}`` of GPU ``device`` via pycuda, or None."""
+    """``{"name", "compute_capability", "memory_mib", "multiprocessors"}`` of GPU ``device`` via pycuda, or None."""
     try:
         import pycuda.driver as cuda
 
         cuda.init()
         dev = cuda.Device(device)
         cc_major, cc_minor = dev.compute_capability()
-        return {"name": dev.name(), "compute_capability": f"{cc_major}.{cc_minor}", "memory_mib": dev.total_memory() >> 20}
+        return {"name": dev.name(), "compute_capability": f"{cc_major}.{cc_minor}", "memory_mib": dev.total_memory() >> 20,
+                "multiprocessors": dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)}
     except Exception:
         return None
 
