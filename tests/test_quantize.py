@@ -120,6 +120,18 @@ def test_gate_fails_on_constant_calibration_and_passes_on_a_good_one(fp32_bundle
     saved = Bundle.load(bad)
     assert saved.models["int8"]["usable"] is False and saved.models["int8"]["gate"]["drop"] > 1.0
     assert json.loads((bad / "validation.json").read_text())["passed"] is False
+    # The verdict sticks: --precision int8 is refused by run, bench, build and service install, and
+    # auto (the default) skips it.
+    video = digits / "val.mp4"
+    for args in (("run", bad, "--source", video, "--precision", "int8", "--max-frames", 2),
+                 ("bench", bad, "--precision", "int8", "--iterations", 2),
+                 ("build", bad, "--precision", "int8"),
+                 ("service", "install", bad, "--root", tmp_path / "root", "--source", video, "--precision", "int8")):
+        refused = cli(*args)
+        assert_one_line_error(refused, "int8 failed the quantize accuracy gate", "--allow-failed-gate")
+        assert refused.code == 3
+    auto = cli("bench", bad, "--iterations", 2, "--json", "--backend", "onnxruntime")
+    assert auto.code == 0 and json.loads(auto.out)["precision"] == "fp32", auto
 
     good = _copy(fp32_bundle, tmp_path, "good")
     result = cli("quantize", good, "--images", digits / "train", "--gate-images", digits / "val", "--no-fp16")

@@ -63,8 +63,15 @@ def test_gate_exit_code_on_a_broken_int8(int8_bundle, digits, tmp_path, cli):
     report = json.loads((bundle / REPORT_JSON).read_text())
     assert report["passed"] is False
     assert next(r for r in report["results"] if r["name"] == "int8")["drop"] > 1.0
-    # a generous enough max-drop lets it through
+    # The verdict is recorded in the manifest and honoured by later commands
+    record = Bundle.load(bundle).models["int8"]
+    assert record["usable"] is False and record["validation"]["passed"] is False
+    assert record["validation"]["images"] == report["images"] and record["validation"]["drop"] > 1.0
+    assert_one_line_error(cli("bench", bundle, "--precision", "int8", "--backend", "onnxruntime"),
+                          "int8 failed `edgekit validate`")
+    # a generous enough max-drop lets it through, and makes it usable again
     assert cli("validate", bundle, "--images", digits / "val", "--max-drop", 100, "--no-tensorrt").code == 0
+    assert Bundle.load(bundle).usable("int8")
 
 
 def test_class_folders_must_match_labels(int8_bundle, tmp_path, cli):

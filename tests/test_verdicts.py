@@ -99,7 +99,8 @@ def test_every_command_refuses_a_failed_gate(failed, tmp_path, cli, colour_media
     video = colour_media.video(tmp_path / "v.mp4", colour_media.labels(6))
     fragments = ("int8_cpu failed `edgekit validate`", "top-1 % 0 (fp32 100), a drop of 100 points (max 1) on 12 images", "--allow-failed-gate")
     for args in (
-        ("run", failed.path, "--source", video, "--precision", "int8", "--backend", "onnxruntime"),
+        ("run", failed.path, "--source", video, "--precision", "int8", "--backend", "onnxruntime",
+         "--json", tmp_path / "out.jsonl"),
         ("bench", failed.path, "--precision", "int8", "--backend", "onnxruntime"),
         ("service", "install", failed.path, "--root", tmp_path / "root", "--source", video, "--precision", "int8"),
     ):
@@ -107,6 +108,7 @@ def test_every_command_refuses_a_failed_gate(failed, tmp_path, cli, colour_media
         assert_one_line_error(result, *fragments)
         assert result.code == 3, result
     assert not (tmp_path / "root").exists()  # service install refused before writing anything
+    assert not (tmp_path / "out.jsonl").exists()  # run refused before opening its outputs
     # build refuses on TensorRT's int8 model even here, before it looks for TensorRT
     result = cli("build", failed.path, "--precision", "int8")
     assert_one_line_error(result, "int8 failed `edgekit validate`", "--allow-failed-gate")

@@ -64,6 +64,7 @@ def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto
 
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     post = postprocess.for_bundle(bundle, top_k=top_k)
+    runner = open_runner(bundle, backend, precision, **runner_options)  # refuses a failed gate before opening anything
     src = open_source(source, width, height, fps, timeout)
     pace = fps if realtime and not src.live else None
     sinks = []
@@ -75,7 +76,6 @@ def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto
         sinks.append(StreamServer(serve))
     if display:
         sinks.append(DisplaySink())
-    runner = open_runner(bundle, backend, precision, **runner_options)
     pipeline = Pipeline(
         bundle, Capture(src, realtime=realtime, pace_fps=pace, loop=loop), runner, post, sinks,
         max_frames=max_frames, duration=duration, notifier=notifier or Notifier(), log_every=log_every,
