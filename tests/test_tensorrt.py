@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -264,3 +265,66 @@ def test_build_then_cache_hit_and_runner(cli, full_bundle, tmp_path):
             assert probs.shape == (n, 3) and list(probs.argmax(1)) == [0, 1, 2, 1, 2][:n]
         with pytest.raises(ModelError, match="outside the engine's profile"):
             runner.infer(np.concatenate([frames, frames]))
+
+
+def _nms_bundle(path: Path):
+    """A bundle whose fp32 model is only TensorRT's EfficientNMS_TRT plugin over a sliced input [1, 8, 7]."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgekit.bundle import Bundle
+
+    path.mkdir(parents=True)
+    nodes = [
+        helper.make_node("Slice", ["input", "s0", "s4", "ax"], ["boxes"]),
+        helper.make_node("Slice", ["input", "s4", "s7", "ax"], ["scores"]),
+        helper.make_node("EfficientNMS_TRT", ["boxes", "scores"],
+                         ["num_detections", "detection_boxes", "detection_scores", "detection_classes"],
+                         background_class=-1, box_coding=0, iou_threshold=0.5, max_output_boxes=4,
+                         plugin_version="1", score_activation=0, score_threshold=0.1),
+    ]
+    consts = [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in (("s0", 0), ("s4", 4), ("s7", 7), ("ax", 2))]
+    outputs = [helper.make_tensor_value_info("num_detections", TensorProto.INT32, [1, 1]),
+               helper.make_tensor_value_info("detection_boxes", TensorProto.FLOAT, [1, 4, 4]),
+               helper.make_tensor_value_info("detection_scores", TensorProto.FLOAT, [1, 4]),
+               helper.make_tensor_value_info("detection_classes", TensorProto.INT32, [1, 4])]
+    graph = helper.make_graph(nodes, "nms", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 7])],
+                              outputs, initializer=consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path / "nms.onnx")
+    bundle = Bundle(path, {"input": {"name": "input", "shape": [1, 8, 7]}, "models": {}})
+    bundle.models["fp32"] = {"path": "nms.onnx", "usable": True}
+    return bundle
+
+
+@needs_tensorrt
+@pytest.mark.tensorrt
+def test_plugin_engine_loads_from_the_cache_in_a_fresh_process(tmp_path):
+    """init_libnvinfer_plugins runs before parsing and before deserializing: a cached engine holding
+    EfficientNMS_TRT is read back (not rebuilt) by a new process."""
+    from edgekit.backends.tensorrt import cuda
+    from edgekit.backends.tensorrt.builder import load_engine
+
+    bundle = _nms_bundle(tmp_path / "nms")
+    options = BuildOptions(cache_dir=tmp_path / "cache")
+    with cuda.CudaContext():
+        engine, plan, built = load_engine(bundle, options)
+        assert engine is not None and built
+        del engine  # while the context is current
+    code = (
+        "import sys, json; from pathlib import Path; sys.path.insert(0, sys.argv[1])\n"
+        "from edgekit.backends.tensorrt import cuda\n"
+        "from edgekit.backends.tensorrt.builder import BuildOptions, load_engine\n"
+        "from edgekit.bundle import Bundle\n"
+        "bundle = Bundle(Path(sys.argv[2]), {'input': {'name': 'input', 'shape': [1, 8, 7]},\n"
+        "                'models': {'fp32': {'path': 'nms.onnx', 'usable': True}}})\n"
+        "with cuda.CudaContext():\n"
+        "    engine, plan, built = load_engine(bundle, BuildOptions(cache_dir=Path(sys.argv[3])))\n"
+        "    ok = engine is not None\n"
+        "    del engine\n"
+        "print(json.dumps({'built': built, 'plan': str(plan), 'ok': ok}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(REPO), str(bundle.path), str(tmp_path / "cache")],
+                         capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == {"built": False, "plan": str(plan), "ok": True}
