@@ -49,6 +49,8 @@ def _refuse(bundle: Bundle, key: str) -> GateError:
 
 
 def _gated(bundle: Bundle, key: str) -> str:
+    if key == "fp32":
+        return "fp32 is the reference"
     entry = bundle.models[key]
     v, g = entry.get("validation"), entry.get("gate")
     if isinstance(v, dict):
@@ -92,9 +94,9 @@ def choose_model(
     """The model ``backend`` (``tensorrt`` or ``onnxruntime``) runs for ``precision``.
 
     ``auto``: on TensorRT the best usable of int8 -> fp16 -> fp32 the GPU (``compute_capability``)
-    supports (DLA: int8/fp16 only), int8 and fp16 only from the bundle's gated models; on ONNX Runtime on the CPU (``cpu``)
-    the usable ``int8_cpu`` variant if present, else fp32 (the TensorRT-placed Q/DQ model is slower
-    than FP32 on a CPU). An explicit precision whose model failed its gate raises GateError unless
+    supports (DLA: int8/fp16 only), int8 and fp16 only from the bundle's gated models; on ONNX
+    Runtime on the CPU (``cpu``) the usable ``int8_cpu`` variant if present, else fp32 (the
+    TensorRT-placed Q/DQ model is slower than FP32 on a CPU; GPU providers run fp32). An explicit precision whose model failed its gate raises GateError unless
     ``allow_failed_gate`` (then the Choice carries a warning); on the CPU, int8 prefers ``int8_cpu``
     and falls back to the Q/DQ model when only that one passed.
     """
@@ -149,8 +151,7 @@ def _auto(bundle, backend, cpu, dla, compute_capability) -> Choice:
         if not bundle.usable(key):
             skipped.append(f"skipped {bundle.verdict(key)}")
             continue
-        why = "fp32 is the reference" if precision == "fp32" else _gated(bundle, key)
-        return Choice(backend, key, precision, "; ".join([f"auto: {why}"] + skipped))
+        return Choice(backend, key, precision, "; ".join([f"auto: {_gated(bundle, key)}"] + skipped))
     detail = "; ".join(skipped)
     if dla:
         raise GateError(f"no usable int8 or fp16 model for DLA in bundle {bundle.path}: {detail}")

@@ -12,7 +12,11 @@ import click
 @click.option("--tensorrt/--no-tensorrt", default=True, show_default=True,
               help="Also run TensorRT engines when TensorRT is available here.")
 def command(bundle, images, max_drop, out, tensorrt):
-    """Accuracy gate: every model of BUNDLE on labelled images, per precision."""
+    """Accuracy gate: every model of BUNDLE on labelled images, per precision.
+
+    Each judged model's verdict is recorded in the bundle's manifest: a model that fails is refused by
+    build, bench, run and service install (unless --allow-failed-gate); a later pass makes it usable again.
+    """
     from edgekit.quant.gate import validate
 
     report = validate(bundle, images, max_drop=max_drop, out=out, tensorrt=tensorrt, check=False)
