@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import logging
 
 import numpy as np
 import pytest
@@ -149,7 +148,7 @@ def test_auto_default_uses_int8_cpu_when_it_passed(tmp_path, labelled, cli, colo
 
 
 @no_tensorrt
-def test_auto_skips_a_failed_model_and_says_why(failed, tmp_path, cli, colour_media, caplog):
+def test_auto_skips_a_failed_model_and_says_why(failed, tmp_path, cli, colour_media):
     labels = colour_media.labels(6)
     video = colour_media.video(tmp_path / "v.mp4", labels)
     out = tmp_path / "out.jsonl"
@@ -221,12 +220,11 @@ def test_tensorrt_auto_order_device_support_and_dla(tmp_path):
     assert choose_model(fp32_only, "tensorrt", "auto", dla=False).key == "fp32"
 
 
-def test_onnxruntime_int8_falls_back_to_the_passing_qdq_model(tmp_path, caplog):
+def test_onnxruntime_int8_falls_back_to_the_passing_qdq_model(tmp_path):
     bundle = make_bundle(tmp_path / "b", int8_cpu_broken=True)
     bundle.models["int8_cpu"]["usable"] = False
     c = choose_model(bundle, "onnxruntime", "int8")
     assert c.key == "int8" and "skipped int8_cpu is marked unusable" in c.reason
     assert choose_model(bundle, "onnxruntime", "auto", cpu=False).key == "fp32"  # GPU providers: fp32
-    caplog.set_level(logging.INFO, logger="edgekit")
     with open_runner(bundle, "onnxruntime", "int8") as runner:
         assert runner.choice.key == "int8" and runner.model_path.name == "model.int8.onnx"
