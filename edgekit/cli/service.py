@@ -28,7 +28,8 @@ def install_cmd(bundle, run_options, root, dry_run, force, exec_):
     Copies the bundle to /var/lib/edgekit, writes /etc/systemd/system/edgekit.service and
     /etc/edgekit/edgekit.env, creates the `edgekit` user (in `video`), then enables and starts the
     service. Over an installed service (--force) this is an update: if the new bundle does not
-    start, the previous one is restored and restarted.
+    start, the previous one is restored and restarted. A bundle whose model for RUN_OPTIONS failed its
+    accuracy gate is refused (--allow-failed-gate among RUN_OPTIONS overrides); --precision defaults to auto.
     """
     from edgekit.service.install import install
 
