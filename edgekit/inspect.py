@@ -85,12 +85,12 @@ def _verdict_lines(info: dict) -> list[str]:
     g, v = info.get("gate"), info.get("validation")
     if isinstance(g, dict) and isinstance(g.get("drop"), (int, float)):
         basis = "top-1" if g.get("labelled") else "agreement with fp32"
-        lines.append(f"          gate: {basis} drop {g['drop']:.2f} points (max {g.get('max_drop', 0):g}) "
+        lines.append(f"          gate: {basis} drop {g['drop']:.2f} points (max {g.get('max_drop') or 0:g}) "
                      f"on {g.get('images', '?')} held-out images")
     if isinstance(v, dict):
         result = "pass" if v.get("passed") else "FAIL"
-        lines.append(f"          validate: {result}, top-1 {v.get('value', 0):.2f}% vs {v.get('reference', 0):.2f}% "
-                     f"fp32, drop {v.get('drop', 0):.2f} points (max {v.get('max_drop', 0):g}) "
+        lines.append(f"          validate: {result}, top-1 {v.get('value') or 0:.2f}% vs {v.get('reference') or 0:.2f}% "
+                     f"fp32, drop {v.get('drop') or 0:.2f} points (max {v.get('max_drop') or 0:g}) "
                      f"on {v.get('images', '?')} images, {v.get('at', '?')}")
     if info.get("verdict"):
         lines.append(f"          refused by build/bench/run/service: {info['verdict']} (--allow-failed-gate overrides)")

@@ -53,10 +53,10 @@ def _gated(bundle: Bundle, key: str) -> str:
         return "fp32 is the reference"
     entry = bundle.models[key]
     v, g = entry.get("validation"), entry.get("gate")
-    if isinstance(v, dict):
-        return f"{key} passed `edgekit validate` (drop {v.get('drop', 0):.2f} of max {v.get('max_drop', 0):g} points)"
+    if isinstance(v, dict) and isinstance(v.get("drop"), (int, float)):
+        return f"{key} passed `edgekit validate` (drop {v['drop']:.2f} of max {v.get('max_drop') or 0:g} points)"
     if isinstance(g, dict) and isinstance(g.get("drop"), (int, float)):
-        return f"{key} passed its gate (drop {g['drop']:.2f} of max {g.get('max_drop', 0):g} points)"
+        return f"{key} passed its gate (drop {g['drop']:.2f} of max {g.get('max_drop') or 0:g} points)"
     return f"{key} was not gated"
 
 
