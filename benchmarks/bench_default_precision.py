@@ -7,6 +7,7 @@ exported, and quantized with ``--cpu-variant`` (the int8_cpu model is gated on h
 figures are medians over rounds and the ratios are of those medians.
 
     python benchmarks/bench_default_precision.py [--work DIR] [--image-size 96] [--epochs 4] [--rounds 5]
+    python benchmarks/bench_default_precision.py --bundle BUNDLE --video VIDEO   # your own bundle
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def build(work: Path, image_size: int, epochs: int) -> tuple[Path, Path]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", help="Folder for the data and bundle (kept; default: a temporary one).")
+    parser.add_argument("--bundle", help="Measure this bundle instead of building one (with --video).")
+    parser.add_argument("--video", help="The video the loop runs on, with --bundle.")
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
@@ -59,6 +62,10 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
+    if args.bundle:
+        if not args.video:
+            parser.error("--bundle needs --video")
+        return measure(Path(args.bundle), Path(args.video), args)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
