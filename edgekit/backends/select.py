@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 
 from edgekit.backends.base import Runner
+from edgekit.backends.tensorrt import probe
 from edgekit.bundle import PRECISIONS, Bundle
-from edgekit.errors import BundleError, UsageError
+from edgekit.errors import BundleError, DeviceError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ def open_runner(bundle: Bundle, backend: str = "auto", precision: str = "fp32", 
         raise UsageError(f"unknown runner option(s): {', '.join(sorted(unknown))}")
     chosen = {k: v for k, v in options.items() if v is not None}
     if backend == "auto":
+        missing = probe.missing_cuda_layer()
+        if missing:  # not a silent CPU fallback: TensorRT is there, what it needs is not
+            raise DeviceError(f"{missing}; or run on the CPU with --backend onnxruntime")
         backend = "tensorrt" if tensorrt_available() else "onnxruntime"
     if backend == "tensorrt":
         if not tensorrt_available():
@@ -54,7 +58,7 @@ def open_runner(bundle: Bundle, backend: str = "auto", precision: str = "fp32", 
             require_tensorrt()
         from edgekit.backends.tensorrt.runner import TensorRTRunner
 
-        log.info("backend: tensorrt (%s)", precision)
+        log.info("backend: tensorrt (%s; %s)", precision, probe.cuda_layer())
         trt_options = {k: v for k, v in chosen.items() if k in TRT_OPTIONS}
         return TensorRTRunner.from_bundle(bundle, precision=precision, **trt_options)
     from edgekit.backends.onnxruntime import OnnxRuntimeRunner, available_providers
@@ -72,7 +76,5 @@ def onnxruntime_providers(available: list[str]) -> list[str]:
 
 
 def tensorrt_available() -> bool:
-    """True when the tensorrt module imports and a CUDA GPU answers."""
-    from edgekit.backends.tensorrt import probe
-
+    """True when the tensorrt module imports and a CUDA GPU answers (through pycuda or cuda-python)."""
     return probe.tensorrt_version() is not None and probe.gpu_present()
