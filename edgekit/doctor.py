@@ -126,7 +126,7 @@ def environment() -> Report:
     from edgekit.backends.tensorrt import probe
 
     checks = [
-        Check("Python", sys.version_info >= (3, 10), platform.python_version(), "edgekit needs Python >= 3.10", True),
+        Check("Python", sys.version_info >= (3, 8), platform.python_version(), "edgekit needs Python >= 3.8 (its workstation commands 3.10)", True),
         Check("edgekit", True, __version__),
         Check("numpy", True, np.__version__, required=True),
     ]
