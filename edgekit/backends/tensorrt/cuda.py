@@ -43,7 +43,8 @@ class PyCudaLayer:
     def device_info(self, device: int) -> dict:
         dev = self.cuda.Device(device)
         cc_major, cc_minor = dev.compute_capability()
-        return {"name": dev.name(), "compute_capability": f"{cc_major}.{cc_minor}", "memory_mib": dev.total_memory() >> 20}
+        return {"name": dev.name(), "compute_capability": f"{cc_major}.{cc_minor}", "memory_mib": dev.total_memory() >> 20,
+                "multiprocessors": dev.get_attribute(self.cuda.device_attribute.MULTIPROCESSOR_COUNT)}
 
     def driver_version(self) -> int:
         return self.cuda.get_driver_version()
@@ -132,11 +133,13 @@ class CudaPythonLayer:
     def device_info(self, device: int) -> dict:
         dev = self._call(self.cu.cuDeviceGet, device)
         name = self._call(self.cu.cuDeviceGetName, 256, dev)
-        attr = self.cu.CUdevice_attribute
-        cc = [self._call(self.cu.cuDeviceGetAttribute, getattr(attr, f"CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_{k}"), dev)
-              for k in ("MAJOR", "MINOR")]
+        cc_major, cc_minor, sms = (
+            self._call(self.cu.cuDeviceGetAttribute, getattr(self.cu.CUdevice_attribute, f"CU_DEVICE_ATTRIBUTE_{k}"), dev)
+            for k in ("COMPUTE_CAPABILITY_MAJOR", "COMPUTE_CAPABILITY_MINOR", "MULTIPROCESSOR_COUNT")
+        )
         memory = self._call(self.cu.cuDeviceTotalMem, dev)
-        return {"name": name.split(b"\0")[0].decode(), "compute_capability": f"{cc[0]}.{cc[1]}", "memory_mib": int(memory) >> 20}
+        return {"name": name.split(b"\0")[0].decode(), "compute_capability": f"{cc_major}.{cc_minor}",
+                "memory_mib": int(memory) >> 20, "multiprocessors": sms}
 
     def driver_version(self) -> int:
         return self._call(self.cu.cuDriverGetVersion)

@@ -56,7 +56,7 @@ def gpu_present() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def gpu_info(device: int = 0) -> dict | None:
-    """``{"name", "compute_capability", "memory_mib"}`` of GPU ``device`` via the CUDA layer, or None."""
+    """``{"name", "compute_capability", "memory_mib", "multiprocessors"}`` of GPU ``device`` via the CUDA layer, or None."""
     try:
         from edgekit.backends.tensorrt import cuda
 
