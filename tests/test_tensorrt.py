@@ -27,7 +27,7 @@ from conftest import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 needs_tensorrt = pytest.mark.skipif(
-    not tensorrt_available(), reason="needs the tensorrt Python bindings, pycuda and an NVIDIA GPU (none here)"
+    not tensorrt_available(), reason="needs the tensorrt Python bindings, pycuda or cuda-python, and an NVIDIA GPU (none here)"
 )
 
 
