@@ -3,7 +3,7 @@
 Exit-code semantics (``edgekit doctor``): 0 when everything ``edgekit run`` needs here is present,
 that is Python, numpy, OpenCV and ONNX Runtime running the tiny model on the CPU; TensorRT, CUDA, a GPU
 and cameras are reported, with hints, but only required with ``--require-tensorrt`` (then TensorRT,
-pycuda and a GPU must answer). ``--selftest`` always requires TensorRT and fails when any precision
+pycuda or cuda-python, and a GPU must answer). ``--selftest`` always requires TensorRT and fails when any precision
 the device supports disagrees with ONNX Runtime.
 """
 
@@ -126,7 +126,7 @@ def environment() -> Report:
     from edgekit.backends.tensorrt import probe
 
     checks = [
-        Check("Python", sys.version_info >= (3, 10), platform.python_version(), "edgekit needs Python >= 3.10", True),
+        Check("Python", sys.version_info >= (3, 8), platform.python_version(), "edgekit needs Python >= 3.8 (its workstation commands 3.10)", True),
         Check("edgekit", True, __version__),
         Check("numpy", True, np.__version__, required=True),
     ]
@@ -158,14 +158,15 @@ def environment() -> Report:
 
     trt = probe.tensorrt_version()
     checks.append(Check("TensorRT", trt is not None, trt or "not importable", probe.TENSORRT_HINT))
-    pycuda = _version("pycuda")
-    checks.append(Check("pycuda", pycuda is not None, pycuda or "not importable", "pip install pycuda (on the Jetson, with JetPack's CUDA in PATH)"))
+    layer = probe.cuda_layer()
+    checks.append(Check("CUDA layer", layer is not None, layer or "neither pycuda nor cuda-python imports",
+                        "pip install pycuda (on the Jetson, with JetPack's CUDA in PATH) or pip install cuda-python"))
     cuda, cudnn = probe.cuda_version(), probe.cudnn_version()
     checks.append(Check("CUDA", cuda is not None, cuda or "not found", "part of JetPack (sudo apt install nvidia-jetpack)"))
     checks.append(Check("cuDNN", cudnn is not None, cudnn or "not found", "part of JetPack (sudo apt install nvidia-jetpack)"))
     gpu = probe.gpu_info()
     gpu_text = f"{gpu['name']} (sm {gpu['compute_capability']}, {gpu['memory_mib']} MiB)" if gpu else ""
-    checks.append(Check("GPU", gpu is not None, gpu_text or "none", "no CUDA GPU answered (needs the NVIDIA driver and pycuda)"))
+    checks.append(Check("GPU", gpu is not None, gpu_text or "none", "no CUDA GPU answered (needs the NVIDIA driver and pycuda or cuda-python)"))
     dla = probe.dla_cores()
     checks.append(Check("DLA", bool(dla), f"{dla} core(s)" if dla else "none", "only Xavier and AGX/NX Orin have DLA; the GPU is used"))
     l4t = l4t_release()
@@ -175,9 +176,9 @@ def environment() -> Report:
 
 
 def require_tensorrt(report: Report) -> Report:
-    """Mark TensorRT, pycuda and the GPU as required (``--require-tensorrt``)."""
+    """Mark TensorRT, the CUDA layer and the GPU as required (``--require-tensorrt``)."""
     for check in report.checks:
-        if check.name in ("TensorRT", "pycuda", "GPU"):
+        if check.name in ("TensorRT", "CUDA layer", "GPU"):
             check.required = True
     return report
 

@@ -1,5 +1,7 @@
 """Errors a user can cause. The CLI prints their message as one line and exits with their code."""
 
+from __future__ import annotations
+
 
 class EdgekitError(Exception):
     """A failure with a message meant for the user, not a traceback."""

@@ -65,7 +65,7 @@ def tiny_classifier(size: int = SIZE, batch: int | str = "batch"):
     from onnx import helper, numpy_helper
 
     nodes = _head("input", "conv_w") + [helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=1)]
-    inits = [numpy_helper.from_array(a, n) for a, n in zip(_weights(), ("conv_w", "conv_b", "fc_w", "fc_b"), strict=True)]
+    inits = [numpy_helper.from_array(a, n) for a, n in zip(_weights(), ("conv_w", "conv_b", "fc_w", "fc_b"))]
     return _model(nodes, inits, batch, size, "edgekit_tiny")
 
 
@@ -73,7 +73,7 @@ def tiny_classifier_fp16(size: int = SIZE, batch: int | str = "batch"):
     """The classifier computing in FP16 with FP32 input and output (what TensorRT 11 builds as FP16)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    inits = [numpy_helper.from_array(a.astype(np.float16), n + "_h") for a, n in zip(_weights(), ("conv_w", "conv_b", "fc_w", "fc_b"), strict=True)]
+    inits = [numpy_helper.from_array(a.astype(np.float16), n + "_h") for a, n in zip(_weights(), ("conv_w", "conv_b", "fc_w", "fc_b"))]
     nodes = (
         [helper.make_node("Cast", ["input"], ["input_h"], name="to_fp16", to=TensorProto.FLOAT16)]
         + _head("input_h", "conv_w_h", "_h")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,9 @@ import yaml
 from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[1]
-# nvcr.io/nvidia/l4t-jetpack tags (NGC) and the JetPack they are, with Python >= 3.10 (edgekit's floor).
-L4T_JETPACK_TAGS = {"r36.2.0": "6.0 DP", "r36.3.0": "6.0", "r36.4.0": "6.1/6.2"}
+# nvcr.io/nvidia/l4t-jetpack tags (NGC): JetPack and its Python (5.x: 3.8, the device side only).
+L4T_JETPACK_TAGS = {"r35.3.1": ("5.1.1", "3.8"), "r35.4.1": ("5.1.2", "3.8"),
+                    "r36.2.0": ("6.0 DP", "3.10"), "r36.3.0": ("6.0", "3.10"), "r36.4.0": ("6.1/6.2", "3.10")}
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -30,15 +32,75 @@ def dockerfile() -> list[tuple[str, str]]:
     return out
 
 
-def test_base_image_is_a_real_l4t_jetpack_tag_chosen_by_arg():
+def _expand(text: str, args: dict) -> str:
+    """Dockerfile ``${VAR}`` / ``${VAR:-default}`` / ``$VAR`` substitution."""
+    def one(m):
+        name, default = m.group(1) or m.group(3), m.group(2)
+        return args.get(name) or (default or "")
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)", one, text)
+
+
+def resolve_build(build_args: dict) -> tuple[str, dict]:
+    """(base image, ENV of the final stage) that ``docker build --build-arg ...`` gives, per Docker's ARG/FROM rules."""
     ins = dockerfile()
-    assert ins[0][0] == "ARG" and ins[1][0] == "FROM"
-    name, _, default = ins[0][1].partition("=")
-    assert ins[1][1] == f"nvcr.io/nvidia/l4t-jetpack:${{{name}}}"
-    assert default in L4T_JETPACK_TAGS
+    first_from = next(i for i, (w, _) in enumerate(ins) if w == "FROM")
+    globals_ = {}
+    for word, args in ins[:first_from]:
+        assert word == "ARG"
+        name, _, default = args.partition("=")
+        globals_[name] = build_args.get(name, default)
+    stages, current = {}, None
+    for word, args in ins[first_from:]:
+        if word == "FROM":
+            image, _, alias = _expand(args, globals_).partition(" AS ")
+            current = {"image": image.strip(), "args": {}, "env": {}}
+            stages[alias.strip() or f"#{len(stages)}"] = current
+        elif word == "ARG":
+            name = args.partition("=")[0]
+            current["args"][name] = build_args.get(name, globals_.get(name, args.partition("=")[2]))
+        elif word == "ENV":
+            for name, value in re.findall(r"(\w+)=(\S+)", args):
+                current["env"][name] = _expand(value, {**current["args"], **current["env"]})
+    final = current
+    env = dict(final["env"])
+    while final["image"] in stages:  # FROM another stage: its image and ENV carry over
+        final = stages[final["image"]]
+        env = {**final["env"], **env}
+    return final["image"], env
+
+
+@pytest.mark.parametrize("build_args, tag, jetpack", [
+    ({}, "r36.4.0", "6"),
+    ({"L4T_RELEASE": "r36.3.0"}, "r36.3.0", "6"),
+    ({"JETPACK": "5"}, "r35.4.1", "5"),
+    ({"JETPACK": "5", "L4T_RELEASE": "r35.3.1"}, "r35.3.1", "5"),
+])
+def test_jetpack_and_l4t_release_args_choose_a_real_base(build_args, tag, jetpack):
+    image, env = resolve_build(build_args)
+    assert image == f"nvcr.io/nvidia/l4t-jetpack:{tag}"
+    assert env["EDGEKIT_L4T_RELEASE"] == tag and env["EDGEKIT_JETPACK"] == jetpack
+    assert L4T_JETPACK_TAGS[tag][0].startswith(jetpack)
     listed = re.findall(r"^#\s+(r3\d\.\d\.\d)\s+JetPack", (REPO / "Dockerfile.jetson").read_text(), re.M)
-    assert listed and set(listed) <= set(L4T_JETPACK_TAGS)
-    assert ("ARG", name) in ins  # redeclared after FROM so later instructions can use it
+    assert listed and set(listed) == set(L4T_JETPACK_TAGS)
+
+
+@pytest.mark.parametrize("jetpack, l4t, ok", [("5", "r35.4.1", True), ("6", "r36.4.0", True),
+                                              ("5", "r36.4.0", False), ("6", "r35.4.1", False)])
+def test_a_base_of_the_other_family_stops_the_build(jetpack, l4t, ok):
+    runs = [args for word, args in dockerfile() if word == "RUN"]
+    guard = re.search(r"case .*? esac", runs[0]).group(0)  # the first step, run here as the image's shell would
+    done = subprocess.run(["sh", "-c", guard], env={"EDGEKIT_JETPACK": jetpack, "EDGEKIT_L4T_RELEASE": l4t, "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True)
+    assert (done.returncode == 0) == ok, done.stderr
+    assert ok or f"L4T_RELEASE={l4t} is not a JetPack {jetpack} release" in done.stderr
+
+
+def test_jetpack5_install_steps_work_on_python_38():
+    """Ubuntu 20.04's pip 20.0 cannot install manylinux_2_28 wheels (onnxruntime aarch64): pip is upgraded first,
+    and edgekit's own checks run on the image's Python after the install."""
+    runs = " && ".join(args for word, args in dockerfile() if word == "RUN")
+    assert runs.index('pip install --upgrade "pip>=23"') < runs.index("pip install --no-deps /src")
+    assert runs.index("python3 -m edgekit doctor") > runs.index('"pycuda>=')
 
 
 def _setup_requirements() -> dict[str, Requirement]:
@@ -55,6 +117,8 @@ def test_pip_lines_match_setup_cfg_without_pip_opencv():
     assert any(p.split()[:2] == ["--no-deps", "/src"] for p in pip_installs), pip_installs
     named = {}
     for p in pip_installs:
+        if p.startswith("--upgrade"):  # pip itself
+            continue
         for token in re.findall(r'"([^"]+)"', p):
             req = Requirement(token)
             named[req.name] = req

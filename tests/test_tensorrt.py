@@ -29,7 +29,7 @@ from conftest import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 needs_tensorrt = pytest.mark.skipif(
-    not tensorrt_available(), reason="needs the tensorrt Python bindings, pycuda and an NVIDIA GPU (none here)"
+    not tensorrt_available(), reason="needs the tensorrt Python bindings, pycuda or cuda-python, and an NVIDIA GPU (none here)"
 )
 
 
@@ -211,7 +211,7 @@ def test_tensorrt_and_pycuda_only_imported_inside_the_layer():
         "import sys, edgekit.cli.build, edgekit.cli.bench, edgekit.cli.doctor, edgekit.bench, edgekit.doctor,"
         " edgekit.backends.select, edgekit.backends.tensorrt.builder, edgekit.backends.tensorrt.runner,"
         " edgekit.backends.tensorrt.cache, edgekit.backends.tensorrt.cuda;"
-        " bad = [m for m in ('tensorrt', 'pycuda', 'tensorflow') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+        " bad = [m for m in ('tensorrt', 'pycuda', 'cuda', 'tensorflow') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stdout + done.stderr

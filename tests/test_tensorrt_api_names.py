@@ -1,16 +1,24 @@
-"""Every TensorRT name edgekit's TensorRT layer uses exists in each release where that code can run.
+"""Every TensorRT name edgekit's TensorRT layer uses exists, on the class it is used on, in each release
+where that code can run.
 
-No TensorRT needed: ``tests/data/tensorrt-python-names/<version>.txt.gz`` lists the identifiers inside
-the real bindings of 8.6.1, 10.3.0, 10.13.3.9 and 11.4.0.106 (copied from the shared reference). The
-code is parsed with ``ast``; a use is reachable on a release unless an enclosing ``if``/``else`` on
-``major`` (TensorRT's major version) excludes it, also through the call sites of the function holding
-it. Names compiled into the bindings but removed from the API (facts file) are checked by qualified name.
+No TensorRT needed. ``tests/data/tensorrt-python-names/classes-<release>.json`` lists, per release, the
+names of each class and enum of the Python bindings (derived from NVIDIA/TensorRT's pybind11 sources by
+``derive.py`` there: 8.5.3 for JetPack 5, 8.6.1, 10.3.0 for JetPack 6, 10.13.3, 11.1), and
+``<version>.txt.gz`` every identifier inside the compiled bindings of 8.6.1, 10.3.0, 10.13.3.9 and 11.4.0.106.
+
+The code is parsed with ``ast``. The class of each receiver is inferred statically: ``trt.X(...)`` is an
+``X``; a method or property of a known class returns the class in :data:`RETURNS`; an assignment carries
+its value's class to the variable (or ``self`` attribute); a variable or ``self`` attribute whose class
+is not inferred falls back to edgekit's naming convention (:data:`CONVENTIONAL`). Methods of a subclass
+of ``trt.X`` must be names of ``X``. A use is reachable on a release unless an enclosing ``if``/``else``
+on ``major`` (TensorRT's major version) excludes it, also through the call sites of the function holding it.
 """
 
 from __future__ import annotations
 
 import ast
 import gzip
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,31 +27,92 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 NAMES = Path(__file__).parent / "data" / "tensorrt-python-names"
 SOURCES = sorted((REPO / "edgekit" / "backends" / "tensorrt").glob("*.py"))
-# Variables (or self attributes) holding TensorRT objects, whose attributes are TensorRT API.
-TRT_OBJECTS = {"builder", "network", "parser", "config", "profile", "runtime", "engine", "context"}
-# Defined by tensorrt/__init__.py in Python, so not inside the compiled module.
-PYTHON_LEVEL = {"__version__"}
-# Still spelled in 11.x's binary (other enums) but removed from this class in 11.0 (tensorrt-facts.md).
-REMOVED = {"BuilderFlag.FP16": 11, "BuilderFlag.INT8": 11, "BuilderFlag.BF16": 11, "BuilderFlag.FP8": 11}
+# Variables (or self attributes) of these names hold these classes unless an assignment says otherwise.
+CONVENTIONAL = {
+    "builder": "Builder", "network": "INetworkDefinition", "parser": "OnnxParser", "config": "IBuilderConfig",
+    "profile": "IOptimizationProfile", "runtime": "Runtime", "engine": "ICudaEngine", "context": "IExecutionContext",
+}
+# What a method (called) or property (read) of a class returns, where that is a TensorRT class.
+RETURNS = {
+    ("Builder", "create_network"): "INetworkDefinition",
+    ("Builder", "create_builder_config"): "IBuilderConfig",
+    ("Builder", "create_optimization_profile"): "IOptimizationProfile",
+    ("Builder", "build_serialized_network"): "IHostMemory",
+    ("IBuilderConfig", "create_timing_cache"): "ITimingCache",
+    ("IBuilderConfig", "get_timing_cache"): "ITimingCache",
+    ("INetworkDefinition", "get_input"): "ITensor",
+    ("INetworkDefinition", "get_output"): "ITensor",
+    ("OnnxParser", "get_error"): "ParserError",
+    ("Runtime", "deserialize_cuda_engine"): "ICudaEngine",
+    ("ICudaEngine", "create_execution_context"): "IExecutionContext",
+    ("ICudaEngine", "serialize"): "IHostMemory",
+    ("IExecutionContext", "engine"): "ICudaEngine",
+}
 
 
-@lru_cache(maxsize=None)
-def release_names(version: str) -> frozenset:
-    with gzip.open(NAMES / f"{version}.txt.gz", "rt") as f:
-        return frozenset(line.strip() for line in f if line.strip())
+def _version_key(version: str) -> list[int]:
+    return [int(x) for x in version.split(".")]
 
 
-RELEASES = sorted((p.name[: -len(".txt.gz")] for p in NAMES.glob("*.txt.gz")), key=lambda v: [int(x) for x in v.split(".")])
+RELEASES = sorted((p.stem[len("classes-"):] for p in NAMES.glob("classes-*.json")), key=_version_key)
+FLAT_RELEASES = sorted((p.name[: -len(".txt.gz")] for p in NAMES.glob("*.txt.gz")), key=_version_key)
 
 
 def major_of(version: str) -> int:
     return int(version.split(".")[0])
 
 
-def has_name(version: str, name: str) -> bool:
-    """``name`` is in the release (short names may be stored as the tail of a longer string)."""
-    names = release_names(version)
+@lru_cache(maxsize=None)
+def api(version: str) -> dict:
+    return json.loads((NAMES / f"classes-{version}.json").read_text())
+
+
+@lru_cache(maxsize=None)
+def flat_names(version: str) -> frozenset:
+    with gzip.open(NAMES / f"{version}.txt.gz", "rt") as f:
+        return frozenset(line.strip() for line in f if line.strip())
+
+
+PYTHON_LEVEL = frozenset(n for v in RELEASES for n in api(v)["python"])
+
+
+def in_flat(version: str, name: str) -> bool:
+    """``name`` is in the compiled bindings (short names may be stored as the tail of a longer string)."""
+    names = flat_names(version)
     return name in names or any(n.endswith(name) for n in names)
+
+
+def lineage(version: str, cls: str) -> list[str]:
+    """``cls`` and its bases, nearest first (empty when the release has no such class)."""
+    classes = api(version)["classes"]
+    out, todo = [], [cls]
+    while todo:
+        c = todo.pop(0)
+        if c in classes and c not in out:
+            out.append(c)
+            todo.extend(classes[c]["bases"])
+    return out
+
+
+def has(version: str, owner: str, name: str) -> bool:
+    """``owner.name`` exists in ``version`` (owner "" is the ``tensorrt`` module)."""
+    data = api(version)
+    if owner == "":
+        return name in data["module"] or name in data["python"]
+    return any(name in data["classes"][c]["names"] for c in lineage(version, owner))
+
+
+def nested_class(owner: str, name: str) -> str | None:
+    """The class ``owner.name`` names in any release (``trt.Builder``, ``trt.ILogger.Severity``, via bases too)."""
+    for version in RELEASES:
+        if owner == "":
+            if name in api(version)["classes"]:
+                return name
+            continue
+        for c in lineage(version, owner):
+            if f"{c}.{name}" in api(version)["classes"]:
+                return f"{c}.{name}"
+    return None
 
 
 # ---- the analysis -----------------------------------------------------------------------------
@@ -56,59 +125,116 @@ def _chain(node) -> list[str] | None:
     return parts[::-1] if isinstance(node, ast.Name) and node.id == "trt" else None
 
 
-def _is_trt_object(node) -> bool:
-    if isinstance(node, ast.Name):
-        return node.id in TRT_OBJECTS
-    return isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self" and node.attr in TRT_OBJECTS
+def _resolve(chain: list[str]) -> list[tuple[str, str]]:
+    """The (owner, name) lookups ``trt.<chain>`` makes, down to the first name that is not a class."""
+    owner, out = "", []
+    for part in chain:
+        out.append((owner, part))
+        owner = nested_class(owner, part)
+        if owner is None:
+            break
+    return out
 
 
-class Uses(ast.NodeVisitor):
-    """Collects (qualified name, node) for every TensorRT name, and the parent of every node."""
+class Module:
+    """Every TensorRT (owner class, name) looked up in a module, with its node; parents of all nodes."""
 
     def __init__(self, tree):
-        self.parents, self.uses = {}, []
+        self.parents = {}
         for parent in ast.walk(tree):
             for child in ast.iter_child_nodes(parent):
                 self.parents[child] = parent
-        self.visit(tree)
+        self.module = tree
+        self.env: dict = {}  # (scope node, variable) -> class
+        self.self_env: dict = {}  # self attribute -> class
+        for _ in range(3):  # assignments may use classes inferred from later lines
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                    cls = self.class_of(node.value)
+                    target = node.targets[0]
+                    if cls and isinstance(target, ast.Name):
+                        self.env[(self.scope(node), target.id)] = cls
+                    elif cls and self._self_attr(target):
+                        self.self_env[target.attr] = cls
+        self.uses = []
+        for node in ast.walk(tree):
+            self._collect(node)
 
-    def visit_Attribute(self, node):
-        chain = _chain(node)
-        if chain is not None:
-            if not isinstance(self.parents.get(node), ast.Attribute) or _chain(self.parents[node]) is None:
-                self.uses.append((".".join(chain), node))
-            return
-        if _is_trt_object(node.value):
-            self.uses.append((node.attr, node))
-        self.generic_visit(node)
+    def scope(self, node):
+        while node is not None and not isinstance(node, (ast.FunctionDef, ast.Lambda, ast.Module)):
+            node = self.parents.get(node)
+        return node
 
-    def visit_ClassDef(self, node):
-        # Methods of a subclass of a TensorRT interface are TensorRT API (log, get_batch, phase_start ...).
-        if any(_chain(base) for base in node.bases):
-            for item in node.body:
-                if isinstance(item, ast.FunctionDef) and item.name != "__init__":
-                    self.uses.append((item.name, item))
-        self.generic_visit(node)
+    @staticmethod
+    def _self_attr(node) -> bool:
+        return isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
+
+    def class_of(self, node) -> str | None:
+        """The TensorRT class of expression ``node``, or None."""
+        if isinstance(node, ast.Name):
+            scope = self.scope(node)
+            return self.env.get((scope, node.id)) or self.env.get((self.module, node.id)) or CONVENTIONAL.get(node.id)
+        if self._self_attr(node):
+            return self.self_env.get(node.attr) or CONVENTIONAL.get(node.attr)
+        if isinstance(node, ast.Call):
+            chain = _chain(node.func)
+            if chain is not None:
+                owner = ""
+                for part in chain:
+                    owner = nested_class(owner, part) if owner is not None else None
+                return owner
+            if isinstance(node.func, ast.Attribute):
+                return RETURNS.get((self.class_of(node.func.value), node.func.attr))
+        if isinstance(node, ast.Attribute):
+            return RETURNS.get((self.class_of(node.value), node.attr))
+        return None
+
+    def _collect(self, node) -> None:
+        if isinstance(node, ast.Attribute):
+            chain = _chain(node)
+            if chain is not None:
+                parent = self.parents.get(node)
+                if not (isinstance(parent, ast.Attribute) and _chain(parent) is not None):
+                    self.uses += [(owner, name, node) for owner, name in _resolve(chain)]
+            elif not (isinstance(node.value, ast.Name) and node.value.id == "trt"):
+                owner = self.class_of(node.value)
+                if owner:
+                    self.uses.append((owner, node.attr, node))
+        elif isinstance(node, ast.ClassDef):
+            # Methods of a subclass of a TensorRT class override that class's methods (log, get_batch ...).
+            for base in node.bases:
+                chain = _chain(base)
+                cls = None
+                for part in chain or ():
+                    cls = nested_class(cls or "", part)
+                if cls:
+                    self.uses += [(cls, item.name, item) for item in node.body if isinstance(item, ast.FunctionDef)]
 
 
-def _gate(test, branch_true: bool, releases: set) -> set:
+def _gate(test, branch_true: bool, majors: set) -> set:
     keep = set()
     code = compile(ast.Expression(test), "<gate>", "eval")
-    for version in releases:
+    for major in majors:
         try:
-            value = bool(eval(code, {"__builtins__": {}}, {"major": major_of(version)}))
+            value = bool(eval(code, {"__builtins__": {}}, {"major": major}))
         except Exception:  # the gate depends on more than ``major``: it may go either way
-            keep.add(version)
+            keep.add(major)
             continue
         if value == branch_true:
-            keep.add(version)
+            keep.add(major)
     return keep
 
 
+ALL_MAJORS = frozenset(major_of(v) for v in RELEASES + FLAT_RELEASES)
+
+
 def analyse(source: str) -> list[tuple[str, int, set]]:
-    """(qualified name, line, releases where that line can run) for every TensorRT name in ``source``."""
+    """(``Owner.name``, line, majors where that line can run) for every TensorRT lookup in ``source``.
+
+    The owner of a module-level name is ``trt``.
+    """
     tree = ast.parse(source)
-    uses = Uses(tree)
+    mod = Module(tree)
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
     calls = {}
     for node in ast.walk(tree):
@@ -116,75 +242,117 @@ def analyse(source: str) -> list[tuple[str, int, set]]:
             calls.setdefault(node.func.id, []).append(node)
 
     def reachable(node, seen=frozenset()) -> set:
-        releases = set(RELEASES)
+        majors = set(ALL_MAJORS)
         child = node
-        parent = uses.parents.get(child)
+        parent = mod.parents.get(child)
         while parent is not None:
             if isinstance(parent, (ast.If, ast.IfExp)) and child is not parent.test:
                 body = parent.body if isinstance(parent.body, list) else [parent.body]
-                releases = _gate(parent.test, child in body, releases)
+                majors = _gate(parent.test, child in body, majors)
             if isinstance(parent, ast.FunctionDef) and parent.name in calls and parent.name not in seen:
-                sites = set().union(*(reachable(c, seen | {parent.name}) for c in calls[parent.name]))
-                releases &= sites
-            child, parent = parent, uses.parents.get(parent)
-        return releases
+                majors &= set().union(*(reachable(c, seen | {parent.name}) for c in calls[parent.name]))
+            child, parent = parent, mod.parents.get(parent)
+        return majors
 
-    return [(name, node.lineno, reachable(node)) for name, node in uses.uses]
+    return [(f"{owner or 'trt'}.{name}", node.lineno, reachable(node)) for owner, name, node in mod.uses]
 
 
 def problems(source: str) -> list[str]:
+    """One line per (use, release) where the name is missing from its class (or the class is missing)."""
     found = []
-    for qualified, line, releases in analyse(source):
-        leaf = qualified.split(".")
-        for version in sorted(releases):
-            if qualified in REMOVED and major_of(version) >= REMOVED[qualified]:
-                found.append(f"line {line}: {qualified} was removed in TensorRT {REMOVED[qualified]} but runs on {version}")
-            for part in leaf:
-                if part not in PYTHON_LEVEL and not has_name(version, part):
-                    found.append(f"line {line}: {qualified} is not in TensorRT {version}'s bindings")
+    for qualified, line, majors in analyse(source):
+        owner, _, name = qualified.rpartition(".")
+        owner = "" if owner == "trt" else owner
+        for version in RELEASES:
+            if major_of(version) not in majors:
+                continue
+            if owner and not lineage(version, owner):
+                found.append(f"line {line}: {qualified}: TensorRT {version} has no class {owner}")
+            elif not has(version, owner, name):
+                found.append(f"line {line}: {qualified} is not in TensorRT {version}")
+        for version in FLAT_RELEASES:  # 11.4 is newer than the binding sources: its compiled module's names
+            if major_of(version) in majors and name not in PYTHON_LEVEL and not in_flat(version, name):
+                found.append(f"line {line}: {qualified} is not in TensorRT {version}'s bindings")
     return found
 
 
 # ---- tests ------------------------------------------------------------------------------------
-def test_reference_data_present():
-    assert [major_of(v) for v in RELEASES] == [8, 10, 10, 11]
-    assert has_name("10.3.0", "execute_async_v3") and not has_name("10.3.0", "execute_async_v2")
-    assert has_name("10.13.3.9", "IInt8EntropyCalibrator2") and not has_name("11.4.0.106", "IInt8EntropyCalibrator2")
+def test_reference_data_present_and_agrees_with_the_compiled_bindings():
+    assert [major_of(v) for v in RELEASES] == [8, 8, 10, 10, 11]
+    assert has("8.5.3", "IBuilderConfig", "max_workspace_size") and not has("10.3.0", "IBuilderConfig", "max_workspace_size")
+    assert has("10.3.0", "IExecutionContext", "execute_async_v3") and not has("10.3.0", "IExecutionContext", "execute_async_v2")
+    assert has("10.13.3", "", "IInt8EntropyCalibrator2") and not has("11.1", "", "IInt8EntropyCalibrator2")
+    assert has("11.1", "Logger", "ERROR")  # exported from ILogger.Severity into ILogger, inherited
+    # Each derived name is in the compiled module of the same (or, for 11.1, the next stored) release.
+    for version, flat in (("8.6.1", "8.6.1"), ("10.3.0", "10.3.0"), ("10.13.3", "10.13.3.9"), ("11.1", "11.4.0.106")):
+        data = api(version)
+        names = set(data["module"]) | {n for c in data["classes"].values() for n in c["names"]}
+        missing = sorted(n for n in names if len(n) > 2 and not in_flat(flat, n))
+        assert missing == [], (version, missing)
+
+
+def test_factory_table_names_real_methods():
+    for (cls, name), result in RETURNS.items():
+        assert any(has(v, cls, name) for v in RELEASES), (cls, name)
+        assert any(lineage(v, result) for v in RELEASES), result
+    for cls in CONVENTIONAL.values():
+        assert all(lineage(v, cls) for v in RELEASES), cls
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
-def test_every_tensorrt_name_exists_where_it_runs(path):
+def test_every_tensorrt_name_exists_on_its_class_where_it_runs(path):
     assert problems(path.read_text()) == []
 
 
-def test_the_layer_uses_the_named_tensor_api():
+def test_receivers_are_typed_from_the_code():
     used = {name for path in SOURCES for name, _, _ in analyse(path.read_text())}
-    for name in ("num_io_tensors", "get_tensor_name", "get_tensor_mode", "set_input_shape", "set_tensor_address",
-                 "execute_async_v3", "build_serialized_network", "set_memory_pool_limit", "deserialize_cuda_engine",
-                 "create_optimization_profile", "create_timing_cache", "IProgressMonitor", "IInt8EntropyCalibrator2"):
-        assert any(u == name or u.endswith("." + name) or u.startswith(name + ".") for u in used), name
+    for name in ("ICudaEngine.num_io_tensors", "ICudaEngine.get_tensor_name", "ICudaEngine.get_tensor_mode",
+                 "IExecutionContext.set_input_shape", "IExecutionContext.set_tensor_address",
+                 "IExecutionContext.execute_async_v3", "Builder.build_serialized_network",
+                 "IBuilderConfig.set_memory_pool_limit", "Runtime.deserialize_cuda_engine",
+                 "Builder.create_optimization_profile", "IBuilderConfig.create_timing_cache",
+                 "ITimingCache.serialize", "trt.IProgressMonitor", "IProgressMonitor.phase_start",
+                 "trt.IInt8EntropyCalibrator2", "IInt8EntropyCalibrator2.get_batch", "ILogger.Severity.ERROR",
+                 "Logger.ERROR", "OnnxParser.parse_from_file", "ICudaEngine.create_execution_context"):
+        assert name in used, name
     for removed in ("execute_async_v2", "execute_v2", "build_engine", "max_workspace_size", "get_binding_shape"):
-        assert removed not in used
+        assert not any(u.endswith("." + removed) for u in used), removed
 
 
 def test_version_gated_names_are_gated():
     by_name = {}
     for path in SOURCES:
-        for name, _, releases in analyse(path.read_text()):
-            by_name.setdefault(name, set()).update(releases)
-    assert by_name["NetworkDefinitionCreationFlag.EXPLICIT_BATCH"] == {"8.6.1"}
-    assert "11.4.0.106" not in by_name["int8_calibrator"]
-    assert "11.4.0.106" not in by_name["IInt8EntropyCalibrator2"]  # through entropy_calibrator's call site
-    assert "8.6.1" not in by_name["IProgressMonitor"]
-    assert by_name["execute_async_v3"] == set(RELEASES)
+        for name, _, majors in analyse(path.read_text()):
+            by_name.setdefault(name, set()).update(majors)
+    assert by_name["NetworkDefinitionCreationFlag.EXPLICIT_BATCH"] == {8}
+    assert 11 not in by_name["IBuilderConfig.int8_calibrator"]
+    assert 11 not in by_name["trt.IInt8EntropyCalibrator2"]  # through entropy_calibrator's call site
+    assert 8 not in by_name["trt.IProgressMonitor"]
+    assert by_name["IExecutionContext.execute_async_v3"] == set(ALL_MAJORS)
 
 
-def test_checker_catches_ungated_and_accepts_gated_uses():
-    """The analysis itself: a removed name is flagged unless a ``major`` gate excludes those releases."""
-    bad = "def f(context, trt):\n    context.execute_async_v2([], 0)\n    config.set_flag(trt.BuilderFlag.INT8)\n"
-    flagged = problems(bad)
-    assert any("execute_async_v2" in p and "10.3.0" in p for p in flagged)
-    assert any("BuilderFlag.INT8" in p and "11.4.0.106" in p for p in flagged)
+@pytest.mark.parametrize("snippet, finding", [
+    ("def f(config, trt):\n    config.max_workspace_size = 1 << 30\n",
+     "line 2: IBuilderConfig.max_workspace_size is not in TensorRT 10.3.0"),
+    ("def f(engine, trt):\n    return engine.get_tensor_dtype('x') == trt.DataType.FP16\n",
+     "line 2: DataType.FP16 is not in TensorRT 8.5.3"),
+    ("def f(trt, logger):\n    runtime = trt.Runtime(logger)\n    return runtime.num_io_tensors\n",
+     "line 3: Runtime.num_io_tensors is not in TensorRT 10.3.0"),
+    ("def f(trt, logger):\n    b = trt.Builder(logger)\n    c = b.create_builder_config()\n    c.set_input_shape('x', (1,))\n",
+     "line 4: IBuilderConfig.set_input_shape is not in TensorRT 11.1"),
+    ("def f(trt, major):\n    if major >= 10:\n        return trt.BuilderFlag.FP16\n",
+     "line 3: BuilderFlag.FP16 is not in TensorRT 11.1"),
+    ("import tensorrt as trt\nclass L(trt.ILogger):\n    def write(self, severity, msg):\n        pass\n",
+     "line 3: ILogger.write is not in TensorRT 8.5.3"),
+])
+def test_checker_catches_names_on_the_wrong_class(snippet, finding):
+    assert finding in problems(snippet)
+
+
+def test_checker_accepts_right_classes_and_gated_uses():
+    assert problems("def f(config, trt):\n    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1)\n") == []
+    assert problems("def f(engine):\n    return engine.num_io_tensors\n") == []
+    assert problems("def f(trt):\n    return trt.DataType.HALF\n") == []
     good = (
         "def f(context, config, trt, major):\n"
         "    if major < 10:\n        context.execute_async_v2([], 0)\n"
@@ -192,6 +360,7 @@ def test_checker_catches_ungated_and_accepts_gated_uses():
         "    if major < 11:\n        config.set_flag(trt.BuilderFlag.INT8)\n"
     )
     assert problems(good) == []
+    assert any("execute_async_v2" in p and "10.3.0" in p for p in problems(good.replace("major < 10", "True")))
     via_call = "def g(trt):\n    return trt.IProgressMonitor\n\ndef f(major, trt):\n    if major >= 10:\n        g(trt)\n"
     assert problems(via_call) == []
     assert problems(via_call.replace("major >= 10", "True")) != []

@@ -64,7 +64,7 @@ class Runner(abc.ABC):
         if batch.dtype != spec.dtype:
             raise ModelError(f"input {spec.name!r} needs dtype {spec.dtype}, got {batch.dtype}")
         if batch.ndim != len(spec.shape) or any(
-            want is not None and want != got for want, got in zip(spec.shape, batch.shape, strict=True)
+            want is not None and want != got for want, got in zip(spec.shape, batch.shape)
         ):
             want = "x".join("?" if d is None else str(d) for d in spec.shape)
             got = "x".join(str(d) for d in batch.shape)

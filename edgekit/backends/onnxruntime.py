@@ -99,4 +99,4 @@ class OnnxRuntimeRunner(Runner):
             outputs = self.session.run(names, {self._input.name: batch})
         except Exception as exc:
             raise ModelError(f"ONNX Runtime failed on {self.model_path.name}: {first_line(exc)}") from exc
-        return dict(zip(names, outputs, strict=True))
+        return dict(zip(names, outputs))

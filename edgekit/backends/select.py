@@ -13,6 +13,7 @@ import logging
 from dataclasses import asdict, dataclass
 
 from edgekit.backends.base import Runner
+from edgekit.backends.tensorrt import probe
 from edgekit.bundle import PRECISIONS, Bundle
 from edgekit.errors import BundleError, DeviceError, GateError, UsageError
 
@@ -168,6 +169,9 @@ def resolve_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend == "auto":
+        missing = probe.missing_cuda_layer()
+        if missing:  # not a silent CPU fallback: TensorRT is there, what it needs is not
+            raise DeviceError(f"{missing}; or run on the CPU with --backend onnxruntime")
         return "tensorrt" if tensorrt_available() else "onnxruntime"
     return backend
 
@@ -211,7 +215,7 @@ def open_runner(bundle: Bundle, backend: str = "auto", precision: str = "auto", 
         trt_options = {k: v for k, v in chosen.items() if k in TRT_OPTIONS}
         choice = choose_here(bundle, backend, precision, allow_failed_gate, trt_options.get("dla_core"),
                              trt_options.get("device", 0))
-        log_choice(choice)
+        log_choice(choice, f"{probe.cuda_layer()}; ")
         runner = TensorRTRunner.from_bundle(bundle, precision=choice.precision, allow_failed_gate=allow_failed_gate,
                                             **trt_options)
     else:
@@ -229,8 +233,6 @@ def open_runner(bundle: Bundle, backend: str = "auto", precision: str = "auto", 
 def choose_tensorrt_model(bundle: Bundle, precision: str, allow_failed_gate: bool = False, dla_core=None,
                           device: int = 0) -> Choice:
     """:func:`choose_model` on TensorRT for this machine's GPU ``device``."""
-    from edgekit.backends.tensorrt import probe
-
     return choose_model(bundle, "tensorrt", precision, allow_failed_gate, dla=dla_core is not None,
                         compute_capability=(probe.gpu_info(device) or {}).get("compute_capability"))
 
@@ -255,7 +257,5 @@ def onnxruntime_providers(available: list[str]) -> list[str]:
 
 
 def tensorrt_available() -> bool:
-    """True when the tensorrt module imports and a CUDA GPU answers."""
-    from edgekit.backends.tensorrt import probe
-
+    """True when the tensorrt module imports and a CUDA GPU answers (through pycuda or cuda-python)."""
     return probe.tensorrt_version() is not None and probe.gpu_present()

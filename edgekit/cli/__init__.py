@@ -11,12 +11,13 @@ from __future__ import annotations
 import errno
 import importlib
 import logging
+import platform
 import sys
 
 import click
 
 from edgekit import __version__
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, UsageError
 
 # name -> (module, one-line help). The help is here so that listing commands imports nothing.
 COMMANDS = {
@@ -32,6 +33,9 @@ COMMANDS = {
     "doctor": ("edgekit.cli.doctor", "Check this machine for what edgekit needs; --selftest proves TensorRT."),
     "service": ("edgekit.cli.service", "Install, remove or inspect the systemd service."),
 }
+# Workstation commands need the host extra (TensorFlow ...), hence this Python; the rest also run on 3.8.
+HOST_COMMANDS = ("sample-data", "train", "export", "quantize", "validate")
+HOST_PYTHON = (3, 10)
 
 
 class LazyGroup(click.Group):
@@ -43,6 +47,11 @@ class LazyGroup(click.Group):
     def get_command(self, ctx, name):
         if name not in COMMANDS:
             return None
+        if name in HOST_COMMANDS and sys.version_info < HOST_PYTHON:
+            raise UsageError(
+                f"`edgekit {name}` is a workstation command and needs Python >= {'.'.join(map(str, HOST_PYTHON))}"
+                f" (TensorFlow); this is Python {platform.python_version()}, which runs doctor, build, bench, run and service"
+            )
         module = importlib.import_module(COMMANDS[name][0])
         return module.command
 

@@ -1,9 +1,11 @@
+from __future__ import annotations
+
 import click
 
 
 @click.command("doctor")
 @click.option("--selftest", is_flag=True, help="Build a tiny model at FP32/FP16/INT8 on TensorRT and compare with ONNX Runtime.")
-@click.option("--require-tensorrt", is_flag=True, help="Fail unless TensorRT, pycuda and a GPU answer.")
+@click.option("--require-tensorrt", is_flag=True, help="Fail unless TensorRT, pycuda or cuda-python, and a GPU answer.")
 @click.option("--cache-dir", type=click.Path(), help="Keep the self-test's engines here (default: a temporary folder).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def command(selftest, require_tensorrt, cache_dir, as_json):
@@ -11,7 +13,7 @@ def command(selftest, require_tensorrt, cache_dir, as_json):
 
     Exits 0 when everything `edgekit run` needs is present (on a machine without TensorRT: the ONNX
     Runtime CPU path); non-zero when a required item is missing, when --require-tensorrt is given and
-    TensorRT, pycuda or the GPU is missing, or when --selftest cannot run or a precision fails.
+    TensorRT, the CUDA layer (pycuda or cuda-python) or the GPU is missing, or when --selftest cannot run or a precision fails.
     """
     import json
 

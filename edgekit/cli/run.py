@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 import click
 
 SOURCE_HELP = "0 or /dev/videoN, csi://N, rtsp://..., http(s)://... (MJPEG), gst:PIPELINE, a video file, an image folder."

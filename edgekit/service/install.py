@@ -223,7 +223,7 @@ def install(bundle, run_args=(), *, root=None, dry_run: bool = False, force: boo
     if layout.unit.exists() and not force:
         raise InputError(f"{options.unit_name} is already installed ({layout.unit}); "
                          "pass --force to replace it (its bundle is kept as the previous one)")
-    if any(Path(p).resolve().is_relative_to(h) for p in (options.command[0], __file__) for h in ("/home", "/root")):
+    if any(Path(h) in Path(p).resolve().parents for p in (options.command[0], __file__) for h in ("/home", "/root")):
         log.warning("edgekit or its Python is under /home or /root, which the unit's ProtectHome=yes hides: "
                     "install it system-wide or in a venv under /opt")
     act = _Actions(dry_run, root is None if run_commands is None else run_commands, out)

@@ -55,7 +55,7 @@ class Metrics:
         if not values.size:
             return {}
         q = np.percentile(values, [100 * q for q in QUANTILES])
-        return {**{f"p{round(100 * k)}": float(v) for k, v in zip(QUANTILES, q, strict=True)}, "mean": float(values.mean())}
+        return {**{f"p{round(100 * k)}": float(v) for k, v in zip(QUANTILES, q)}, "mean": float(values.mean())}
 
     def snapshot(self) -> dict:
         """Everything, as a JSON-able dict."""

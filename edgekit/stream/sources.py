@@ -179,7 +179,7 @@ class MjpegHttpSource(Source):
             if not boundary:
                 resp.close()
                 raise InputError(f"{self.url} sends {ctype} without a boundary")
-            self._boundary = b"--" + boundary.encode().removeprefix(b"--")
+            self._boundary = b"--" + re.sub(rb"^--", b"", boundary.encode())
         elif ctype == "image/jpeg":
             self._boundary = None
         else:
@@ -311,7 +311,7 @@ def open_source(
         return MjpegHttpSource(text, timeout)
     if re.match(r"[a-z][a-z0-9+.-]*://", text) and not text.startswith("file://"):
         raise UsageError(f"unknown source {text!r}: use N, /dev/videoN, csi://N, rtsp://, http(s)://, gst:, a file or folder")
-    path = Path(text.removeprefix("file://"))
+    path = Path(text[len("file://"):] if text.startswith("file://") else text)
     if not path.exists():
         raise InputError(f"source {path} does not exist")
     if path.is_dir():

@@ -1,1 +1,3 @@
-"""TensorRT backend: the only package that imports ``tensorrt`` or ``pycuda``, and only lazily."""
+"""TensorRT backend: the only package that imports ``tensorrt``, ``pycuda`` or cuda-python, and only lazily."""
+
+from __future__ import annotations

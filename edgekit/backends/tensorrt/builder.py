@@ -405,8 +405,11 @@ def require_tensorrt() -> None:
     """Raise DeviceError, with how to get it, when TensorRT or a CUDA GPU is missing."""
     if probe.tensorrt_version() is None:
         raise DeviceError(f"TensorRT is not available here; {probe.TENSORRT_HINT}")
+    missing = probe.missing_cuda_layer()
+    if missing:
+        raise DeviceError(missing)
     if not probe.gpu_present():
-        raise DeviceError("no CUDA GPU answers (needs the NVIDIA driver and pycuda: pip install pycuda)")
+        raise DeviceError("no CUDA GPU answers (needs the NVIDIA driver)")
 
 
 def build(bundle: Bundle, options: BuildOptions) -> tuple[Path, bool]:

@@ -1,28 +1,231 @@
-"""Device memory through pycuda: the context, pinned host buffers, device buffers, one stream.
+"""Device memory: the context, pinned host buffers, device buffers, one stream; through pycuda or cuda-python.
 
-The pycuda threading trap: a CUDA context is current in one thread only, so an engine built or run
-from another thread fails with "invalid device context". :class:`CudaContext` retains the device's
-primary context (the one the CUDA runtime, hence TensorRT, uses), pushes it in the thread that calls
-``push()`` and pops it there; using it from any other thread raises a clear error instead.
+Two interchangeable layers implement the few driver calls used here: pycuda when it imports, else
+cuda-python (``cuda.bindings.driver``, or ``cuda.cuda`` of cuda-python < 12.6, the one with Python 3.8
+wheels for JetPack 5), which NVIDIA's own TensorRT samples use. :func:`layer` picks one, once.
+
+The threading trap: a CUDA context is current in one thread only, so an engine built or run from
+another thread fails with "invalid device context". :class:`CudaContext` retains the device's primary
+context (the one the CUDA runtime, hence TensorRT, uses), pushes it in the thread that calls ``push()``
+and pops it there; using it from any other thread raises a clear error instead.
 """
 
 from __future__ import annotations
 
+import ctypes
 import threading
 
 import numpy as np
 
 from edgekit.errors import DeviceError
 
+INSTALL_HINT = "pip install pycuda (builds against JetPack's CUDA) or pip install cuda-python"
 
-def _driver():
-    try:
+
+class PyCudaLayer:
+    """The driver calls through pycuda (objects free their memory when collected)."""
+
+    name = "pycuda"
+
+    def __init__(self):
         import pycuda.driver as cuda
-    except Exception as exc:  # ImportError, or a pycuda built against another CUDA
-        raise DeviceError(
-            f"pycuda is not available ({exc}); on a Jetson: pip install pycuda (needs JetPack's CUDA)"
-        ) from exc
-    return cuda
+
+        self.cuda = cuda
+        self.version = _distribution_version("pycuda") or "unknown"
+        self.Error = cuda.Error
+
+    def init(self) -> None:
+        self.cuda.init()
+
+    def device_count(self) -> int:
+        return self.cuda.Device.count()
+
+    def device_info(self, device: int) -> dict:
+        dev = self.cuda.Device(device)
+        cc_major, cc_minor = dev.compute_capability()
+        return {"name": dev.name(), "compute_capability": f"{cc_major}.{cc_minor}", "memory_mib": dev.total_memory() >> 20,
+                "multiprocessors": dev.get_attribute(self.cuda.device_attribute.MULTIPROCESSOR_COUNT)}
+
+    def driver_version(self) -> int:
+        return self.cuda.get_driver_version()
+
+    def retain_primary(self, device: int):
+        return self.cuda.Device(device).retain_primary_context()
+
+    def push(self, ctx) -> None:
+        ctx.push()
+
+    def pop(self, ctx) -> None:
+        self.cuda.Context.pop()
+        ctx.detach()
+
+    def stream(self):
+        return self.cuda.Stream()
+
+    def stream_handle(self, stream) -> int:
+        return stream.handle
+
+    def synchronize(self, stream) -> None:
+        stream.synchronize()
+
+    def mem_alloc(self, nbytes: int):
+        return self.cuda.mem_alloc(nbytes)
+
+    def mem_free(self, mem) -> None:
+        mem.free()
+
+    def host_empty(self, shape, dtype) -> np.ndarray:
+        return self.cuda.pagelocked_empty(shape, dtype)
+
+    def host_free(self, array) -> None:
+        pass  # freed with the array
+
+    def htod(self, ptr: int, array: np.ndarray) -> None:
+        self.cuda.memcpy_htod(ptr, array)
+
+    def htod_async(self, ptr: int, array: np.ndarray, stream) -> None:
+        self.cuda.memcpy_htod_async(ptr, array, stream)
+
+    def dtoh_async(self, array: np.ndarray, ptr: int, stream) -> None:
+        self.cuda.memcpy_dtoh_async(array, ptr, stream)
+
+
+class CudaPythonError(Exception):
+    """A CUresult other than CUDA_SUCCESS, with the driver's name and text for it."""
+
+
+class CudaPythonLayer:
+    """The driver calls through cuda-python: every call returns ``(CUresult, *values)``; memory is freed explicitly."""
+
+    name = "cuda-python"
+    Error = CudaPythonError
+
+    def __init__(self):
+        try:
+            from cuda.bindings import driver
+        except ImportError:
+            from cuda import cuda as driver  # cuda-python < 12.6 (the 11.x series on JetPack 5)
+        self.cu = driver
+        self.version = _distribution_version("cuda-bindings") or _distribution_version("cuda-python") or "unknown"
+
+    def _call(self, fn, *args):
+        try:
+            out = fn(*args)
+        except RuntimeError as exc:  # no driver library: cuda.pathfinder's DynamicLibNotFoundError and kin
+            raise CudaPythonError(str(exc).strip().splitlines()[0]) from exc
+        err, values = out[0], out[1:]
+        if int(err) != 0:
+            name = getattr(err, "name", str(int(err)))
+            try:
+                text = self.cu.cuGetErrorString(err)[1]
+                name += f": {text.decode() if isinstance(text, bytes) else text}"
+            except Exception:  # the code's name says enough
+                pass
+            raise CudaPythonError(name)
+        return values[0] if len(values) == 1 else values
+
+    def init(self) -> None:
+        self._call(self.cu.cuInit, 0)
+
+    def device_count(self) -> int:
+        return self._call(self.cu.cuDeviceGetCount)
+
+    def device_info(self, device: int) -> dict:
+        dev = self._call(self.cu.cuDeviceGet, device)
+        name = self._call(self.cu.cuDeviceGetName, 256, dev)
+        cc_major, cc_minor, sms = (
+            self._call(self.cu.cuDeviceGetAttribute, getattr(self.cu.CUdevice_attribute, f"CU_DEVICE_ATTRIBUTE_{k}"), dev)
+            for k in ("COMPUTE_CAPABILITY_MAJOR", "COMPUTE_CAPABILITY_MINOR", "MULTIPROCESSOR_COUNT")
+        )
+        memory = self._call(self.cu.cuDeviceTotalMem, dev)
+        return {"name": name.split(b"\0")[0].decode(), "compute_capability": f"{cc_major}.{cc_minor}",
+                "memory_mib": int(memory) >> 20, "multiprocessors": sms}
+
+    def driver_version(self) -> int:
+        return self._call(self.cu.cuDriverGetVersion)
+
+    def retain_primary(self, device: int):
+        dev = self._call(self.cu.cuDeviceGet, device)
+        return dev, self._call(self.cu.cuDevicePrimaryCtxRetain, dev)
+
+    def push(self, ctx) -> None:
+        self._call(self.cu.cuCtxPushCurrent, ctx[1])
+
+    def pop(self, ctx) -> None:
+        self._call(self.cu.cuCtxPopCurrent)
+        self._call(self.cu.cuDevicePrimaryCtxRelease, ctx[0])
+
+    def stream(self):
+        return self._call(self.cu.cuStreamCreate, 0)
+
+    def stream_handle(self, stream) -> int:
+        return int(stream)
+
+    def synchronize(self, stream) -> None:
+        self._call(self.cu.cuStreamSynchronize, stream)
+
+    def mem_alloc(self, nbytes: int):
+        return self._call(self.cu.cuMemAlloc, nbytes)
+
+    def mem_free(self, mem) -> None:
+        self._call(self.cu.cuMemFree, mem)
+
+    def host_empty(self, shape, dtype) -> np.ndarray:
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        ptr = int(self._call(self.cu.cuMemAllocHost, max(nbytes, 1)))
+        raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(ptr)
+        return np.frombuffer(raw, dtype=np.uint8, count=nbytes).view(dtype).reshape(shape)
+
+    def host_free(self, array) -> None:
+        self._call(self.cu.cuMemFreeHost, array.ctypes.data)  # the whole array from host_empty: its first byte
+
+    def htod(self, ptr: int, array: np.ndarray) -> None:
+        self._call(self.cu.cuMemcpyHtoD, ptr, array.ctypes.data, array.nbytes)
+
+    def htod_async(self, ptr: int, array: np.ndarray, stream) -> None:
+        self._call(self.cu.cuMemcpyHtoDAsync, ptr, array.ctypes.data, array.nbytes, stream)
+
+    def dtoh_async(self, array: np.ndarray, ptr: int, stream) -> None:
+        self._call(self.cu.cuMemcpyDtoHAsync, array.ctypes.data, ptr, array.nbytes, stream)
+
+
+def _distribution_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+LAYERS = (PyCudaLayer, CudaPythonLayer)
+_LAYER = None
+_FAILURES: list = []
+
+
+def layer():
+    """The device-memory layer: pycuda when it imports, else cuda-python; DeviceError naming both when neither does."""
+    global _LAYER
+    if _LAYER is None:
+        _FAILURES.clear()
+        for cls in LAYERS:
+            try:
+                _LAYER = cls()
+                break
+            except Exception as exc:  # ImportError, or a pycuda built against another CUDA
+                _FAILURES.append(f"{cls.name}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+        else:
+            raise DeviceError(f"neither pycuda nor cuda-python imports ({'; '.join(_FAILURES)}); {INSTALL_HINT}")
+    return _LAYER
+
+
+def layer_name() -> str | None:
+    """``"pycuda <version>"``/``"cuda-python <version>"``, or None when neither imports (never raises)."""
+    try:
+        lay = layer()
+    except DeviceError:
+        return None
+    return f"{lay.name} {lay.version}"
 
 
 class CudaContext:
@@ -34,13 +237,13 @@ class CudaContext:
         self._thread = None
 
     def push(self) -> "CudaContext":
-        cuda = _driver()
+        lay = layer()
         try:
-            cuda.init()
-            self._ctx = cuda.Device(self.device).retain_primary_context()
-        except cuda.Error as exc:
+            lay.init()
+            self._ctx = lay.retain_primary(self.device)
+            lay.push(self._ctx)
+        except lay.Error as exc:
             raise DeviceError(f"CUDA cannot open GPU {self.device}: {exc}") from exc
-        self._ctx.push()
         self._thread = threading.get_ident()
         return self
 
@@ -53,9 +256,7 @@ class CudaContext:
         if self._ctx is None:
             return
         self.check_thread()
-        cuda = _driver()
-        cuda.Context.pop()
-        self._ctx.detach()
+        layer().pop(self._ctx)
         self._ctx = self._thread = None
 
     def __enter__(self) -> "CudaContext":
@@ -69,14 +270,14 @@ class Stream:
     """One CUDA stream: every copy and the execution of a runner are queued on it."""
 
     def __init__(self):
-        self._stream = _driver().Stream()
+        self._stream = layer().stream()
 
     @property
     def handle(self) -> int:
-        return self._stream.handle
+        return layer().stream_handle(self._stream)
 
     def synchronize(self) -> None:
-        self._stream.synchronize()
+        layer().synchronize(self._stream)
 
     @property
     def raw(self):
@@ -89,7 +290,7 @@ class DeviceBuffer:
     def __init__(self, shape, dtype):
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
-        self._mem = _driver().mem_alloc(max(self.nbytes, 1))
+        self._mem = layer().mem_alloc(max(self.nbytes, 1))
 
     @property
     def ptr(self) -> int:
@@ -97,10 +298,12 @@ class DeviceBuffer:
 
     def upload(self, array: np.ndarray) -> None:
         """Synchronous copy (calibration, which runs outside the inference stream)."""
-        _driver().memcpy_htod(self._mem, np.ascontiguousarray(array))
+        layer().htod(self.ptr, np.ascontiguousarray(array))
 
     def free(self) -> None:
-        self._mem.free()
+        if self._mem is not None:
+            layer().mem_free(self._mem)
+            self._mem = None
 
 
 class HostDeviceBuffer:
@@ -110,7 +313,7 @@ class HostDeviceBuffer:
     """
 
     def __init__(self, shape, dtype):
-        self.host = _driver().pagelocked_empty(tuple(shape), np.dtype(dtype))
+        self.host = layer().host_empty(tuple(shape), np.dtype(dtype))
         self.device = DeviceBuffer(shape, dtype)
 
     @property
@@ -120,13 +323,15 @@ class HostDeviceBuffer:
     def to_device(self, array: np.ndarray, stream: Stream) -> None:
         n = array.shape[0]
         self.host[:n] = array
-        _driver().memcpy_htod_async(self.device.ptr, self.host[:n], stream.raw)
+        layer().htod_async(self.device.ptr, self.host[:n], stream.raw)
 
     def to_host(self, n: int, stream: Stream) -> np.ndarray:
         """Queue the copy of the first ``n`` rows back; valid after ``stream.synchronize()``."""
-        _driver().memcpy_dtoh_async(self.host[:n], self.device.ptr, stream.raw)
+        layer().dtoh_async(self.host[:n], self.device.ptr, stream.raw)
         return self.host[:n]
 
     def free(self) -> None:
         self.device.free()
+        if self.host is not None:
+            layer().host_free(self.host)
         self.host = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 
 TENSORRT_HINT = (
-    "on a Jetson it comes with JetPack: sudo apt install python3-libnvinfer (and pip install pycuda);"
+    "on a Jetson it comes with JetPack: sudo apt install python3-libnvinfer (and pip install pycuda or cuda-python);"
     " elsewhere run on the CPU with --backend onnxruntime"
 )
 
@@ -20,29 +20,49 @@ def tensorrt_version() -> str | None:
     return getattr(trt, "__version__", "unknown")
 
 
+def cuda_layer() -> str | None:
+    """The device-memory layer in use, ``"pycuda 2025.1.2"`` or ``"cuda-python 12.6.2"``, or None when neither imports."""
+    from edgekit.backends.tensorrt import cuda
+
+    return cuda.layer_name()
+
+
+def missing_cuda_layer() -> str | None:
+    """Why TensorRT cannot run although it imports (no pycuda, no cuda-python), or None."""
+    from edgekit.backends.tensorrt import cuda
+    from edgekit.errors import DeviceError
+
+    if tensorrt_version() is None:
+        return None
+    try:
+        cuda.layer()
+    except DeviceError as exc:
+        return f"TensorRT {tensorrt_version()} imports but {exc}"
+    return None
+
+
 @functools.lru_cache(maxsize=None)
 def gpu_present() -> bool:
-    """True when pycuda can initialise CUDA and sees at least one device."""
+    """True when the CUDA layer can initialise CUDA and sees at least one device."""
     try:
-        import pycuda.driver as cuda
+        from edgekit.backends.tensorrt import cuda
 
-        cuda.init()
-        return cuda.Device.count() > 0
+        lay = cuda.layer()
+        lay.init()
+        return lay.device_count() > 0
     except Exception:
         return False
 
 
 @functools.lru_cache(maxsize=None)
 def gpu_info(device: int = 0) -> dict | None:
-    """``{"name", "compute_capability", "memory_mib", "multiprocessors"}`` of GPU ``device`` via pycuda, or None."""
+    """``{"name", "compute_capability", "memory_mib", "multiprocessors"}`` of GPU ``device`` via the CUDA layer, or None."""
     try:
-        import pycuda.driver as cuda
+        from edgekit.backends.tensorrt import cuda
 
-        cuda.init()
-        dev = cuda.Device(device)
-        cc_major, cc_minor = dev.compute_capability()
-        return {"name": dev.name(), "compute_capability": f"{cc_major}.{cc_minor}", "memory_mib": dev.total_memory() >> 20,
-                "multiprocessors": dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)}
+        lay = cuda.layer()
+        lay.init()
+        return lay.device_info(device)
     except Exception:
         return None
 
@@ -92,14 +112,14 @@ def _first(paths, parse) -> str | None:
 
 @functools.lru_cache(maxsize=None)
 def cuda_version() -> str | None:
-    """The CUDA toolkit version (from its version file), else the driver's CUDA version via pycuda."""
+    """The CUDA toolkit version (from its version file), else the driver's CUDA version via the CUDA layer."""
     found = _first(CUDA_VERSION_FILES, parse_cuda_version)
     if found:
         return found
     try:
-        import pycuda.driver as cuda
+        from edgekit.backends.tensorrt import cuda
 
-        v = cuda.get_driver_version()
+        v = cuda.layer().driver_version()
         return f"{v // 1000}.{v % 1000 // 10} (driver)"
     except Exception:
         return None
