@@ -6,6 +6,12 @@ exported, and quantized with ``--cpu-variant`` (the int8_cpu model is gated on h
 (looped to ``--frames`` frames) and ``edgekit bench``'s model-only timing, auto and fp32 alternating;
 figures are medians over rounds and the ratios are of those medians.
 
+Throughput is the point here, not accuracy: a MobileNetV2 trained from scratch for a few epochs on
+1,400 small digits is a weak classifier in inference mode (Keras's BatchNorm momentum of 0.999 leaves
+its moving statistics unsettled), so its gate is passed by agreement with a weak FP32 model. The
+compute, hence the ratio, is that of any MobileNetV2 at this size; pass ``--bundle`` to measure a
+properly trained bundle.
+
     python benchmarks/bench_default_precision.py [--work DIR] [--image-size 96] [--epochs 4] [--rounds 5]
     python benchmarks/bench_default_precision.py --bundle BUNDLE --video VIDEO   # your own bundle
 """

@@ -137,3 +137,4 @@ def test_edgekit_run_notifies_ready_watchdog_and_fps(notify_socket, tiny_bundle,
     assert "WATCHDOG=1" in messages, messages
     assert messages.index("READY=1") <= messages.index("WATCHDOG=1") or messages.count("WATCHDOG=1") > 1
     assert any(m.startswith("STATUS=") and "fps" in m.lower() for m in messages), messages
+    assert f"STATUS=running: first frame from {video}; model fp32 (fp32) on onnxruntime" in messages, messages

@@ -228,3 +228,16 @@ def test_onnxruntime_int8_falls_back_to_the_passing_qdq_model(tmp_path):
     assert choose_model(bundle, "onnxruntime", "auto", cpu=False).key == "fp32"  # GPU providers: fp32
     with open_runner(bundle, "onnxruntime", "int8") as runner:
         assert runner.choice.key == "int8" and runner.model_path.name == "model.int8.onnx"
+
+
+def test_service_install_reads_the_run_options_both_ways(failed, tmp_path, cli):
+    for args in (("--precision=int8",), ("--backend", "onnxruntime", "--precision", "int8")):
+        result = cli("service", "install", failed.path, "--root", tmp_path / "root", "--camera", "0", *args)
+        assert_one_line_error(result, "failed `edgekit validate`", "--allow-failed-gate")
+    assert cli("service", "install", failed.path, "--root", tmp_path / "root", "--camera", "0",
+               "--precision=fp32").code == 0
+
+
+def test_dla_with_a_batch_range_is_one_line(cli, failed):
+    assert_one_line_error(cli("build", failed.path, "--precision", "fp16", "--dla", "0", "--batch", "1,2,4"),
+                          "DLA needs a static batch", "--batch N")

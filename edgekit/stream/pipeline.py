@@ -324,7 +324,9 @@ class Pipeline:
                 sink.write(result)
             if self.notifier is not None:
                 if self.metrics.frames == 1:
-                    self.notifier.ready(f"running: first frame from {self.capture.source.name}")
+                    model = self.metrics.model
+                    chosen = f"; model {model['key']} ({model['precision']}) on {model['backend']}" if model else ""
+                    self.notifier.ready(f"running: first frame from {self.capture.source.name}{chosen}")
                 if self.alive():
                     self.notifier.watchdog()
             if now - last_log >= self.log_every:
