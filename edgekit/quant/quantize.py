@@ -50,8 +50,19 @@ def quantize_bundle(
     images. ``holdout`` images (fewer for a small set; 0 to skip) are kept out of calibration and
     gate the new models at ``max_drop`` points of top-1 (accuracy when ``images`` is a
     class-per-folder set named by the bundle's labels, else agreement with FP32). Returns the gate's
-    Report (None without hold-out); raises GateError, after saving, when a model fails.
+    Report (None without hold-out); raises GateError, after saving, when a model fails. Third-party
+    warnings are held back (:func:`edgekit.quiet.captured`).
     """
+    from edgekit.quiet import captured
+
+    with captured():
+        return _quantize(bundle_path, images, method=method, num_images=num_images, holdout=holdout,
+                         gate_images=gate_images, max_drop=max_drop, fp16=fp16, cpu_variant=cpu_variant,
+                         keep_float=keep_float, every=every, seed=seed, progress=progress)
+
+
+def _quantize(bundle_path, images, *, method, num_images, holdout, gate_images, max_drop, fp16, cpu_variant,
+              keep_float, every, seed, progress):
     import onnx
     import onnxruntime
 
@@ -133,11 +144,11 @@ def quantize_bundle(
     else:
         log.info("gate on %d images:\n%s", report.images, report.summary())
         if report.failures:
-            raise GateError(_advice(report, list(candidates) or [method]))
+            raise GateError(_advice(report, list(candidates) or [method], bundle_path))
     return report
 
 
-def _advice(report, tried: list[str]) -> str:
+def _advice(report, tried: list[str], bundle_path) -> str:
     from edgekit.quant.qdq import METHODS
 
     worst = max(report.failures, key=lambda r: r.drop)
@@ -147,5 +158,6 @@ def _advice(report, tried: list[str]) -> str:
     return (
         f"{worst.name} failed the accuracy gate: {basis} dropped {worst.drop:.2f} points (max {report.max_drop:g}) "
         f"on {report.images} gate images; it is kept but marked unusable. Try more or more varied "
-        f"calibration images from the deployment camera, {method}or --keep-float NODE for sensitive layers"
+        f"calibration images from the deployment camera, {method}or --keep-float NODE for sensitive layers "
+        f"(`edgekit inspect {bundle_path} --nodes` lists them)"
     )
