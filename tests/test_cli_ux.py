@@ -1,0 +1,78 @@
+"""Issue 11, as a new user meets it: one vocabulary, quiet success, results tied to files, console output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import assert_one_line_error
+
+
+# ---- run: results tied to files, console output, positional source, -q after the subcommand ----
+def test_json_lines_name_the_file_and_frame_and_survive_a_skipped_file(cli, tiny_bundle, tmp_path, colour_media):
+    folder = colour_media.folder(tmp_path / "imgs", ["red", "green", "blue"])
+    (folder / "0001.png").write_bytes(b"not a png")  # unreadable: skipped, must not shift the others
+    out = tmp_path / "out.jsonl"
+    r = cli("run", tiny_bundle.path, folder, "--json", out)
+    assert r.code == 0, r
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(x["file"], x["frame"], x["results"][0]["label"]) for x in lines] == [
+        (str(folder / "0000.png"), 0, "red"), (str(folder / "0002.png"), 0, "blue")]
+
+
+def test_json_lines_of_a_video_count_its_frames_also_when_looping(cli, tiny_bundle, tmp_path, colour_media):
+    video = colour_media.video(tmp_path / "v.mp4", ["red", "green", "blue"])
+    out = tmp_path / "out.jsonl"
+    r = cli("run", tiny_bundle.path, video, "--json", out, "--loop", "--max-frames", "5")
+    assert r.code == 0, r
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(x["file"], x["frame"]) for x in lines] == [(str(video), n) for n in (0, 1, 2, 0, 1)]
+    assert [x["source_frame"] for x in lines] == [0, 1, 2, 3, 4]
+
+
+def test_run_without_an_output_prints_results(cli, tiny_bundle, tmp_path, colour_media):
+    video = colour_media.video(tmp_path / "v.mp4", ["red", "green", "blue"])
+    r = cli("run", tiny_bundle.path, video)
+    assert r.code == 0, r
+    assert r.out.splitlines() == [f"{video}#0: red 1.00", f"{video}#1: green 1.00", f"{video}#2: blue 1.00"]
+    assert "stopped (end of stream): 3 frames" in r.err
+
+
+def test_console_is_rate_bounded_and_says_what_it_skipped():
+    import io
+
+    import numpy as np
+
+    from edgekit.stream.console import ConsoleSink
+    from edgekit.stream.pipeline import FrameResult
+    from edgekit.stream.sources import Frame
+
+    now = [0.0]
+    out = io.StringIO()
+    sink = ConsoleSink(out, rate=2.0, burst=3, clock=lambda: now[0])
+    sink.open(None)
+    image = np.zeros((2, 2, 3), np.uint8)
+    for i in range(100):  # 100 frames in 10 s
+        now[0] = i * 0.1
+        sink.write(FrameResult(i, Frame(image, i, 0.0, 0.0), [{"label": "cat", "class": 1, "score": 0.5,
+                                                              "box": [0.1, 0.2, 0.3, 0.4]}]))
+    sink.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "frame 0: cat 0.50 [0.1,0.2,0.3,0.4]"
+    assert 3 + 2 * 10 - 2 <= len(lines) <= 3 + 2 * 10 + 1  # burst, then 2 per second, and the last
+    assert lines[-1].startswith("frame 99: ")
+    hidden = sum(int(x.split("(+")[1].split()[0]) for x in lines if "(+" in x)
+    assert hidden + len(lines) == 100
+
+
+def test_quiet_after_the_subcommand_silences_the_summary(cli, tiny_bundle, tmp_path, colour_media):
+    video = colour_media.video(tmp_path / "v.mp4", ["red", "green"])
+    out = tmp_path / "o.jsonl"
+    r = cli("run", tiny_bundle.path, video, "--json", out, "-q")
+    assert r.code == 0, r
+    assert r.err == "" and r.out == ""
+    assert len(out.read_text().splitlines()) == 2
+    r = cli("run", tiny_bundle.path, tmp_path / "missing.mp4", "-q")
+    assert_one_line_error(r, "does not exist")  # errors still print
