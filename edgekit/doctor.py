@@ -78,7 +78,7 @@ class Report:
         optional = [c for c in self.checks if not c.required]
         lines = [f"edgekit doctor: {self.verdict()}", "", "required (edgekit run needs these):"]
         lines += [c.line() for c in required]
-        lines += ["", "optional (each adds something; what a missing one means is under it):"]
+        lines += ["", "optional (each adds something; under an absent one, what that means):"]
         lines += [c.line() for c in optional]
         jetson = any(c.name == "JetPack" and c.ok for c in self.checks)
         if jetson:
