@@ -76,3 +76,25 @@ def test_quiet_after_the_subcommand_silences_the_summary(cli, tiny_bundle, tmp_p
     assert len(out.read_text().splitlines()) == 2
     r = cli("run", tiny_bundle.path, tmp_path / "missing.mp4", "-q")
     assert_one_line_error(r, "does not exist")  # errors still print
+
+
+# ---- service install checks RUN_OPTIONS with run's parser; --root does not claim "running" ----
+def test_service_install_refuses_what_run_would_refuse_and_writes_nothing(cli, tiny_bundle, tmp_path):
+    root = tmp_path / "root"
+    assert_one_line_error(cli("service", "install", tiny_bundle.path, "--root", root, "--camera", "0", "--bogus-opt"),
+                          "run options", "--bogus-opt")
+    assert_one_line_error(cli("service", "install", tiny_bundle.path, "--root", root, "--top-k", "zero", "0"),
+                          "--top-k")
+    assert_one_line_error(cli("service", "install", tiny_bundle.path, "--root", root), "one of SOURCE")
+    assert not root.exists()
+    r = cli("service", "install", tiny_bundle.path, "--root", root, "csi://0", "--serve", "8080")
+    assert r.code == 0, r
+    last = r.out.strip().splitlines()[-1]
+    assert "running" not in last and "not started (under --root)" in last, last
+    assert "csi://0" in (root / "etc/edgekit/edgekit.env").read_text()
+
+
+def test_help_says_what_options_do(cli):
+    assert "Read the installation under this directory" in cli("service", "status", "--help").out
+    assert "jetpack-5.1" in cli("export", "--help").out  # the --target values, before a wrong one
+    assert "--keep-float NODE" in cli("quantize", "--help").out and "--nodes" in cli("inspect", "--help").out

@@ -42,19 +42,38 @@ def command(bundle, source_arg, camera, source, width, height, fps, backend, pre
     the first frame, WATCHDOG=1 while every stage is making progress, and STATUS= with the FPS.
     """
     from edgekit.cli import is_quiet, say
-    from edgekit.errors import UsageError
     from edgekit.stream.loop import run_loop
 
-    given = [s for s in (source_arg, camera, source) if s is not None]
-    if len(given) != 1:
-        raise UsageError("give one of SOURCE (e.g. 0 or video.mp4), --camera N or --source URI"
-                         + (f"; got {len(given)}" if given else ""))
     summary = run_loop(
         bundle,
-        given[0],
+        the_source(source_arg, camera, source),
         width=width, height=height, fps=fps, backend=backend, precision=precision, json_path=json_path,
         record=record, display=display, serve=serve,
         console=not (json_path or record or display or serve or is_quiet()), max_frames=max_frames, duration=duration, realtime=realtime,
         loop=loop, top_k=top_k, log_every=log_every, timeout=timeout, intra_op_threads=threads, cache_dir=cache_dir,
     )
     say(summary["text"], err=True)
+
+
+def the_source(source_arg, camera, source):
+    """The one source given (SOURCE, --camera or --source); UsageError for none or several."""
+    from edgekit.errors import UsageError
+
+    given = [s for s in (source_arg, camera, source) if s is not None]
+    if len(given) != 1:
+        raise UsageError("give one of SOURCE (e.g. 0 or video.mp4), --camera N or --source URI"
+                         + (f"; got {len(given)}" if given else ""))
+    return given[0]
+
+
+def check_run_options(args) -> dict:
+    """Parse ``edgekit run BUNDLE ARGS``'s options with run's own parser, without running anything
+    (``service install`` checks its RUN_OPTIONS so); UsageError naming what run would refuse."""
+    from edgekit.errors import UsageError
+
+    try:
+        ctx = command.make_context("run", ["BUNDLE", *args], resilient_parsing=False)
+    except click.ClickException as exc:
+        raise UsageError(f"run options: {exc.format_message()}") from exc
+    the_source(ctx.params["source_arg"], ctx.params["camera"], ctx.params["source"])
+    return ctx.params

@@ -30,8 +30,10 @@ def install_cmd(bundle, run_options, root, dry_run, force, exec_):
     service. Over an installed service (--force) this is an update: if the new bundle does not
     start, the previous one is restored and restarted.
     """
+    from edgekit.cli.run import check_run_options
     from edgekit.service.install import install
 
+    check_run_options(run_options)  # refuse what `edgekit run` would refuse, before writing anything
     command = tuple(exec_.split()) if exec_ else None
     install(bundle, run_options, root=root, dry_run=dry_run, force=force, command=command, out=click.echo)
 
@@ -58,7 +60,8 @@ def rollback_cmd(root, dry_run):
 
 
 @command.command("status")
-@_ROOT
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Read the installation under this directory instead of / and ask no systemctl (images, tests).")
 def status_cmd(root):
     """What is installed (bundle, previous bundle, run options) and what systemd says of it."""
     from edgekit.service.install import status
