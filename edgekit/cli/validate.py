@@ -13,9 +13,10 @@ import click
               help="Also run TensorRT engines when TensorRT is available here.")
 def command(bundle, images, max_drop, out, tensorrt):
     """Accuracy gate: every model of BUNDLE on labelled images, per precision."""
+    from edgekit.cli import say
     from edgekit.quant.gate import validate
 
     report = validate(bundle, images, max_drop=max_drop, out=out, tensorrt=tensorrt, check=False)
     click.echo(report.summary())
-    click.echo(f"wrote validation.json and validation.png to {out or bundle}")
+    say(f"wrote validation.json and validation.png to {out or bundle}")
     report.check()
