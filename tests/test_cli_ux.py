@@ -98,3 +98,34 @@ def test_help_says_what_options_do(cli):
     assert "Read the installation under this directory" in cli("service", "status", "--help").out
     assert "jetpack-5.1" in cli("export", "--help").out  # the --target values, before a wrong one
     assert "--keep-float NODE" in cli("quantize", "--help").out and "--nodes" in cli("inspect", "--help").out
+
+
+# ---- the README's Python API, run as written ----
+def test_readme_python_blocks_run_against_a_bundle(tiny_bundle, tmp_path, monkeypatch, colour_media):
+    import re
+
+    import cv2
+
+    from conftest import REPO
+
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    assert len(blocks) >= 2
+    shutil.copytree(tiny_bundle.path, tmp_path / "bundle")
+    cv2.imwrite(str(tmp_path / "frame.png"), colour_media.frame("red", (300, 400)))
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    results = namespace["results"]
+    assert [r["label"] for r in results] == ["red", results[1]["label"]] and len(results) == 2
+    assert set(results[0]) == {"class", "label", "score"} and results[0]["score"] > 0.9
+    scores = namespace["scores"]
+    assert scores.shape == (1, 3) and scores.argmax() == results[0]["class"]
+
+
+def test_predictor_matches_the_loop(tiny_bundle, colour_media):
+    from edgekit.predict import Predictor
+
+    with Predictor(tiny_bundle, backend="onnxruntime") as p:
+        assert [p.predict(colour_media.frame(c))[0]["label"] for c in ("blue", "green", "red")] == [
+            "blue", "green", "red"]
