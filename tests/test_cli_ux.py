@@ -129,3 +129,33 @@ def test_predictor_matches_the_loop(tiny_bundle, colour_media):
     with Predictor(tiny_bundle, backend="onnxruntime") as p:
         assert [p.predict(colour_media.frame(c))[0]["label"] for c in ("blue", "green", "red")] == [
             "blue", "green", "red"]
+
+
+# ---- progress when stderr is not a terminal ----
+def test_progress_lines_every_few_seconds(caplog):
+    import logging
+
+    from edgekit.progress import Lines
+
+    now = [0.0]
+
+    def clock():
+        now[0] += 1.0  # each item takes a second
+        return now[0]
+
+    with caplog.at_level(logging.INFO, logger="edgekit.progress"):
+        assert list(Lines(range(20), 20, "calibration images", every=5.0, clock=clock)) == list(range(20))
+    lines = [r.getMessage() for r in caplog.records]
+    assert 3 <= len(lines) <= 5 and lines[0].startswith("calibration images: ")
+    assert lines[-1].startswith("calibration images: 20/20 done")
+
+
+def test_heartbeat_speaks_during_a_silent_step(caplog):
+    import logging
+    import time
+
+    from edgekit.progress import heartbeat
+
+    with caplog.at_level(logging.INFO, logger="edgekit.progress"), heartbeat("converting", every=0.05):
+        time.sleep(0.3)
+    assert any(r.getMessage().startswith("still converting (") for r in caplog.records)

@@ -20,6 +20,7 @@ from edgekit.bundle import SCHEMA_VERSION, Bundle
 from edgekit.errors import InputError, ModelError, UsageError
 from edgekit.graph.targets import DEFAULT_TARGET, get_target
 from edgekit.preprocess import Preprocess
+from edgekit.progress import heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,8 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
 
     log.info("converting %s (%s) to ONNX opset %d for %s (TensorRT %s)",
              model.name, fmt, opset, tgt.name, tgt.tensorrt)
-    onnx_model = convert.to_onnx(source, height, width, batch, opset)
+    with heartbeat("converting with tf2onnx"):
+        onnx_model = convert.to_onnx(source, height, width, batch, opset)
     out_op = _last_op(onnx_model)
     out_name, meaning = ("probs", "probabilities") if out_op == "Softmax" else ("logits", "logits")
     passes = (

@@ -17,6 +17,7 @@ from pathlib import Path
 from edgekit.atomic import atomic_dir, write_json
 from edgekit.bundle import Bundle
 from edgekit.errors import GateError, UsageError
+from edgekit.progress import heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def _quantize(bundle_path, images, *, method, num_images, holdout, gate_images, 
     from edgekit.quant.fp16 import convert_fp16
     from edgekit.quant.gate import evaluate, fp32_reference, labelled_tensors, write_report
     from edgekit.quant.qdq import METHODS, Quantizer, ranges_document
+    from edgekit.quiet import live_stderr
 
     if method != "auto" and method not in METHODS:
         raise UsageError(f"unknown calibration method {method!r}; choose from auto, {', '.join(METHODS)}")
@@ -90,7 +92,8 @@ def _quantize(bundle_path, images, *, method, num_images, holdout, gate_images, 
     log.info("calibrating on %d images from %s; gate on %s", len(cal), images,
              f"{len(x)} images" if x is not None else "nothing (no hold-out)")
     report = None
-    with atomic_dir(bundle.path, force=True) as tmp:
+    busy = heartbeat("quantizing", enabled=progress and not live_stderr().isatty())  # a bar shows progress on a tty
+    with atomic_dir(bundle.path, force=True) as tmp, busy:
         for entry in bundle.path.iterdir():
             if not entry.name.startswith("."):
                 (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
