@@ -159,3 +159,20 @@ def test_heartbeat_speaks_during_a_silent_step(caplog):
     with caplog.at_level(logging.INFO, logger="edgekit.progress"), heartbeat("converting", every=0.05):
         time.sleep(0.3)
     assert any(r.getMessage().startswith("still converting (") for r in caplog.records)
+
+
+# ---- the validation chart: honest axis, legend, agreement ----
+def test_validation_chart_has_an_honest_axis_a_legend_and_agreement(tmp_path):
+    from edgekit.quant.gate import Report, Result, _chart
+
+    report = Report("b", 500, True, 1.0, [
+        Result("fp32", "fp32", "onnxruntime", accuracy=97.4, agreement=100.0, latency_ms=1.0),
+        Result("int8", "int8", "onnxruntime", accuracy=97.1, agreement=98.8, latency_ms=0.6, drop=0.3, passed=True),
+    ])
+    drawn = _chart(report, tmp_path / "v.png")
+    assert drawn["ylim"][0] == 0  # not 92 %: a 0.3-point gap must not look large
+    assert {"top-1 accuracy", "top-1 agreement with FP32", "passed the gate", "failed the gate",
+            "FP32 reference", "gate floor: FP32 accuracy - 1 pt"} <= set(drawn["legend"])
+    assert (tmp_path / "v.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    unlabelled = Report("b", 50, False, 1.0, report.results)
+    assert "top-1 accuracy" not in _chart(unlabelled, tmp_path / "u.png")["legend"]
