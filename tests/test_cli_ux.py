@@ -176,3 +176,26 @@ def test_validation_chart_has_an_honest_axis_a_legend_and_agreement(tmp_path):
     assert (tmp_path / "v.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     unlabelled = Report("b", 50, False, 1.0, report.results)
     assert "top-1 accuracy" not in _chart(unlabelled, tmp_path / "u.png")["legend"]
+
+
+# ---- one vocabulary; inspect --nodes lists what --keep-float takes ----
+def test_old_spellings_still_work_and_int8_options_need_int8(cli, tiny_bundle, tmp_path):
+    r = cli("quantize", tiny_bundle.path, "--images", tmp_path / "nope")  # quantize's old name for --calib-images
+    assert_one_line_error(r, "nope")
+    assert_one_line_error(cli("quantize", tiny_bundle.path), "--calib-images")
+    r = cli("export", tmp_path / "m.keras", "-o", tmp_path / "b", "--calib-method", "minmax")  # export's old name
+    assert_one_line_error(r, "--calib-method is only used with --int8")
+    assert_one_line_error(cli("export", tmp_path / "m.keras", "-o", tmp_path / "b", "--keep-float", "n"),
+                          "--keep-float is only used with --int8")
+
+
+def test_inspect_nodes_lists_names_and_ops(cli, tiny_bundle):
+    import onnx
+
+    model = onnx.load(str(tiny_bundle.model_path("fp32")))
+    r = cli("inspect", tiny_bundle.path, "--nodes")
+    assert r.code == 0, r
+    for node in model.graph.node:
+        assert f"            {node.name} {node.op_type}" in r.out.splitlines()
+    listed = json.loads(cli("inspect", tiny_bundle.path, "--nodes", "--json").out)["models"]["fp32"]["node_list"]
+    assert [(n["name"], n["op"]) for n in listed] == [(n.name, n.op_type) for n in model.graph.node]

@@ -50,6 +50,17 @@ INT8_ALIASES = {
 }
 
 
+def _alias_param(flag: str) -> str:
+    return "alias_" + flag.lstrip("-").replace("-", "_")
+
+
+# every parameter name int8_options adds (the options and their old spellings)
+INT8_PARAMS = frozenset(
+    ["calib_images", "method", "num_images", "holdout", "gate_images", "max_drop", "every", "seed", "keep_float",
+     "fp16", "cpu_variant"] + [_alias_param(flag) for flag in INT8_ALIASES]
+)
+
+
 def int8_options(f):
     """Add the INT8 options (and their hidden old spellings) to a command."""
 
@@ -68,10 +79,6 @@ def int8_options(f):
     for option in reversed(INT8_OPTIONS):
         wrapper = option(wrapper)
     return wrapper
-
-
-def _alias_param(flag: str) -> str:
-    return "alias_" + flag.lstrip("-").replace("-", "_")
 
 
 def int8_kwargs(params: dict) -> dict:
