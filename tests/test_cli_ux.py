@@ -199,3 +199,13 @@ def test_inspect_nodes_lists_names_and_ops(cli, tiny_bundle):
         assert f"            {node.name} {node.op_type}" in r.out.splitlines()
     listed = json.loads(cli("inspect", tiny_bundle.path, "--nodes", "--json").out)["models"]["fp32"]["node_list"]
     assert [(n["name"], n["op"]) for n in listed] == [(n.name, n.op_type) for n in model.graph.node]
+
+
+def test_build_error_names_no_option_build_lacks(cli, tiny_bundle):
+    from edgekit.backends.select import tensorrt_available
+
+    if tensorrt_available():
+        pytest.skip("checks the error of a machine without TensorRT")
+    r = cli("build", tiny_bundle.path)
+    assert_one_line_error(r, "TensorRT is not available")
+    assert "--backend" not in r.err.replace("their --backend", "")  # build has no --backend: the hint says whose it is

@@ -56,10 +56,17 @@ def quantize_bundle(
     """
     from edgekit.quiet import captured
 
-    with captured():
-        return _quantize(bundle_path, images, method=method, num_images=num_images, holdout=holdout,
-                         gate_images=gate_images, max_drop=max_drop, fp16=fp16, cpu_variant=cpu_variant,
-                         keep_float=keep_float, every=every, seed=seed, progress=progress)
+    with captured():  # a failed gate is a verdict, not a failure of the libraries: raised outside
+        report, tried = _quantize(bundle_path, images, method=method, num_images=num_images, holdout=holdout,
+                                  gate_images=gate_images, max_drop=max_drop, fp16=fp16, cpu_variant=cpu_variant,
+                                  keep_float=keep_float, every=every, seed=seed, progress=progress)
+    if report is None:
+        log.warning("the new models were not gated (no hold-out): run `edgekit validate` on labelled images")
+    else:
+        log.info("gate on %d images:\n%s", report.images, report.summary())
+        if report.failures:
+            raise GateError(_advice(report, tried, bundle_path))
+    return report
 
 
 def _quantize(bundle_path, images, *, method, num_images, holdout, gate_images, max_drop, fp16, cpu_variant,
@@ -142,13 +149,7 @@ def _quantize(bundle_path, images, *, method, num_images, holdout, gate_images, 
                                                   "drop": r.drop, "max_drop": max_drop, "agreement": r.agreement}
             write_report(report, tmp)
         new.save()
-    if report is None:
-        log.warning("the new models were not gated (no hold-out): run `edgekit validate` on labelled images")
-    else:
-        log.info("gate on %d images:\n%s", report.images, report.summary())
-        if report.failures:
-            raise GateError(_advice(report, list(candidates) or [method], bundle_path))
-    return report
+    return report, list(candidates) or [method]
 
 
 def _advice(report, tried: list[str], bundle_path) -> str:
