@@ -314,7 +314,7 @@ def test_cli_export_labels_and_preprocess_override(cli, trained_model, tmp_path)
 
 def test_cli_calibration_methods_match_the_quantizer():
     pytest.importorskip("edgekit.quant.qdq", reason="the INT8 quantizer is not in this tree")
-    from edgekit.cli.export import CALIB_METHODS
+    from edgekit.cli.options import CALIB_METHODS
     from edgekit.quant.qdq import METHODS
 
     assert set(CALIB_METHODS) == {*METHODS, "auto"}
