@@ -1,6 +1,6 @@
 import click
 
-from edgekit.cli.options import INT8_PARAMS, TARGET_HELP, int8_kwargs, int8_options
+from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, int8_kwargs, int8_options
 
 
 @click.command("export")
@@ -36,7 +36,7 @@ def command(model, out, target, batch, opset, allow_unsupported, tolerance, labe
     if int8 and not calib_images:
         raise UsageError("--int8 needs --calib-images DIR_OR_VIDEO")
     ctx = click.get_current_context()
-    given = [p.opts[0] for p in ctx.command.params if p.name in INT8_PARAMS
+    given = [p.opts[0] for p in ctx.command.params if p.name in INT8_PARAMS + ALIAS_PARAMS
              and ctx.get_parameter_source(p.name) is not click.core.ParameterSource.DEFAULT]
     if given and not int8:
         raise UsageError(f"{given[0]} is only used with --int8")

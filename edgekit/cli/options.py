@@ -42,11 +42,11 @@ INT8_OPTIONS = (
                       "(MobileNetV2 128x128 on x86: 1.2-1.7x FP32 at batch 1, 2.2-2.5x at 32)."),
 )
 
-# old spelling -> the option it stands for
+# old spelling -> (the option it stands for, its type)
 INT8_ALIASES = {
-    "--images": "calib_images",  # quantize before 0.2
-    "--calib-method": "method",  # export before 0.2
-    "--calib-count": "num_images",  # export before 0.2
+    "--images": ("calib_images", click.Path()),  # quantize before 0.2
+    "--calib-method": ("method", click.Choice(CALIB_METHODS)),  # export before 0.2
+    "--calib-count": ("num_images", int),  # export before 0.2
 }
 
 
@@ -54,11 +54,10 @@ def _alias_param(flag: str) -> str:
     return "alias_" + flag.lstrip("-").replace("-", "_")
 
 
-# every parameter name int8_options adds (the options and their old spellings)
-INT8_PARAMS = frozenset(
-    ["calib_images", "method", "num_images", "holdout", "gate_images", "max_drop", "every", "seed", "keep_float",
-     "fp16", "cpu_variant"] + [_alias_param(flag) for flag in INT8_ALIASES]
-)
+# the parameters int8_options adds (their old spellings too: ALIAS_PARAMS)
+INT8_PARAMS = ("calib_images", "method", "num_images", "holdout", "gate_images", "max_drop", "every", "seed",
+               "keep_float", "fp16", "cpu_variant")
+ALIAS_PARAMS = tuple(_alias_param(flag) for flag in INT8_ALIASES)
 
 
 def int8_options(f):
@@ -66,16 +65,14 @@ def int8_options(f):
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
-        for flag, name in INT8_ALIASES.items():
+        for flag, (name, _) in INT8_ALIASES.items():
             value = kwargs.pop(_alias_param(flag))
             if value is not None:
                 kwargs[name] = value
         return f(*args, **kwargs)
 
-    for flag in reversed(tuple(INT8_ALIASES)):
-        wrapper = click.option(flag, _alias_param(flag), hidden=True, default=None,
-                               type=click.Choice(CALIB_METHODS) if flag == "--calib-method"
-                               else int if flag == "--calib-count" else click.Path())(wrapper)
+    for flag, (_, kind) in INT8_ALIASES.items():
+        wrapper = click.option(flag, _alias_param(flag), type=kind, default=None, hidden=True)(wrapper)
     for option in reversed(INT8_OPTIONS):
         wrapper = option(wrapper)
     return wrapper
@@ -83,9 +80,6 @@ def int8_options(f):
 
 def int8_kwargs(params: dict) -> dict:
     """The keyword arguments of :func:`edgekit.quant.quantize.quantize_bundle` among a command's params."""
-    return {
-        "method": params["method"], "num_images": params["num_images"], "holdout": params["holdout"],
-        "gate_images": params["gate_images"], "max_drop": params["max_drop"], "every": params["every"],
-        "seed": params["seed"], "keep_float": tuple(params["keep_float"]), "fp16": params["fp16"],
-        "cpu_variant": params["cpu_variant"],
-    }
+    kwargs = {name: params[name] for name in INT8_PARAMS if name in params and name != "calib_images"}
+    kwargs["keep_float"] = tuple(kwargs["keep_float"])
+    return kwargs
