@@ -39,7 +39,6 @@ class Check:
     detail: str = ""
     hint: str = ""
     required: bool = False
-    meaning: str = ""  # what its absence means (optional checks)
 
     def line(self) -> str:
         status = "ok" if self.ok else "missing" if self.required else "absent"
@@ -87,7 +86,8 @@ class Report:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+        return {"ok": self.ok, "verdict": self.verdict(),
+                "checks": [{**asdict(c), "meaning": MEANING.get(c.name, "")} for c in self.checks]}
 
 
 # what a missing optional item means for the user (the hint says how to get it)
