@@ -209,3 +209,17 @@ def test_build_error_names_no_option_build_lacks(cli, tiny_bundle):
     r = cli("build", tiny_bundle.path)
     assert_one_line_error(r, "TensorRT is not available")
     assert "--backend" not in r.err.replace("their --backend", "")  # build has no --backend: the hint says whose it is
+
+
+def test_verbose_after_the_subcommand_shows_third_party_output(cli, tiny_bundle, tmp_path, colour_media):
+    import logging
+
+    from edgekit import quiet
+
+    video = colour_media.video(tmp_path / "v.mp4", ["red"])
+    r = cli("run", tiny_bundle.path, video, "--json", tmp_path / "o.jsonl", "-v")
+    assert r.code == 0, r
+    assert logging.getLogger("edgekit").level == logging.DEBUG and quiet._state["verbose"]
+    r = cli("-q", "run", tiny_bundle.path, video, "--json", tmp_path / "o.jsonl")  # before the command, as before
+    assert r.code == 0 and r.err == "", r
+    assert logging.getLogger("edgekit").level == logging.WARNING and not quiet._state["verbose"]
