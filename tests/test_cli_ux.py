@@ -63,6 +63,12 @@ def test_console_is_rate_bounded_and_says_what_it_skipped():
     assert lines[0] == "frame 0: cat 0.50 [0.1,0.2,0.3,0.4]"
     assert 3 + 2 * 10 - 2 <= len(lines) <= 3 + 2 * 10 + 1  # burst, then 2 per second, and the last
     assert lines[-1].startswith("frame 99: ")
+
+    many = io.StringIO()
+    sink = ConsoleSink(many)
+    sink.open(None)
+    sink.write(FrameResult(0, Frame(image, 0, 0.0, 0.0, "a.jpg", 0), [{"label": "cat", "score": 0.5}] * 7))
+    assert many.getvalue() == "a.jpg: " + "; ".join(["cat 0.50"] * 5) + "; … 2 more\n"
     hidden = sum(int(x.split("(+")[1].split()[0]) for x in lines if "(+" in x)
     assert hidden + len(lines) == 100
 

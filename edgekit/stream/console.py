@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 import time
 
+PER_LINE = 5  # results shown per line (a detector's 100 boxes would not fit)
+
 
 def format_result(result: dict) -> str:
     """One result (any task) as text: ``label score`` and, when there is one, the box."""
@@ -61,7 +63,10 @@ class ConsoleSink:
             self._pending = result
 
     def _print(self, result) -> None:
-        shown = "; ".join(format_result(r) for r in result.results) or "nothing"
+        results = result.results
+        shown = "; ".join(format_result(r) for r in results[:PER_LINE]) or "nothing"
+        if len(results) > PER_LINE:
+            shown += f"; … {len(results) - PER_LINE} more"
         skipped = f"  (+{self.hidden} not shown)" if self.hidden else ""
         self.stream.write(f"{where(result)}: {shown}{skipped}\n")
         self.stream.flush()
