@@ -68,7 +68,7 @@ def test_console_is_rate_bounded_and_says_what_it_skipped():
     sink = ConsoleSink(many)
     sink.open(None)
     sink.write(FrameResult(0, Frame(image, 0, 0.0, 0.0, "a.jpg", 0), [{"label": "cat", "score": 0.5}] * 7))
-    assert many.getvalue() == "a.jpg: " + "; ".join(["cat 0.50"] * 5) + "; … 2 more\n"
+    assert many.getvalue() == "a.jpg: " + "; ".join(["cat 0.50"] * 5) + "; ... 2 more\n"
     hidden = sum(int(x.split("(+")[1].split()[0]) for x in lines if "(+" in x)
     assert hidden + len(lines) == 100
 

@@ -66,7 +66,7 @@ class ConsoleSink:
         results = result.results
         shown = "; ".join(format_result(r) for r in results[:PER_LINE]) or "nothing"
         if len(results) > PER_LINE:
-            shown += f"; … {len(results) - PER_LINE} more"
+            shown += f"; ... {len(results) - PER_LINE} more"
         skipped = f"  (+{self.hidden} not shown)" if self.hidden else ""
         self.stream.write(f"{where(result)}: {shown}{skipped}\n")
         self.stream.flush()
