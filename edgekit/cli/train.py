@@ -36,7 +36,7 @@ def command(data_dir, out, arch, weights, image_size, epochs, batch_size, val_sp
     skipped = f", {r['skipped']} unreadable skipped" if r["skipped"] else ""
     say(
         f"trained {arch} on {r['images']} images ({len(r['labels'])} classes{skipped}): "
-        f"train accuracy {r['train_accuracy']:.4f}, val accuracy {val} (the final model in inference mode on "
-        f"un-augmented images; Keras' epoch figures above average augmented batches in training mode)"
+        f"train accuracy {r['train_accuracy']:.4f}, val accuracy {val} (final model, inference mode, no "
+        f"augmentation; Keras' epoch figures average augmented batches in training mode)"
     )
     say(f"wrote {out}")

@@ -110,6 +110,10 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
             f"{model} takes {source.height}x{source.width} images but its preprocessing says {height}x{width}"
         )
     prep = Preprocess.from_dict({**prep.to_dict(), "layout": "NCHW"})
+    if source.in_graph_preprocessing and (prep.scale != 1.0 or prep.mean != (0.0, 0.0, 0.0)):
+        log.warning("%s scales its own input (%s) and its preprocessing scales too (scale %g, mean %s): "
+                    "pixels are scaled twice unless the model expects that", model.name,
+                    ", ".join(source.in_graph_preprocessing), prep.scale, list(prep.mean))
 
     log.info("converting %s (%s) to ONNX opset %d for %s (TensorRT %s)",
              model.name, fmt, opset, tgt.name, tgt.tensorrt)
