@@ -41,9 +41,13 @@ class Check:
     required: bool = False
 
     def line(self) -> str:
-        status = "ok" if self.ok else "missing"
-        text = f"{status:8s}{self.name:22s}{self.detail}"
-        return text + (f"\n{'':30s}hint: {self.hint}" if self.hint and not self.ok else "")
+        status = "ok" if self.ok else "missing" if self.required else "absent"
+        text = f"  {status:8s}{self.name:22s}{self.detail}"
+        if not self.ok:
+            meaning = MEANING.get(self.name, "")
+            text += f"\n{'':32s}means: {meaning}" if meaning and not self.required else ""
+            text += f"\n{'':32s}hint: {self.hint}" if self.hint else ""
+        return text
 
 
 @dataclass
@@ -58,11 +62,48 @@ class Report:
     def ok(self) -> bool:
         return not self.missing_required
 
+    def verdict(self) -> str:
+        """The one-line answer: can ``edgekit run`` work here, and on what."""
+        have = {c.name for c in self.checks if c.ok}
+        if not self.ok:
+            return f"NOT READY: missing what is required: {', '.join(self.missing_required)}"
+        if {"TensorRT", "pycuda", "GPU"} <= have:
+            return ("ready: TensorRT on the GPU (prove it with `edgekit doctor --selftest`); "
+                    "ONNX Runtime on the CPU as the fallback")
+        return "ready on the CPU: `edgekit run` works with ONNX Runtime; TensorRT is not usable here (see optional)"
+
     def text(self) -> str:
-        return "\n".join(c.line() for c in self.checks)
+        required = [c for c in self.checks if c.required]
+        optional = [c for c in self.checks if not c.required]
+        lines = [f"edgekit doctor: {self.verdict()}", "", "required (edgekit run needs these):"]
+        lines += [c.line() for c in required]
+        lines += ["", "optional (each adds something; under an absent one, what that means):"]
+        lines += [c.line() for c in optional]
+        jetson = any(c.name == "JetPack" and c.ok for c in self.checks)
+        if jetson:
+            lines += ["", "On this Jetson, `edgekit doctor --selftest` is the one command that proves TensorRT: it "
+                          "builds a tiny model at FP32, FP16 and INT8 and compares each with ONNX Runtime."]
+        return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+        return {"ok": self.ok, "verdict": self.verdict(),
+                "checks": [{**asdict(c), "meaning": MEANING.get(c.name, "")} for c in self.checks]}
+
+
+# what a missing optional item means for the user (the hint says how to get it)
+MEANING = {
+    "OpenCV GStreamer": "no CSI cameras (csi://) and no gst: pipelines",
+    "OpenCV V4L2": "no USB cameras (0, /dev/videoN) through V4L2",
+    "OpenCV FFMPEG": "no video files or RTSP streams",
+    "OpenCV GUI": "no --display window (--serve shows the stream over HTTP)",
+    "cameras": "no local camera now; files, image folders and network streams still work",
+    "TensorRT": "no TensorRT engines: run, bench and build fall back to, or need, ONNX Runtime on the CPU",
+    "pycuda": "TensorRT engines cannot be fed from Python: run and bench use ONNX Runtime on the CPU",
+    "CUDA": "no GPU inference: ONNX Runtime on the CPU",
+    "cuDNN": "some TensorRT tactics are unavailable (TensorRT still builds)",
+    "GPU": "no GPU inference: ONNX Runtime on the CPU",
+    "DLA": "no --dla: the GPU runs the whole model",
+}
 
 
 # ---- parsers (pure) -------------------------------------------------------------------------
@@ -151,8 +192,12 @@ def environment() -> Report:
                   "CSI cameras (nvarguscamerasrc) need JetPack's OpenCV: sudo apt install python3-opencv; pip uninstall opencv-python"),
             Check("OpenCV V4L2", build["V4L2"], "yes" if build["V4L2"] else "no", "USB cameras need an OpenCV built with V4L2"),
             Check("OpenCV FFMPEG", build["FFMPEG"], "yes" if build["FFMPEG"] else "no", "video files and RTSP need FFMPEG"),
-            Check("OpenCV GUI", build["GUI"].upper() != "NONE", build["GUI"], "no window display; use the MJPEG server"),
         ]
+        from edgekit.stream.sinks import gui_available
+
+        why_not = gui_available()  # as --display judges it
+        checks.append(Check("OpenCV GUI", why_not is None, build["GUI"] if why_not is None else why_not,
+                            "install opencv-python (not -headless) and run where DISPLAY/WAYLAND_DISPLAY is set"))
     videos = sorted(glob.glob("/dev/video*"))
     checks.append(Check("cameras", bool(videos), " ".join(videos) or "no /dev/video*", "plug a USB/CSI camera, or run on a file or RTSP URL"))
 

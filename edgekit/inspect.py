@@ -1,7 +1,8 @@
 """A bundle at a glance: I/O, op histogram per model, target verdict, sizes and hashes.
 
 ``inspect_bundle(path)`` returns a JSON-able dict; ``format_summary`` renders it for people. With
-``target`` the fp32 graph is re-checked against another JetPack/TensorRT version.
+``target`` the fp32 graph is re-checked against another JetPack/TensorRT version; with ``nodes`` the
+fp32 graph's node names and ops are listed (the names ``--keep-float`` takes).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from edgekit.bundle import Bundle
 ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64"}
 
 
-def inspect_bundle(path: str | os.PathLike, target: str | None = None) -> dict:
+def inspect_bundle(path: str | os.PathLike, target: str | None = None, nodes: bool = False) -> dict:
     """Summarise the bundle at ``path`` (hash mismatches are reported, not raised)."""
     import onnx
 
@@ -49,6 +50,8 @@ def inspect_bundle(path: str | os.PathLike, target: str | None = None) -> dict:
             )
             if key == "fp32" and target:
                 info["check"] = check(model, target).to_dict()
+            if key == "fp32" and nodes:
+                info["node_list"] = [{"name": n.name, "op": n.op_type} for n in model.graph.node]
     return {
         "path": str(bundle.path),
         "schema_version": m["schema_version"],
@@ -137,6 +140,10 @@ def format_summary(s: dict) -> str:
         lines.append(f"          io: {' -> '.join(ios)}")
         lines.append("          ops: " + ", ".join(f"{op} {n}" for op, n in info["ops"].items()))
         lines += _verdict_lines(info)
+        if "node_list" in info:
+            kept = set(s["models"].get("int8", {}).get("float_nodes") or ())
+            lines.append(f"          nodes (name op; for --keep-float){'; * = float in int8' if kept else ''}:")
+            lines += [f"            {n['name']} {n['op']}{' *' if n['name'] in kept else ''}" for n in info["node_list"]]
         if "check" in info:
             c = info["check"]
             lines.append(f"          {c['name']} (TensorRT {c['tensorrt']}): {c['verdict']}")

@@ -24,15 +24,15 @@ edgekit inspect digits.bundle
 step "edgekit validate digits.bundle --images data/val"
 edgekit validate digits.bundle --images data/val
 
-step "edgekit run digits.bundle --source data/val.mp4 --precision int8 --json predictions.jsonl"
-edgekit run digits.bundle --source data/val.mp4 --precision int8 --json predictions.jsonl
+step "edgekit run digits.bundle data/val.mp4 --precision int8 --json predictions.jsonl"
+edgekit run digits.bundle data/val.mp4 --precision int8 --json predictions.jsonl
 
 step "video accuracy against data/val.labels.txt"
 python3 - <<'PY'
 import json
 truth = open("data/val.labels.txt").read().split()
 preds = [json.loads(line) for line in open("predictions.jsonl")]
-hits = sum(p["results"][0]["label"] == t for p, t in zip(preds, truth))
+hits = sum(p["results"][0]["label"] == truth[p["frame"]] for p in preds)  # "frame": its number in val.mp4
 print(f"{hits}/{len(truth)} video frames classified correctly ({100 * hits / len(truth):.1f}%)")
 PY
 

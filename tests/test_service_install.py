@@ -60,7 +60,7 @@ def test_install_status_uninstall_round_trip(cli, bundles, tmp_path):
     assert_one_line_error(cli("service", "uninstall", "--root", root), "not installed")
     assert_one_line_error(cli("service", "status", "--root", root), "not installed")
 
-    assert cli("service", "install", bundles[0], "--root", root).code == 0
+    assert cli("service", "install", bundles[0], "--root", root, "--camera", "0").code == 0
     assert cli("service", "uninstall", "--root", root, "--purge").code == 0
     assert not (root / "var/lib/edgekit").exists()
 
@@ -70,7 +70,7 @@ def test_install_status_uninstall_round_trip(cli, bundles, tmp_path):
 def test_systemd_tools_agree_with_the_root_install(cli, bundles, tmp_path):
     """systemd's own offline tools read what --root wrote: the unit is enabled and the user is created."""
     root = tmp_path / "root"
-    assert cli("service", "install", bundles[0], "--root", root).code == 0
+    assert cli("service", "install", bundles[0], "--root", root, "--camera", "0").code == 0
     enabled = subprocess.run(["systemctl", f"--root={root}", "is-enabled", "edgekit.service"],
                              capture_output=True, text=True)
     assert enabled.stdout.strip() == "enabled", enabled
@@ -82,17 +82,17 @@ def test_systemd_tools_agree_with_the_root_install(cli, bundles, tmp_path):
 
 def test_update_keeps_the_previous_bundle_and_rollback_swaps(cli, bundles, tmp_path):
     root = tmp_path / "root"
-    assert cli("service", "install", bundles[0], "--root", root).code == 0
+    assert cli("service", "install", bundles[0], "--root", root, "--camera", "0").code == 0
     first = linked(root, "bundle")
-    assert_one_line_error(cli("service", "install", bundles[1], "--root", root), "already installed", "--force")
+    assert_one_line_error(cli("service", "install", bundles[1], "--root", root, "--camera", "0"), "already installed", "--force")
     assert linked(root, "bundle") == first
-    assert cli("service", "install", bundles[1], "--root", root, "--force").code == 0
+    assert cli("service", "install", bundles[1], "--root", root, "--camera", "0", "--force").code == 0
     second = linked(root, "bundle")
     assert second != first and linked(root, "bundle.previous") == first
     assert cli("service", "rollback", "--root", root).code == 0
     assert (linked(root, "bundle"), linked(root, "bundle.previous")) == (first, second)
     third = write_tiny_bundle(tmp_path / "bundle-v3", size=40).path
-    assert cli("service", "install", third, "--root", root, "--force").code == 0
+    assert cli("service", "install", third, "--root", root, "--camera", "0", "--force").code == 0
     kept = sorted(p.name for p in (root / "var/lib/edgekit/bundles").iterdir())
     assert len(kept) == 2 and f"bundles/{kept[0]}" in (linked(root, "bundle"), linked(root, "bundle.previous"))
 
@@ -108,7 +108,7 @@ def test_dry_run_prints_everything_and_writes_nothing(cli, bundles, tmp_path):
 
 def test_bad_input_is_one_line(cli, bundles, tmp_path, monkeypatch):
     root = tmp_path / "root"
-    assert_one_line_error(cli("service", "install", tmp_path / "nope", "--root", root), "does not exist")
+    assert_one_line_error(cli("service", "install", tmp_path / "nope", "--root", root, "--camera", "0"), "does not exist")
     assert_one_line_error(cli("service", "install", bundles[0], "--root", root, "--source", "a b"), "space")
     assert_one_line_error(cli("service", "uninstall", "--root", root), "not installed")
     assert_one_line_error(cli("service", "rollback", "--root", root), "not installed")

@@ -82,6 +82,10 @@ def test_cli_train_skips_unreadable_images_and_counts_them(cli, tmp_path):
     r = cli("train", tmp_path / "data", "-o", out, "--epochs", "1", "--image-size", "16", "--batch-size", "4")
     assert r.code == 0, r
     assert "2 unreadable skipped" in r.out and "train accuracy" in r.out and "val accuracy" in r.out
+    assert "(final model, inference mode, no augmentation; Keras' epoch figures" in r.out  # why it differs from Keras' epochs
+    training = json.loads((tmp_path / "m.keras.edgekit.json").read_text())["training"]
+    gap = training["last_epoch_accuracy"] - training["train_accuracy"]
+    assert ("far above the final model's" in r.err) == (gap > 0.15), training
     assert "skipped 2 unreadable image(s)" in r.err
     meta = json.loads((tmp_path / "m.keras.edgekit.json").read_text())
     assert meta["training"]["images"] == 12 and meta["training"]["skipped"] == 2

@@ -53,7 +53,7 @@ class LazyGroup(click.Group):
                 f" (TensorFlow); this is Python {platform.python_version()}, which runs doctor, build, bench, run and service"
             )
         module = importlib.import_module(COMMANDS[name][0])
-        return module.command
+        return with_global_options(module.command)
 
     def format_commands(self, ctx, formatter):
         with formatter.section("Commands"):
@@ -66,19 +66,63 @@ class _Formatter(logging.Formatter):
         return prefix + record.getMessage()
 
 
+_verbosity = {"verbose": 0, "quiet": False}
+
+
 def setup_logging(verbosity: int) -> None:
+    """edgekit's log lines on stderr: -1 warnings only, 0 info, 1+ debug (third-party output shown too)."""
+    from edgekit import quiet
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
     root = logging.getLogger("edgekit")
     root.handlers[:] = [handler]
     root.setLevel({-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG))
     root.propagate = False
+    quiet.set_verbose(verbosity > 0)
+
+
+def _set_verbosity(ctx, param, value):
+    if value:
+        _verbosity[param.name] = _verbosity[param.name] + value if param.name == "verbose" else True
+        setup_logging(-1 if _verbosity["quiet"] else _verbosity["verbose"])
+
+
+VERBOSE_HELP = "More log output, third-party output included (repeat for debug)."
+QUIET_HELP = "Only warnings and errors: no progress, no summary lines."
+
+
+def with_global_options(command: click.Command) -> click.Command:
+    """Accept -v/-q after the subcommand too (``edgekit run B 0 -q``), in every subcommand."""
+    if getattr(command, "_edgekit_globals", False):
+        return command
+    command._edgekit_globals = True
+    for sub in getattr(command, "commands", {}).values():
+        with_global_options(sub)
+    command.params += [
+        click.Option(["-v", "--verbose"], count=True, expose_value=False, is_eager=True, callback=_set_verbosity,
+                     help=VERBOSE_HELP),
+        click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, is_eager=True, callback=_set_verbosity,
+                     help=QUIET_HELP),
+    ]
+    return command
+
+
+def is_quiet() -> bool:
+    """True under -q (given before or after the subcommand)."""
+    return _verbosity["quiet"]
+
+
+def say(message: str, err: bool = False) -> None:
+    """A summary line (``wrote …``, ``stopped …``): printed unless -q."""
+    if not is_quiet():
+        click.echo(message, err=err)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgekit")
-@click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option("-v", "--verbose", count=True, help=VERBOSE_HELP)
+@click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP)
 def cli(verbose: int, quiet: bool):
     """edgekit: a TensorFlow/Keras model from a workstation to a camera on an NVIDIA Jetson.
 
@@ -86,7 +130,9 @@ def cli(verbose: int, quiet: bool):
     Host:   sample-data -> train -> export [--int8] -> validate
     Device: doctor -> build -> bench -> run -> service install
     Without TensorRT every device step runs on ONNX Runtime on the CPU.
+    -v/-q work before or after the command.
     """
+    _verbosity.update(verbose=verbose, quiet=quiet)
     setup_logging(-1 if quiet else verbose)
 
 

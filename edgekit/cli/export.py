@@ -1,13 +1,12 @@
 import click
 
-CALIB_METHODS = ("entropy", "percentile", "minmax", "auto")  # edgekit.quant.qdq.METHODS, and auto
+from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, int8_kwargs, int8_options
 
 
 @click.command("export")
 @click.argument("model", type=click.Path())
 @click.option("-o", "--output", "out", required=True, type=click.Path(), help="Bundle folder to write.")
-@click.option("--target", default="jetpack-6.1", show_default=True,
-              help="JetPack (jetpack-5.1, jp6.1 …) or TensorRT (tensorrt-8.6, trt-10.3 …) version to check for.")
+@click.option("--target", default="jetpack-6.1", show_default=True, help=TARGET_HELP)
 @click.option("--batch", type=int, default=None, help="Fix the batch size [default: dynamic, named 'batch'].")
 @click.option("--opset", type=int, default=None, help="ONNX opset [default: 17, or the target's maximum if lower].")
 @click.option("--allow-unsupported", is_flag=True, help="Write the bundle even if the target cannot run it.")
@@ -17,28 +16,30 @@ CALIB_METHODS = ("entropy", "percentile", "minmax", "auto")  # edgekit.quant.qdq
 @click.option("--preprocess", "preprocess_arg", default=None,
               help="Preprocessing for a model without a sidecar: an arch preset (small: RGB [0,1]; mobilenetv2: "
                    "[-1,1]; resnet50: BGR mean-subtracted; efficientnetb0: raw 0-255) or a JSON file.")
-@click.option("--int8", is_flag=True, help="Also add an INT8 (Q/DQ) model, calibrated on --calib-images.")
-@click.option("--calib-images", type=click.Path(), default=None, help="Calibration image folder for --int8.")
-@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="auto", show_default=True,
-              help="Calibration method for --int8 (auto tries each and keeps the closest to FP32).")
-@click.option("--calib-count", default=500, show_default=True, help="Calibration images to use for --int8.")
+@click.option("--unsafe-load", is_flag=True,
+              help="Load a .keras model with Lambda layers (runs code stored in the file: only for files you trust).")
 @click.option("--force", is_flag=True, help="Replace the bundle folder if it exists.")
-def command(model, out, target, batch, opset, allow_unsupported, tolerance, labels_arg, preprocess_arg, int8,
-            calib_images, calib_method, calib_count, force):
+@click.option("--int8", is_flag=True, help="Also add INT8 and FP16 models, as `edgekit quantize` does, with its options:")
+@int8_options
+def command(model, out, target, batch, opset, allow_unsupported, tolerance, labels_arg, preprocess_arg, unsafe_load,
+            force, int8, calib_images, **int8_opts):
     """Convert MODEL (.keras, .h5 or a SavedModel folder) to a TensorRT-ready ONNX bundle.
 
     The graph is cleaned, checked op by op against the target TensorRT, and compared with TensorFlow
     in ONNX Runtime; labels and preprocessing come from MODEL.edgekit.json written by `edgekit train`.
     """
-    import sys
     from pathlib import Path
 
+    from edgekit.cli import is_quiet, say
     from edgekit.errors import InputError, UsageError
 
     if int8 and not calib_images:
-        raise UsageError("--int8 needs --calib-images DIR")
-    if calib_images and not int8:
-        raise UsageError("--calib-images is only used with --int8")
+        raise UsageError("--int8 needs --calib-images DIR_OR_VIDEO")
+    ctx = click.get_current_context()
+    given = [p.opts[0] for p in ctx.command.params if p.name in INT8_PARAMS + ALIAS_PARAMS
+             and ctx.get_parameter_source(p.name) is not click.core.ParameterSource.DEFAULT]
+    if given and not int8:
+        raise UsageError(f"{given[0]} is only used with --int8")
     if calib_images and not Path(calib_images).exists():
         raise InputError(f"calibration images {calib_images} do not exist")
     labels = None
@@ -64,16 +65,15 @@ def command(model, out, target, batch, opset, allow_unsupported, tolerance, labe
 
     bundle = export_bundle(
         model, out, target=target, batch=batch, opset=opset, allow_unsupported=allow_unsupported,
-        force=force, tolerance=tolerance, labels=labels, preprocess=preprocess,
+        force=force, tolerance=tolerance, labels=labels, preprocess=preprocess, unsafe_load=unsafe_load,
     )
     m = bundle.manifest
-    click.echo(
+    say(
         f"wrote {bundle.path}: opset {m['opset']}, {m['target']['name']} (TensorRT {m['target']['tensorrt']}) "
         f"{m['target']['verdict']}, parity max abs error {m['parity']['max_abs_error']:.2g}"
     )
     if int8:
         from edgekit.quant.quantize import quantize_bundle
 
-        quantize_bundle(bundle.path, calib_images, method=calib_method, num_images=calib_count,
-                        progress=sys.stderr.isatty())
-        click.echo(f"added INT8 and FP16 models to {bundle.path}")
+        quantize_bundle(bundle.path, calib_images, progress=not is_quiet(), **int8_kwargs(int8_opts))
+        say(f"added INT8{' and FP16' if int8_opts['fp16'] else ''} models to {bundle.path}")

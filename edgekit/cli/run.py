@@ -7,8 +7,9 @@ SOURCE_HELP = "0 or /dev/videoN, csi://N, rtsp://..., http(s)://... (MJPEG), gst
 
 @click.command("run")
 @click.argument("bundle", type=click.Path())
-@click.option("--camera", type=int, metavar="N", help="V4L2 camera N (same as --source N).")
-@click.option("--source", metavar="URI", help=SOURCE_HELP)
+@click.argument("source_arg", metavar="[SOURCE]", required=False)
+@click.option("--camera", type=int, metavar="N", help="V4L2 camera N (same as SOURCE N).")
+@click.option("--source", metavar="URI", help="The SOURCE, as an option: " + SOURCE_HELP)
 @click.option("--width", type=int, help="Camera frame width (V4L2/CSI).")
 @click.option("--height", type=int, help="Camera frame height (V4L2/CSI).")
 @click.option("--fps", type=float, help="Camera frame rate; with --realtime, the pace a file is played at.")
@@ -32,29 +33,54 @@ SOURCE_HELP = "0 or /dev/videoN, csi://N, rtsp://..., http(s)://... (MJPEG), gst
               metavar="SECONDS", help="Opening/reading timeout of network sources.")
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: its choice).")
 @click.option("--cache-dir", type=click.Path(), help="TensorRT engine cache (default ~/.cache/edgekit).")
-def command(bundle, camera, source, width, height, fps, backend, precision, allow_failed_gate, json_path, record, display, serve,
+def command(bundle, source_arg, camera, source, width, height, fps, backend, precision, allow_failed_gate, json_path,
+            record, display, serve,
             max_frames, duration, realtime, loop, top_k, log_every, timeout, threads, cache_dir):
-    """Run BUNDLE on frames from a camera, stream, video file or image folder.
+    """Run BUNDLE on frames from SOURCE (or --camera/--source): a camera, stream, video file or image folder.
 
     \b
-    Results go to any mix of --json, --record, --display and --serve. Live sources that drop out
+    SOURCE: 0 or /dev/videoN, csi://N, rtsp://..., http(s)://... (MJPEG), gst:PIPELINE,
+    a video file, an image folder.
+    Results go to any mix of --json, --record, --display and --serve; with none of them, one line
+    per result is printed (a burst, then at most 2 a second). Live sources that drop out
     are reopened with backoff (the first open must succeed); files end the run. SIGINT/SIGTERM
     finish the current frame, close every output and exit 0. Under systemd it sends READY=1 after
     the first frame, WATCHDOG=1 while every stage is making progress, and STATUS= with the FPS.
     """
-    from edgekit.errors import UsageError
+    from edgekit.cli import is_quiet, say
     from edgekit.stream.loop import run_loop
 
-    if (camera is None) == (source is None):
-        raise UsageError("give one of --camera N or --source URI")
-    if not (json_path or record or display or serve):
-        click.echo("edgekit: no --json, --record, --display or --serve given: results are only counted", err=True)
     summary = run_loop(
         bundle,
-        camera if camera is not None else source,
+        the_source(source_arg, camera, source),
         width=width, height=height, fps=fps, backend=backend, precision=precision,
-        allow_failed_gate=allow_failed_gate, json_path=json_path,
-        record=record, display=display, serve=serve, max_frames=max_frames, duration=duration, realtime=realtime,
+        allow_failed_gate=allow_failed_gate, json_path=json_path, record=record, display=display, serve=serve,
+        console=not (json_path or record or display or serve or is_quiet()), max_frames=max_frames, duration=duration,
+        realtime=realtime,
         loop=loop, top_k=top_k, log_every=log_every, timeout=timeout, intra_op_threads=threads, cache_dir=cache_dir,
     )
-    click.echo(summary["text"], err=True)
+    say(summary["text"], err=True)
+
+
+def the_source(source_arg, camera, source):
+    """The one source given (SOURCE, --camera or --source); UsageError for none or several."""
+    from edgekit.errors import UsageError
+
+    given = [s for s in (source_arg, camera, source) if s is not None]
+    if len(given) != 1:
+        raise UsageError("give one of SOURCE (e.g. 0 or video.mp4), --camera N or --source URI"
+                         + (f"; got {len(given)}" if given else ""))
+    return given[0]
+
+
+def check_run_options(args) -> dict:
+    """Parse ``edgekit run BUNDLE ARGS``'s options with run's own parser, without running anything
+    (``service install`` checks its RUN_OPTIONS so); UsageError naming what run would refuse."""
+    from edgekit.errors import UsageError
+
+    try:
+        ctx = command.make_context("run", ["BUNDLE", *args], resilient_parsing=False)
+    except click.ClickException as exc:
+        raise UsageError(f"run options: {exc.format_message()}") from exc
+    the_source(ctx.params["source_arg"], ctx.params["camera"], ctx.params["source"])
+    return ctx.params

@@ -11,7 +11,8 @@ def command(out, image_size, val_split, force):
 
     OUT gets train/ and val/ (one folder per digit) and val.mp4, the held-out digits as a video.
     """
+    from edgekit.cli import say
     from edgekit.sample_data import write_sample_data
 
     path = write_sample_data(out, size=image_size, val_fraction=val_split, force=force)
-    click.echo(f"wrote sample data to {path} (train/, val/, val.mp4)")
+    say(f"wrote sample data to {path} (train/, val/, val.mp4)")

@@ -9,6 +9,13 @@ _ROOT = click.option("--root", type=click.Path(file_okay=False), default=None,
 _DRY = click.option("--dry-run", is_flag=True, help="Print every file and command; write and run nothing.")
 
 
+def _out(dry_run: bool):
+    """What service steps report: summary lines (silenced by -q), except a --dry-run's plan."""
+    from edgekit.cli import say
+
+    return click.echo if dry_run else say
+
+
 @click.group("service")
 def command():
     """Install, remove or inspect the systemd service that runs `edgekit run` on boot."""
@@ -31,10 +38,12 @@ def install_cmd(bundle, run_options, root, dry_run, force, exec_):
     start, the previous one is restored and restarted. A bundle whose model for RUN_OPTIONS failed its
     accuracy gate is refused (--allow-failed-gate among RUN_OPTIONS overrides); --precision defaults to auto.
     """
+    from edgekit.cli.run import check_run_options
     from edgekit.service.install import install
 
+    check_run_options(run_options)  # refuse what `edgekit run` would refuse, before writing anything
     command = tuple(exec_.split()) if exec_ else None
-    install(bundle, run_options, root=root, dry_run=dry_run, force=force, command=command, out=click.echo)
+    install(bundle, run_options, root=root, dry_run=dry_run, force=force, command=command, out=_out(dry_run))
 
 
 @command.command("uninstall")
@@ -45,7 +54,7 @@ def uninstall_cmd(root, dry_run, purge):
     """Stop, disable and remove the service (bundles and engines are kept unless --purge)."""
     from edgekit.service.install import uninstall
 
-    uninstall(root=root, dry_run=dry_run, purge=purge, out=click.echo)
+    uninstall(root=root, dry_run=dry_run, purge=purge, out=_out(dry_run))
 
 
 @command.command("rollback")
@@ -55,11 +64,12 @@ def rollback_cmd(root, dry_run):
     """Run the previously installed bundle again (swaps current and previous, restarts)."""
     from edgekit.service.install import rollback
 
-    rollback(root=root, dry_run=dry_run, out=click.echo)
+    rollback(root=root, dry_run=dry_run, out=_out(dry_run))
 
 
 @command.command("status")
-@_ROOT
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Read the installation under this directory instead of / and ask no systemctl (images, tests).")
 def status_cmd(root):
     """What is installed (bundle, previous bundle, run options) and what systemd says of it."""
     from edgekit.service.install import status

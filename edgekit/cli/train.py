@@ -24,17 +24,19 @@ def command(data_dir, out, arch, weights, image_size, epochs, batch_size, val_sp
 
     Writes the model and, beside it, MODEL.edgekit.json (labels and preprocessing) for `edgekit export`.
     """
+    from edgekit.cli import is_quiet, say
     from edgekit.host.train import train
 
     r = train(
         data_dir, out, arch=arch, image_size=image_size, epochs=epochs, batch_size=batch_size,
         val_split=val_split, weights=weights, seed=seed, augment=not no_augment,
-        learning_rate=learning_rate, force=force,
+        learning_rate=learning_rate, force=force, verbose=0 if is_quiet() else None,
     )
     val = "n/a" if r["val_accuracy"] is None else f"{r['val_accuracy']:.4f}"
     skipped = f", {r['skipped']} unreadable skipped" if r["skipped"] else ""
-    click.echo(
+    say(
         f"trained {arch} on {r['images']} images ({len(r['labels'])} classes{skipped}): "
-        f"train accuracy {r['train_accuracy']:.4f}, val accuracy {val}"
+        f"train accuracy {r['train_accuracy']:.4f}, val accuracy {val} (final model, inference mode, no "
+        f"augmentation; Keras' epoch figures average augmented batches in training mode)"
     )
-    click.echo(f"wrote {out}")
+    say(f"wrote {out}")

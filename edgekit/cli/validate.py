@@ -17,9 +17,10 @@ def command(bundle, images, max_drop, out, tensorrt):
     Each judged model's verdict is recorded in the bundle's manifest: a model that fails is refused by
     build, bench, run and service install (unless --allow-failed-gate); a later pass makes it usable again.
     """
+    from edgekit.cli import say
     from edgekit.quant.gate import validate
 
     report = validate(bundle, images, max_drop=max_drop, out=out, tensorrt=tensorrt, check=False)
     click.echo(report.summary())
-    click.echo(f"wrote validation.json and validation.png to {out or bundle}")
+    say(f"wrote validation.json and validation.png to {out or bundle}")
     report.check()

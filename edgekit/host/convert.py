@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from edgekit.errors import InputError, ModelError, first_line
+
+log = logging.getLogger(__name__)
 
 TF2ONNX_MAX_OPSET = 18
 INPUT_NAME = "input"
@@ -28,6 +30,8 @@ class Source:
     height: int | None
     width: int | None
     fn: Callable  # NHWC float32 tf.Tensor -> output tf.Tensor
+    in_graph_preprocessing: list = field(default_factory=list)  # leading Rescaling/Normalization layers
+
 
     def run(self, x_nhwc: np.ndarray) -> np.ndarray:
         """The model's output for an NHWC float32 batch, computed by TensorFlow."""
@@ -51,13 +55,18 @@ def source_format(path: str | os.PathLike) -> str:
     raise InputError(f"{path} is not a model: expected a .keras file, an .h5 file or a SavedModel folder")
 
 
-def load(path: str | os.PathLike) -> Source:
-    """Load a model; ModelError (one line) if it is corrupt or not a single-input image model."""
+def load(path: str | os.PathLike, unsafe: bool = False) -> Source:
+    """Load a model; ModelError (one line) if it is corrupt or not a single-input image model.
+
+    ``unsafe`` lets a ``.keras`` file with Lambda layers load (Keras' ``safe_mode=False``: the file's
+    code runs), with a warning.
+    """
     path = Path(path)
     fmt = source_format(path)
     from edgekit.host import import_tf
 
     tf, keras = import_tf()
+    prep_layers = []
     try:
         if fmt == "saved_model":
             loaded = tf.saved_model.load(str(path))
@@ -76,10 +85,14 @@ def load(path: str | os.PathLike) -> Source:
 
             fn.keep_alive = loaded  # the signature needs its object alive
         else:
-            model = keras.models.load_model(path, compile=False)
+            if unsafe and fmt == "keras":
+                log.warning("--unsafe-load: loading %s with Keras' safe_mode off; its Lambda layers run code "
+                            "stored in the file", path.name)
+            model = keras.models.load_model(path, compile=False, **({"safe_mode": False} if unsafe else {}))
             if len(model.inputs) != 1 or len(model.outputs) != 1:
                 raise ModelError(f"{path}: edgekit exports models with one input and one output")
             shape = list(model.inputs[0].shape)
+            prep_layers = leading_preprocessing(model)
 
             def fn(x, _model=model):
                 return _model(tf.convert_to_tensor(x, tf.float32), training=False)
@@ -87,10 +100,33 @@ def load(path: str | os.PathLike) -> Source:
     except ModelError:
         raise
     except Exception as exc:  # Keras/TF raise many types for a corrupt or foreign file
+        if "safe_mode" in str(exc):
+            raise ModelError(f"{path} has a Lambda layer, whose code Keras does not load by default; "
+                             "if you trust the file, export with --unsafe-load") from exc
         raise ModelError(f"cannot load {path} as a {fmt} model: {first_line(exc)}") from exc
     if len(shape) != 4 or shape[-1] != 3:
         raise ModelError(f"{path}: input shape {shape} is not an NHWC 3-channel image batch")
-    return Source(path, fmt, shape[1], shape[2], fn)
+    return Source(path, fmt, shape[1], shape[2], fn, prep_layers)
+
+
+PREPROCESSING_LAYERS = ("Rescaling", "Normalization")
+
+
+def leading_preprocessing(model) -> list[str]:
+    """Names of the Rescaling/Normalization layers a Keras model applies to its input first
+    (``include_preprocessing`` in MobileNetV3, EfficientNet …), looking into a leading nested model."""
+    found = []
+    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    while layers:
+        layer = layers.pop(0)
+        kind = type(layer).__name__
+        if kind in PREPROCESSING_LAYERS:
+            found.append(f"{kind} {layer.name}")
+        elif hasattr(layer, "layers") and not found:
+            layers = [sub for sub in layer.layers if type(sub).__name__ != "InputLayer"]
+        else:
+            break
+    return found
 
 
 def to_onnx(source: Source, height: int, width: int, batch: int | None, opset: int):

@@ -20,10 +20,12 @@ from edgekit.bundle import SCHEMA_VERSION, Bundle
 from edgekit.errors import InputError, ModelError, UsageError
 from edgekit.graph.targets import DEFAULT_TARGET, get_target
 from edgekit.preprocess import Preprocess
+from edgekit.progress import heartbeat
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
+CONSTANT_OUTPUT = 1e-6  # output spread across random frames at or below which a model ignores its input
 TOOLS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "onnx-graphsurgeon")
 
 
@@ -41,15 +43,28 @@ def export_bundle(
     preprocess: Preprocess | dict | str | None = None,
     samples: int = 8,
     seed: int = 0,
+    unsafe_load: bool = False,
 ) -> Bundle:
     """Convert ``model`` to a bundle at ``out`` for ``target``; return the loaded bundle.
 
     Labels and preprocessing come from the sidecar ``train`` wrote (``<model>.edgekit.json``) unless
     ``labels``/``preprocess`` are given; ``preprocess`` is a Preprocess, its dict (size defaults to the
-    model's) or an arch name from :mod:`edgekit.host.archs` (``mobilenetv2`` …). Without either,
-    labels are ``0..N-1`` and pixels RGB scaled to [0, 1], with a warning. ``batch`` fixes the batch
-    size (default: dynamic).
+    model's) or an arch name from :mod:`edgekit.host.archs` (``mobilenetv2`` …). Without either, a
+    model that starts with its own Rescaling/Normalization layers gets raw RGB 0-255 pixels; any other
+    model, RGB scaled to [0, 1], with a warning; labels are ``0..N-1``. ``batch`` fixes the batch size
+    (default: dynamic). ``unsafe_load`` loads Lambda layers (see :func:`edgekit.host.convert.load`).
+    Third-party output is held back (:func:`edgekit.quiet.captured`).
     """
+    from edgekit.quiet import captured
+
+    with captured():
+        return _export(model, out, target=target, batch=batch, opset=opset, allow_unsupported=allow_unsupported,
+                       force=force, tolerance=tolerance, labels=labels, preprocess=preprocess, samples=samples,
+                       seed=seed, unsafe_load=unsafe_load)
+
+
+def _export(model, out, *, target, batch, opset, allow_unsupported, force, tolerance, labels, preprocess, samples,
+            seed, unsafe_load) -> Bundle:
     from edgekit.graph.passes import Passes
     from edgekit.graph.support import check
     from edgekit.host import convert
@@ -71,9 +86,14 @@ def export_bundle(
     labels = labels or meta.get("labels")
     prep = preprocess or meta.get("preprocess")
 
-    source = convert.load(model)
-    if prep is None:
-        log.warning("no preprocessing recorded for %s; assuming RGB scaled to [0, 1]", model.name)
+    source = convert.load(model, unsafe=unsafe_load)
+    if prep is None and source.in_graph_preprocessing:
+        log.info("%s scales its own input (%s): feeding it RGB pixels 0-255", model.name,
+                 ", ".join(source.in_graph_preprocessing))
+        prep = {"color": "RGB", "scale": 1.0}
+    elif prep is None:
+        log.warning("no preprocessing recorded for %s and none in the model; assuming RGB scaled to [0, 1] "
+                    "(give --preprocess ARCH_OR_JSON if it expects otherwise)", model.name)
         prep = {}
     if isinstance(prep, str):
         from edgekit.host.archs import get_arch
@@ -90,10 +110,15 @@ def export_bundle(
             f"{model} takes {source.height}x{source.width} images but its preprocessing says {height}x{width}"
         )
     prep = Preprocess.from_dict({**prep.to_dict(), "layout": "NCHW"})
+    if source.in_graph_preprocessing and (prep.scale != 1.0 or prep.mean != (0.0, 0.0, 0.0)):
+        log.warning("%s scales its own input (%s) and its preprocessing scales too (scale %g, mean %s): "
+                    "pixels are scaled twice unless the model expects that", model.name,
+                    ", ".join(source.in_graph_preprocessing), prep.scale, list(prep.mean))
 
     log.info("converting %s (%s) to ONNX opset %d for %s (TensorRT %s)",
              model.name, fmt, opset, tgt.name, tgt.tensorrt)
-    onnx_model = convert.to_onnx(source, height, width, batch, opset)
+    with heartbeat("converting with tf2onnx"):
+        onnx_model = convert.to_onnx(source, height, width, batch, opset)
     out_op = _last_op(onnx_model)
     out_name, meaning = ("probs", "probabilities") if out_op == "Softmax" else ("logits", "logits")
     passes = (
@@ -118,10 +143,14 @@ def export_bundle(
     elif report.errors:
         log.warning("%s; writing the bundle anyway (--allow-unsupported)", report.summary())
 
-    error, samples = _parity(source, onnx_model, prep, batch, samples, seed)
+    error, spread, samples = _parity(source, onnx_model, prep, batch, samples, seed)
     if not error <= tolerance:
         raise ModelError(f"ONNX Runtime differs from TensorFlow by {error:.3g} > tolerance {tolerance:g}")
     log.info("parity: max abs error %.3g (tolerance %g)", error, tolerance)
+    if spread <= CONSTANT_OUTPUT:
+        log.warning("%s gives the same output for %d different random frames (spread %.2g): the parity check "
+                    "proves little, and the model cannot tell images apart (untrained weights?)",
+                    model.name, samples, spread)
 
     manifest = {
         "schema_version": SCHEMA_VERSION,
@@ -196,8 +225,10 @@ def _output_width(model) -> int:
     return dims[1].dim_value
 
 
-def _parity(source, onnx_model, prep: Preprocess, batch: int | None, samples: int, seed: int) -> tuple[float, int]:
-    """Max abs difference between TF and ONNX Runtime on preprocessed random frames, and their count."""
+def _parity(source, onnx_model, prep: Preprocess, batch: int | None, samples: int, seed: int
+            ) -> tuple[float, float, int]:
+    """Max abs difference between TF and ONNX Runtime on preprocessed random frames, the spread of
+    TensorFlow's outputs across those frames (max - min, largest over outputs), and their count."""
     import onnxruntime as ort
 
     rng = np.random.default_rng(seed)
@@ -210,4 +241,5 @@ def _parity(source, onnx_model, prep: Preprocess, batch: int | None, samples: in
     want = source.run(nhwc)
     if got.shape != want.shape:
         raise ModelError(f"ONNX output shape {got.shape} differs from TensorFlow's {want.shape}")
-    return float(np.max(np.abs(got.astype(np.float64) - want))), n
+    spread = float(np.max(np.ptp(want.reshape(len(want), -1), axis=0))) if n > 1 else float("inf")
+    return float(np.max(np.abs(got.astype(np.float64) - want))), spread, n

@@ -87,7 +87,8 @@ def train(
         "training %s on %d images (%d classes; %d train, %d val) for %d epochs",
         arch, len(ys), len(folder.classes), len(train_idx), len(val_idx), epochs,
     )
-    model.fit(fit_data, validation_data=val_data, epochs=epochs, verbose=verbose)
+    history = model.fit(fit_data, validation_data=val_data, epochs=epochs, verbose=verbose)
+    epoch_acc = float(history.history["accuracy"][-1])
 
     clean_train = make(frames, ys, train_idx, prep, batch_size, False, rng)
     train_acc = float(model.evaluate(clean_train, verbose=0, return_dict=True)["accuracy"])
@@ -105,7 +106,13 @@ def train(
         "epochs": epochs,
         "train_accuracy": train_acc,
         "val_accuracy": val_acc,
+        "last_epoch_accuracy": epoch_acc,
     }
+    if epoch_acc - train_acc > GAP_WARNING:
+        log.warning(
+            "the last epoch's accuracy (%.2f, averaged over augmented batches with the model in training mode) is "
+            "far above the final model's (%.2f, inference mode, no augmentation): its BatchNorm statistics have not "
+            "settled; train more --epochs (or with --weights imagenet)", epoch_acc, train_acc)
     with tempfile.TemporaryDirectory(prefix="edgekit-train-") as tmp:
         saved = Path(tmp) / f"model{out.suffix}"
         model.save(saved)
@@ -116,6 +123,9 @@ def train(
          "training": {k: v for k, v in result.items() if k not in ("model", "labels")}},
     )
     return result
+
+
+GAP_WARNING = 0.15  # last epoch's accuracy minus the final model's on the same images, above which train warns
 
 
 def _load(folder, prep):

@@ -210,7 +210,7 @@ def _video_frames(items: list[Item]) -> Iterator[tuple[Item, np.ndarray]]:
 
 
 class _progress:
-    """A click progress bar on stderr (only drawn on a terminal), or the bare iterable."""
+    """A click progress bar on a terminal, a line every few seconds otherwise, or the bare iterable."""
 
     def __init__(self, iterable, length: int, label: str, enabled: bool):
         self.iterable, self.length, self.label, self.enabled = iterable, length, label, enabled
@@ -219,11 +219,15 @@ class _progress:
     def __enter__(self):
         if not self.enabled:
             return self.iterable
-        import sys
-
         import click
 
-        self.bar = click.progressbar(self.iterable, length=self.length, label=self.label, file=sys.stderr)
+        from edgekit.progress import Lines
+        from edgekit.quiet import live_stderr
+
+        stream = live_stderr()
+        if not stream.isatty():
+            return Lines(self.iterable, self.length, self.label)
+        self.bar = click.progressbar(self.iterable, length=self.length, label=self.label, file=stream)
         return self.bar.__enter__()
 
     def __exit__(self, *exc):

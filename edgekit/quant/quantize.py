@@ -17,6 +17,7 @@ from pathlib import Path
 from edgekit.atomic import atomic_dir, write_json
 from edgekit.bundle import Bundle
 from edgekit.errors import GateError, UsageError
+from edgekit.progress import heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,26 @@ def quantize_bundle(
     images. ``holdout`` images (fewer for a small set; 0 to skip) are kept out of calibration and
     gate the new models at ``max_drop`` points of top-1 (accuracy when ``images`` is a
     class-per-folder set named by the bundle's labels, else agreement with FP32). Returns the gate's
-    Report (None without hold-out); raises GateError, after saving, when a model fails.
+    Report (None without hold-out); raises GateError, after saving, when a model fails. Third-party
+    warnings are held back (:func:`edgekit.quiet.captured`).
     """
+    from edgekit.quiet import captured
+
+    with captured():  # a failed gate is a verdict, not a failure of the libraries: raised outside
+        report, tried = _quantize(bundle_path, images, method=method, num_images=num_images, holdout=holdout,
+                                  gate_images=gate_images, max_drop=max_drop, fp16=fp16, cpu_variant=cpu_variant,
+                                  keep_float=keep_float, every=every, seed=seed, progress=progress)
+    if report is None:
+        log.warning("the new models were not gated (no hold-out): run `edgekit validate` on labelled images")
+    else:
+        log.info("gate on %d images:\n%s", report.images, report.summary())
+        if report.failures:
+            raise GateError(_advice(report, tried, bundle_path))
+    return report
+
+
+def _quantize(bundle_path, images, *, method, num_images, holdout, gate_images, max_drop, fp16, cpu_variant,
+              keep_float, every, seed, progress):
     import onnx
     import onnxruntime
 
@@ -59,6 +78,7 @@ def quantize_bundle(
     from edgekit.quant.fp16 import convert_fp16
     from edgekit.quant.gate import evaluate, fp32_reference, labelled_tensors, write_report
     from edgekit.quant.qdq import METHODS, Quantizer, ranges_document
+    from edgekit.quiet import live_stderr
 
     if method != "auto" and method not in METHODS:
         raise UsageError(f"unknown calibration method {method!r}; choose from auto, {', '.join(METHODS)}")
@@ -79,7 +99,8 @@ def quantize_bundle(
     log.info("calibrating on %d images from %s; gate on %s", len(cal), images,
              f"{len(x)} images" if x is not None else "nothing (no hold-out)")
     report = None
-    with atomic_dir(bundle.path, force=True) as tmp:
+    busy = heartbeat("quantizing", enabled=progress and not live_stderr().isatty())  # a bar shows progress on a tty
+    with atomic_dir(bundle.path, force=True) as tmp, busy:
         for entry in bundle.path.iterdir():
             if not entry.name.startswith("."):
                 (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
@@ -128,16 +149,10 @@ def quantize_bundle(
                                                   "drop": r.drop, "max_drop": max_drop, "agreement": r.agreement}
             write_report(report, tmp)
         new.save()
-    if report is None:
-        log.warning("the new models were not gated (no hold-out): run `edgekit validate` on labelled images")
-    else:
-        log.info("gate on %d images:\n%s", report.images, report.summary())
-        if report.failures:
-            raise GateError(_advice(report, list(candidates) or [method]))
-    return report
+    return report, list(candidates) or [method]
 
 
-def _advice(report, tried: list[str]) -> str:
+def _advice(report, tried: list[str], bundle_path) -> str:
     from edgekit.quant.qdq import METHODS
 
     worst = max(report.failures, key=lambda r: r.drop)
@@ -147,5 +162,6 @@ def _advice(report, tried: list[str]) -> str:
     return (
         f"{worst.name} failed the accuracy gate: {basis} dropped {worst.drop:.2f} points (max {report.max_drop:g}) "
         f"on {report.images} gate images; it is kept but marked unusable. Try more or more varied "
-        f"calibration images from the deployment camera, {method}or --keep-float NODE for sensitive layers"
+        f"calibration images from the deployment camera, {method}or --keep-float NODE for sensitive layers "
+        f"(`edgekit inspect {bundle_path} --nodes` lists them)"
     )

@@ -255,7 +255,9 @@ def install(bundle, run_args=(), *, root=None, dry_run: bool = False, force: boo
         raise EdgekitError(f"{options.unit_name} did not start: see journalctl -u {options.name}")
     _prune(layout, act)
     if not dry_run:
-        out(f"installed {options.unit_name} running bundle {new}" + (f" (previous: {old})" if old and old != new else ""))
+        state = "running bundle" if act.run_commands else "for bundle"
+        out(f"installed {options.unit_name} {state} {new}" + (f" (previous: {old})" if old and old != new else "")
+            + ("" if act.run_commands else f"; not started ({'under --root' if root is not None else 'no systemctl'})"))
     return options
 
 

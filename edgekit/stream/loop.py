@@ -46,14 +46,15 @@ def summary_text(summary: dict) -> str:
 
 
 def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto", precision="auto", json_path=None,
-             record=None, display=False, serve=None, max_frames=None, duration=None, realtime=False, loop=False,
+             record=None, display=False, serve=None, console=False, max_frames=None, duration=None, realtime=False, loop=False,
              top_k=1, log_every=10.0, timeout=10.0, notifier=None, **runner_options) -> dict:
     """Run ``bundle`` on ``source`` (see :func:`~edgekit.stream.sources.open_source`) until it ends,
     a limit is reached or a signal arrives; return the summary (with its one-line ``text``).
 
     ``precision`` ``auto`` runs the fastest model that passed its accuracy gate; ``runner_options`` go to
     :func:`~edgekit.backends.select.open_runner` (``allow_failed_gate`` included). The chosen model and
-    why are logged and shown in ``/metrics`` and ``/status.json``."""
+    why are logged and shown in ``/metrics`` and ``/status.json``. ``console`` prints the results on stdout
+    (:class:`~edgekit.stream.console.ConsoleSink`)."""
     from edgekit.backends.select import open_runner
     from edgekit.service.notify import Notifier
     from edgekit.stream import postprocess
@@ -76,6 +77,10 @@ def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto
         sinks.append(StreamServer(serve))
     if display:
         sinks.append(DisplaySink())
+    if console:
+        from edgekit.stream.console import ConsoleSink
+
+        sinks.append(ConsoleSink())
     pipeline = Pipeline(
         bundle, Capture(src, realtime=realtime, pace_fps=pace, loop=loop), runner, post, sinks,
         max_frames=max_frames, duration=duration, notifier=notifier or Notifier(), log_every=log_every,

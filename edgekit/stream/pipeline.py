@@ -64,10 +64,13 @@ class FrameResult:
         return self._annotated
 
     def to_json(self, clock) -> dict:
-        """The JSON line: indices, wall-clock timestamps (epoch s), results, latency (ms)."""
+        """The JSON line: indices, the file and its frame number (files and image folders), wall-clock
+        timestamps (epoch s), results, latency (ms)."""
+        line = {"index": self.index, "source_frame": self.frame.number}
+        if self.frame.file is not None:
+            line.update(file=self.frame.file, frame=self.frame.file_frame)
         return {
-            "index": self.index,
-            "source_frame": self.frame.number,
+            **line,
             "timestamps": {k: round(clock(v), 6) for k, v in self.stamps.items()},
             "results": self.results,
             "latency_ms": {k: round(v, 3) for k, v in self.latency_ms.items()},

@@ -54,6 +54,8 @@ class Frame:
     number: int
     captured: float  # time.monotonic() when the read returned
     read_ms: float
+    file: str | None = None  # the image or video file it came from (None for cameras and streams)
+    file_frame: int | None = None  # its frame number in that file (0 for an image)
 
 
 # ---- sources ---------------------------------------------------------------------------------
@@ -65,6 +67,8 @@ class Source:
 
     def __init__(self, name: str):
         self.name = name
+        self.file: str | None = None  # the file the last frame read came from, if any
+        self.position: int | None = None  # and its frame number there
 
     def open(self) -> None:
         raise NotImplementedError
@@ -101,6 +105,8 @@ class VideoCaptureSource(Source):
             cap.release()
             raise self.fail()
         self.cap, self._first = cap, first
+        if not self.live:
+            self.file, self.position = self.name, -1
         fps = cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if 0 < fps < 1000 else None
         h, w = first.shape[:2]
@@ -117,6 +123,8 @@ class VideoCaptureSource(Source):
                 if self.live:
                     raise SourceLost(f"{self.name} gave no frame")
                 return None
+        if self.position is not None:
+            self.position += 1
         return frame if frame.ndim == 3 and frame.shape[2] == 3 else to_bgr8(frame)
 
     def close(self) -> None:
@@ -145,7 +153,9 @@ class ImageFolderSource(Source):
             path = self.paths[self._next]
             self._next += 1
             try:
-                return read_image(path)
+                image = read_image(path)
+                self.file, self.position = str(path), 0
+                return image
             except ImageReadError as exc:
                 log.warning("skipping %s", exc)
         return None
@@ -390,7 +400,7 @@ class Capture:
             self.ended = True
             return None
         self._number += 1
-        return Frame(image, self._number - 1, t1, (t1 - t0) * 1000)
+        return Frame(image, self._number - 1, t1, (t1 - t0) * 1000, self.source.file, self.source.position)
 
     def _reader(self) -> None:
         next_due = time.monotonic()

@@ -6,7 +6,8 @@ import functools
 
 TENSORRT_HINT = (
     "on a Jetson it comes with JetPack: sudo apt install python3-libnvinfer (and pip install pycuda or cuda-python);"
-    " elsewhere run on the CPU with --backend onnxruntime"
+    " elsewhere there is no engine to build: `edgekit run` and `edgekit bench` use ONNX Runtime on the CPU"
+    " (their --backend auto or onnxruntime)"
 )
 
 
