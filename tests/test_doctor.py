@@ -70,8 +70,9 @@ def test_report_without_gpu_exit_zero(cli):
              and line.split()[0] in ("ok", "missing", "absent")}
     for name in ("Python", "ONNX Runtime", "CPU inference", "OpenCV"):
         assert lines[name].startswith("ok") and lines[name] in required, lines[name]
-    for name in ("TensorRT", "CUDA layer", "GPU"):
+    for name in ("TensorRT", "GPU"):
         assert lines[name].startswith("absent") and lines[name] in optional, lines[name]
+    assert lines["CUDA layer"] in optional  # pycuda or cuda-python, whichever imports here (or neither)
     assert "missing" not in text  # nothing required is missing on a healthy CPU machine
     assert "python3-libnvinfer" in text  # the hint under the TensorRT line
     assert "means: no TensorRT engines" in text  # and what its absence means
