@@ -3,7 +3,9 @@
 ``native_detector``: a Keras model meeting edgekit's detection contract (boxes [B, N, 4] corners in
 [0, 1], scores [B, N, C] sigmoid), decoded in the graph. ``tf_nms_detector``: the same heads ending in
 ``tf.image.combined_non_max_suppression`` (a bring-your-own TF detector). ``digit_scenes``: real
-handwritten digits (scikit-learn's) pasted on canvases, with a COCO annotation file.
+handwritten digits (scikit-learn's) pasted on noisy canvases, with a COCO annotation file (on a
+flat background every empty grid cell would score the same, and NMS implementations break such
+ties differently).
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def digit_scenes(out: Path, n: int = 24, seed: int = 0) -> Path:
     (out / "images").mkdir(parents=True, exist_ok=True)
     coco = {"images": [], "annotations": [], "categories": [{"id": i, "name": str(i)} for i in range(CLASSES)]}
     for i in range(n):
-        canvas = np.zeros((SIZE, SIZE, 3), np.uint8)
+        canvas = rng.integers(0, 40, (SIZE, SIZE, 3), dtype=np.uint8)  # sensor noise: no tied scores
         for _ in range(int(rng.integers(1, 4))):
             j = int(rng.choice(pick))
             s = int(rng.integers(14, 26))
