@@ -36,7 +36,7 @@ from edgekit.preprocess import Preprocess
 
 SCHEMA_VERSION = 1
 MANIFEST = "edgekit.json"
-TASKS = ("classification",)
+TASKS = ("classification", "detection")
 PRECISIONS = ("fp32", "fp16", "int8")
 MODEL_KEYS = ("fp32", "fp16", "int8", "int8_cpu")
 

@@ -26,7 +26,7 @@ from edgekit.errors import ModelError, UsageError
 OUTPUTS = ("boxes", "scores")
 SMALL_STRIDE = 8  # the small CNN; Keras applications use their stride-16 features
 APPLICATION_STRIDE = 16
-CENTER_RADIUS = 1.5  # positives: cells inside a box and within this many strides of its centre
+CENTER_RADIUS = 2.5  # positives: cells inside a box and within this many strides of its centre
 PRIOR = 0.01  # initial foreground probability (focal-loss bias initialisation)
 
 
@@ -206,7 +206,7 @@ def assign_targets(boxes: np.ndarray, classes: np.ndarray, grid: Grid, n_classes
     return score_t, box_t
 
 
-def losses(alpha: float = 0.25, gamma: float = 2.0, box_weight: float = 2.0) -> dict:
+def losses(alpha: float = 0.5, gamma: float = 1.5, box_weight: float = 2.0) -> dict:
     """Keras losses keyed by output: sigmoid focal loss on ``scores``, GIoU loss on positive ``boxes``.
 
     Both are normalised by the number of positive cells in the batch (at least one).
