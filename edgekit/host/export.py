@@ -76,6 +76,10 @@ def export_bundle(
     labels = labels or meta.get("labels")
     prep = preprocess or meta.get("preprocess")
 
+    if meta.get("task") == "detection":  # edgekit's detector: its box-decoding layer must be registered to load
+        from edgekit.host.detector import decode_boxes_layer
+
+        decode_boxes_layer()
     source = convert.load(model)
     if prep is None:
         log.warning("no preprocessing recorded for %s; assuming RGB scaled to [0, 1]", model.name)

@@ -25,6 +25,7 @@ import numpy as np
 
 from edgekit.bundle import Bundle
 from edgekit.errors import EdgekitError, GateError, InputError
+from edgekit.images import ImageReader
 from edgekit.nms import NmsParams, efficient_nms
 from edgekit.quant.gate import LATENCY_SAMPLES, MODEL_PRECISION, Report, Result
 
@@ -228,26 +229,28 @@ def evaluate(
 def labelled_tensors(bundle: Bundle, images_dir: str | os.PathLike) -> tuple[np.ndarray, list[np.ndarray]]:
     """A labelled detection set as (tensors by the bundle's Preprocess, per-image truth in model-input pixels).
 
-    ``images_dir`` holds a COCO json (``annotations.json``, ``*.json`` or ``annotations/*.json``,
-    images beside it or under ``images/``) or YOLO labels (``images/`` + ``labels/`` of
-    ``class cx cy w h`` lines, normalised). COCO categories match the bundle's labels by name, else
-    their ids must be 0..C-1.
+    ``images_dir`` is a YOLO or COCO dataset (:func:`edgekit.host.detection_data.read_detection_set`;
+    its ``val`` split), or a folder holding one COCO json (``*.json``) with its images beside it or
+    under ``images/``, read by pycocotools. Classes match the bundle's labels by name, else by index.
     """
-    from edgekit.images import ImageReader
-
     root = Path(images_dir)
     if not root.is_dir():
-        raise InputError(f"labelled images {root} do not exist (a folder with a COCO json or YOLO labels/)")
-    samples = _coco(root, bundle.labels) if _coco_file(root) else _yolo(root, len(bundle.labels))
+        raise InputError(f"labelled images {root} do not exist (a YOLO/COCO dataset or a folder with a COCO json)")
+    samples = _coco(root, bundle.labels) if _coco_file(root) else _dataset(root, bundle.labels)
     if not samples:
         raise InputError(f"no labelled images in {root}")
     prep = bundle.preprocess
-    tensors, truth = [], []
+    h, w = prep.size
     reader = ImageReader([p for p, _ in samples])
-    boxes = dict(samples)
+    truth_by_path = dict(samples)
+    tensors, truth = [], []
     for path, image in reader:
         tensors.append(prep(image))
-        truth.append(_to_model_pixels(boxes[path], image.shape[:2], prep))
+        rows = truth_by_path[path]
+        boxes = prep.boxes_to_input(rows[:, 1:], image.shape[:2]) * (w, h, w, h)
+        boxes = np.clip(boxes, 0, (w, h, w, h))
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        truth.append(np.concatenate([rows[keep, :1], boxes[keep]], 1))
     if reader.skipped:
         log.warning("%d labelled images could not be read and were skipped", reader.skipped)
     if not tensors:
@@ -256,22 +259,41 @@ def labelled_tensors(bundle: Bundle, images_dir: str | os.PathLike) -> tuple[np.
 
 
 def _coco_file(root: Path) -> Path | None:
-    for pattern in ("annotations.json", "*.json", "annotations/*.json"):
-        found = sorted(root.glob(pattern))
-        if found:
-            return found[0]
-    return None
+    found = sorted(root.glob("*.json"))
+    return found[0] if found else None
+
+
+def _dataset(root: Path, labels: list[str]) -> list[tuple[Path, np.ndarray]]:
+    """(image path, rows (class, x1, y1, x2, y2) in image pixels) of a YOLO/COCO dataset's val split."""
+    from edgekit.host.detection_data import read_detection_set
+
+    dataset = read_detection_set(root)
+    split = "val" if dataset.splits.get("val") else next(iter(dataset.splits))
+    to_class = _class_map(dataset.classes, labels, root)
+    samples = []
+    for s in dataset.splits[split]:
+        classes = np.array([to_class[int(c)] for c in s.classes], np.float64).reshape(-1, 1)
+        samples.append((s.path, np.concatenate([classes, np.asarray(s.boxes, np.float64).reshape(-1, 4)], 1)))
+    return samples
+
+
+def _class_map(names: list[str], labels: list[str], where: Path) -> dict:
+    if all(n in labels for n in names):
+        return {i: labels.index(n) for i, n in enumerate(names)}
+    if len(names) <= len(labels):
+        return {i: i for i in range(len(names))}
+    raise InputError(f"{where}: classes {names[:8]} are neither the bundle's labels nor {len(labels)} or fewer")
 
 
 def _coco(root: Path, labels: list[str]) -> list[tuple[Path, np.ndarray]]:
-    """(image path, rows (class, x1, y1, x2, y2) in image pixels) from the COCO json, loaded by pycocotools."""
+    """(image path, rows (class, x1, y1, x2, y2) in image pixels) from one COCO json, loaded by pycocotools."""
     from pycocotools.coco import COCO
 
     path = _coco_file(root)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             coco = COCO(str(path))
-    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AssertionError, json.JSONDecodeError) as exc:
         raise InputError(f"{path} is not a COCO annotation file: {exc}") from exc
     cats = {c["id"]: c.get("name", str(c["id"])) for c in coco.loadCats(coco.getCatIds())}
     if all(name in labels for name in cats.values()):
@@ -284,7 +306,7 @@ def _coco(root: Path, labels: list[str]) -> list[tuple[Path, np.ndarray]]:
     samples = []
     for info in coco.loadImgs(coco.getImgIds()):
         name = info["file_name"]
-        file = next((p for p in (root / name, root / "images" / name, path.parent / name) if p.is_file()), None)
+        file = next((p for p in (root / name, root / "images" / name) if p.is_file()), None)
         if file is None:
             log.warning("%s: image %s not found; skipped", path.name, name)
             continue
@@ -293,57 +315,6 @@ def _coco(root: Path, labels: list[str]) -> list[tuple[Path, np.ndarray]]:
                  a["bbox"][1] + a["bbox"][3]) for a in anns]
         samples.append((file, np.asarray(rows, np.float64).reshape(-1, 5)))
     return samples
-
-
-def _yolo(root: Path, num_classes: int) -> list[tuple[Path, np.ndarray]]:
-    """(image path, rows in image pixels) from YOLO ``labels/*.txt`` beside ``images/``."""
-    import cv2
-
-    from edgekit.images import list_images
-
-    images = root / "images" if (root / "images").is_dir() else root
-    labels_dir = root / "labels"
-    if not labels_dir.is_dir():
-        raise InputError(f"{root} has no COCO json and no YOLO labels/ folder")
-    samples = []
-    for file in list_images(images):
-        txt = labels_dir / file.relative_to(images).with_suffix(".txt")
-        try:
-            values = np.loadtxt(txt, ndmin=2) if txt.is_file() and txt.stat().st_size else np.zeros((0, 5))
-        except ValueError as exc:
-            raise InputError(f"corrupt YOLO label file {txt}: {exc}") from exc
-        if values.shape[1] != 5 or (len(values) and not 0 <= values[:, 0].max() < num_classes):
-            raise InputError(f"{txt}: rows must be 'class cx cy w h' with class below {num_classes}")
-        image = cv2.imread(str(file), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            continue
-        ih, iw = image.shape[:2]
-        c, cx, cy, w, h = values.T
-        rows = np.stack([c, (cx - w / 2) * iw, (cy - h / 2) * ih, (cx + w / 2) * iw, (cy + h / 2) * ih], 1)
-        samples.append((file, rows))
-    return samples
-
-
-def _to_model_pixels(rows: np.ndarray, image_hw: tuple[int, int], prep) -> np.ndarray:
-    """Image-pixel boxes moved through the Preprocess resize (stretch, letterbox, center_crop) into model pixels."""
-    h, w = prep.size
-    fh, fw = image_hw
-    rows = np.asarray(rows, np.float64).reshape(-1, 5).copy()
-    if (fh, fw) == (h, w):
-        return rows
-    if prep.resize == "stretch":
-        sx, sy, ox, oy = w / fw, h / fh, 0.0, 0.0
-    elif prep.resize == "center_crop":
-        r = max(h / fh, w / fw)
-        nh, nw = max(h, round(fh * r)), max(w, round(fw * r))
-        sx, sy, ox, oy = nw / fw, nh / fh, -((nw - w) // 2), -((nh - h) // 2)
-    else:
-        r = min(h / fh, w / fw)
-        nh, nw = max(1, round(fh * r)), max(1, round(fw * r))
-        sx, sy, ox, oy = nw / fw, nh / fh, (w - nw) // 2, (h - nh) // 2
-    rows[:, [1, 3]] = np.clip(rows[:, [1, 3]] * sx + ox, 0, w)
-    rows[:, [2, 4]] = np.clip(rows[:, [2, 4]] * sy + oy, 0, h)
-    return rows[(rows[:, 3] > rows[:, 1]) & (rows[:, 4] > rows[:, 2])]
 
 
 def chart(report: DetectionReport, path: Path) -> None:
