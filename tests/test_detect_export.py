@@ -234,6 +234,15 @@ def test_cli_export_int8_detector(cli, tmp_path, scenes):
         assert 0 <= row["accuracy"] <= 100 and 0 <= row["map"] <= row["accuracy"] + 1e-9
     assert (out / "validation.png").stat().st_size > 0
 
+    jsonl = tmp_path / "run.jsonl"  # the INT8 model on the CPU, at a chosen run threshold
+    r = cli("run", out, "--source", scenes / "images", "--backend", "onnxruntime", "--precision", "int8",
+            "--score-threshold", 0.05, "--json", jsonl, "--max-frames", 5)
+    assert r.code == 0, r
+    frames = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(frames) == 5
+    scores = [obj["score"] for f in frames for obj in f["results"]]
+    assert scores and min(scores) >= 0.05
+
 
 def test_nms_options_are_refused_for_a_classifier(cli, trained_model, tmp_path):
     r = cli("export", trained_model, "-o", tmp_path / "b", "--iou-threshold", 0.4)
