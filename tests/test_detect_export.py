@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_one_line_error
+from edgekit.backends.select import tensorrt_available
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("onnx_graphsurgeon")
@@ -248,3 +249,24 @@ def test_nms_options_are_refused_for_a_classifier(cli, trained_model, tmp_path):
     r = cli("export", trained_model, "-o", tmp_path / "b", "--iou-threshold", 0.4)
     assert_one_line_error(r, "detectors only")
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not tensorrt_available(), reason="needs the tensorrt Python bindings, pycuda and an NVIDIA GPU (none here)")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_plugin_detections_match_the_cpu(native_bundle, scene_batch, precision):
+    """On hardware: the engine built from model.trt.onnx (EfficientNMS_TRT) returns ONNX Runtime's detections."""
+    from edgekit.backends.select import open_runner
+
+    x = native_bundle.preprocess.batch(scene_batch[:8])
+    with open_runner(native_bundle, "onnxruntime") as cpu, open_runner(native_bundle, "tensorrt", precision) as gpu:
+        want = {k: np.concatenate([cpu.infer(x[i : i + 1])[k] for i in range(len(x))]) for k in cpu.infer(x[:1])}
+        got = {k: np.concatenate([gpu.infer(x[i : i + 1])[k] for i in range(len(x))]) for k in want}
+    atol = 1e-4 if precision == "fp32" else 2e-2
+    for b in range(len(x)):
+        n = want["num_detections"][b, 0]
+        assert abs(int(got["num_detections"][b, 0]) - int(n)) <= (0 if precision == "fp32" else 2)
+        m = min(n, int(got["num_detections"][b, 0]), 5)  # the best detections, box for box
+        np.testing.assert_array_equal(got["detection_classes"][b, :m], want["detection_classes"][b, :m])
+        np.testing.assert_allclose(got["detection_boxes"][b, :m], want["detection_boxes"][b, :m], atol=atol)
+        np.testing.assert_allclose(got["detection_scores"][b, :m], want["detection_scores"][b, :m], atol=atol)
