@@ -56,7 +56,7 @@ def byo(tmp_path_factory):
     from detection_fixtures import build_detector
 
     root = tmp_path_factory.mktemp("byo")
-    model = build_detector(root / "byo.keras", tf_nms=True, seed=1)
+    model = build_detector(root / "byo.keras", tf_nms="combined", seed=1)
     export_bundle(model, root / "bundle", target=TARGET)
     return model, Bundle.load(root / "bundle")
 
@@ -175,6 +175,29 @@ def test_byo_tensorflow_nms_is_cut_and_cpu_detections_equal_tensorflows(byo, sce
         np.testing.assert_array_equal(got["detection_classes"][b, :n], want["detection_classes"][b, :n])
         np.testing.assert_allclose(got["detection_boxes"][b, :n], want["detection_boxes"][b, :n], atol=1e-5)
         np.testing.assert_allclose(got["detection_scores"][b, :n], want["detection_scores"][b, :n], atol=1e-5)
+
+
+def test_single_image_nms_v5_is_cut_and_matches_tensorflow(tmp_path, scene_batch):
+    from edgekit.backends.select import open_runner
+    from edgekit.bundle import Bundle
+    from edgekit.host import convert
+    from edgekit.host.export import export_bundle
+    from edgekit.host.export_detection import tf_nms_outputs
+    from detection_fixtures import build_detector
+
+    model = build_detector(tmp_path / "v5.keras", tf_nms="v5", seed=3)
+    bundle = Bundle.load(export_bundle(model, tmp_path / "bundle", batch=1).path)
+    assert bundle.manifest["nms_cut"]["removed"]["NonMaxSuppression"] == 1
+    assert bundle.manifest["nms"]["max_detections"] == 15 and bundle.labels == ["digit"]
+    prep, source = bundle.preprocess, convert.load(model)
+    with open_runner(bundle, "onnxruntime") as runner:
+        for frame in scene_batch[:6]:
+            want = tf_nms_outputs(source.run(prep.hwc(frame)[None].astype(np.float32)))
+            got = runner.infer(prep.batch([frame]))
+            n = want["num_detections"][0, 0]
+            assert got["num_detections"][0, 0] == n and n > 0
+            np.testing.assert_allclose(got["detection_boxes"][0, :n], want["detection_boxes"][0, :n], atol=1e-5)
+            np.testing.assert_allclose(got["detection_scores"][0, :n], want["detection_scores"][0, :n], atol=1e-5)
 
 
 def test_cut_names_the_nodes_that_stop_it():
