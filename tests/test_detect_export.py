@@ -200,6 +200,15 @@ def test_single_image_nms_v5_is_cut_and_matches_tensorflow(tmp_path, scene_batch
             np.testing.assert_allclose(got["detection_scores"][0, :n], want["detection_scores"][0, :n], atol=1e-5)
 
 
+def test_cli_export_names_the_loop_that_stops_the_cut(cli, tmp_path):
+    from detection_fixtures import build_detector
+
+    model = build_detector(tmp_path / "map_fn.keras", tf_nms="map_fn")
+    r = cli("export", model, "-o", tmp_path / "bundle")
+    assert_one_line_error(r, "cannot cut the NMS", "inside Loop", "map/while_loop")
+    assert not (tmp_path / "bundle").exists()
+
+
 def test_cut_names_the_nodes_that_stop_it():
     import onnx_graphsurgeon as gs
     from onnx import TensorProto, helper
