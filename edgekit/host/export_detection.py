@@ -86,8 +86,9 @@ def nms_params(cut, overrides: dict | None) -> NmsParams:
     if cut is not None:
         if cut.iou_threshold is not None:
             values["iou_threshold"] = round(cut.iou_threshold, 6)
-        if cut.score_threshold is not None:
+        if cut.score_threshold is not None and 0.0 <= cut.score_threshold <= 1.0:  # TF's default is -inf
             values["score_threshold"] = round(cut.score_threshold, 6)
+            values["eval_score_threshold"] = min(NmsParams.eval_score_threshold, values["score_threshold"])
         if cut.max_detections:
             values["max_detections"] = int(cut.max_detections)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
