@@ -26,7 +26,7 @@ def inspect_bundle(path: str | os.PathLike, target: str | None = None) -> dict:
     for key, entry in m["models"].items():
         file = bundle.path / entry["path"]
         info = {"path": entry["path"], "present": file.is_file()}
-        info.update({k: v for k, v in entry.items() if k not in ("path", "sha256")})
+        info.update({k: v for k, v in entry.items() if k not in ("path", "sha256", "tensorrt")})
         models[key] = info
         if file.is_file():
             sha = sha256_file(file)
@@ -47,10 +47,14 @@ def inspect_bundle(path: str | os.PathLike, target: str | None = None) -> dict:
             )
             if key == "fp32" and target:
                 info["check"] = check(model, target).to_dict()
+        if isinstance(entry.get("tensorrt"), dict):
+            info["tensorrt"] = _plugin_model(bundle.path / entry["tensorrt"]["path"], entry["tensorrt"])
     return {
         "path": str(bundle.path),
         "schema_version": m["schema_version"],
         "task": m["task"],
+        **({"nms": m["nms"]} if "nms" in m else {}),
+        **({"nms_cut": m["nms_cut"]} if "nms_cut" in m else {}),
         "labels": m["labels"],
         "input": m["input"],
         "outputs": m["outputs"],
@@ -62,6 +66,26 @@ def inspect_bundle(path: str | os.PathLike, target: str | None = None) -> dict:
         "tools": m.get("tools", {}),
         "models": models,
     }
+
+
+def _plugin_model(file, entry: dict) -> dict:
+    """The TensorRT variant of a detection model: presence, hash, plugin nodes and outputs."""
+    import onnx
+
+    from edgekit.graph.support import PLUGINS, op_histogram
+
+    info = {"path": entry["path"], "present": file.is_file()}
+    if info["present"]:
+        info["hash_ok"] = sha256_file(file) == entry.get("sha256")
+        try:
+            model = onnx.load(str(file), load_external_data=False)
+        except Exception as exc:  # protobuf raises DecodeError and others for a damaged file
+            info["error"] = f"not a readable ONNX model ({type(exc).__name__})"
+            return info
+        ops = op_histogram(model)
+        info["plugins"] = {op: n for op, n in ops.items() if op in PLUGINS}
+        info["outputs"] = [_io(v) for v in model.graph.output]
+    return info
 
 
 def _io(value) -> dict:
@@ -90,6 +114,14 @@ def format_summary(s: dict) -> str:
         f"preproc   {p['size'][0]}x{p['size'][1]} {p['resize']} {p['color']} scale={p['scale']:.6g} "
         f"mean={p['mean']} std={p['std']}",
     ]
+    if s.get("nms"):
+        n = s["nms"]
+        lines.append(f"nms       score {n['score_threshold']:g} (run), {n['eval_score_threshold']:g} (eval), "
+                     f"iou {n['iou_threshold']:g}, max {n['max_detections']} detections, "
+                     f"{'class-agnostic' if n.get('class_agnostic') else 'per class'}")
+    if s.get("nms_cut"):
+        c = s["nms_cut"]
+        lines.append(f"nms cut   TensorFlow NMS {', '.join(c['nms_nodes'])}: removed {sum(c['removed'].values())} nodes")
     t = s["target"]
     if t:
         lines.append(f"target    {t.get('name')} (TensorRT {t.get('tensorrt')}): {t.get('verdict')}")
@@ -116,6 +148,13 @@ def format_summary(s: dict) -> str:
         ios = [f"{v['name']} {v['shape']} {v['dtype']}" for v in (*info["inputs"], *info["outputs"])]
         lines.append(f"          io: {' -> '.join(ios)}")
         lines.append("          ops: " + ", ".join(f"{op} {n}" for op, n in info["ops"].items()))
+        if "tensorrt" in info:
+            trt = info["tensorrt"]
+            state = ("MISSING" if not trt["present"] else trt.get("error")
+                     or ("" if trt.get("hash_ok") else "HASH MISMATCH (corrupt or edited)"))
+            plugins = ", ".join(trt.get("plugins", {})) or "no plugin"
+            outs = ", ".join(v["name"] for v in trt.get("outputs", []))
+            lines.append(f"          tensorrt: {trt['path']} (+{plugins}) -> {outs} {state}".rstrip())
         if "check" in info:
             c = info["check"]
             lines.append(f"          {c['name']} (TensorRT {c['tensorrt']}): {c['verdict']}")

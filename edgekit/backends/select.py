@@ -15,6 +15,7 @@ BACKENDS = ("auto", "tensorrt", "onnxruntime")
 
 ORT_OPTIONS = ("providers", "intra_op_threads", "inter_op_threads")
 TRT_OPTIONS = ("batch", "workspace_mib", "dla_core", "calibrate", "cache_dir", "force", "device")
+DETECTION_OPTIONS = ("score_threshold",)
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
@@ -38,10 +39,12 @@ def open_runner(bundle: Bundle, backend: str = "auto", precision: str = "fp32", 
     ONNX Runtime options: ``providers``, ``intra_op_threads``, ``inter_op_threads``. TensorRT
     options: ``batch``, ``workspace_mib``, ``dla_core``, ``calibrate``, ``cache_dir``, ``force``,
     ``device``. Options of the backend not chosen are ignored, so ``auto`` can be given both.
+    A detection bundle's runner returns the NMS plugin's four outputs (:mod:`edgekit.backends.detection`);
+    ``score_threshold`` replaces the manifest's run threshold (e.g. its ``eval_score_threshold`` for mAP).
     """
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    unknown = set(options) - set(ORT_OPTIONS) - set(TRT_OPTIONS)
+    unknown = set(options) - set(ORT_OPTIONS) - set(TRT_OPTIONS) - set(DETECTION_OPTIONS)
     if unknown:
         raise UsageError(f"unknown runner option(s): {', '.join(sorted(unknown))}")
     chosen = {k: v for k, v in options.items() if v is not None}
@@ -56,14 +59,25 @@ def open_runner(bundle: Bundle, backend: str = "auto", precision: str = "fp32", 
 
         log.info("backend: tensorrt (%s)", precision)
         trt_options = {k: v for k, v in chosen.items() if k in TRT_OPTIONS}
-        return TensorRTRunner.from_bundle(bundle, precision=precision, **trt_options)
+        return _detection(bundle, TensorRTRunner.from_bundle(bundle, precision=precision, **trt_options), chosen, True)
     from edgekit.backends.onnxruntime import OnnxRuntimeRunner, available_providers
 
     ort_options = {k: v for k, v in chosen.items() if k in ORT_OPTIONS}
     providers = ort_options.pop("providers", None) or onnxruntime_providers(available_providers())
     key = onnxruntime_model_key(bundle, precision, cpu=providers[0] == "CPUExecutionProvider")
     log.info("backend: onnxruntime (%s; %s model)", ", ".join(providers), key)
-    return OnnxRuntimeRunner(bundle.model_path(key), providers=providers, **ort_options)
+    return _detection(bundle, OnnxRuntimeRunner(bundle.model_path(key), providers=providers, **ort_options), chosen)
+
+
+def _detection(bundle: Bundle, runner: Runner, options: dict, nms_in_graph: bool = False) -> Runner:
+    """``runner`` itself for a classifier; for a detector, wrapped to return the NMS plugin's outputs."""
+    if bundle.task != "detection":
+        return runner
+    from edgekit.backends.detection import DetectionRunner
+    from edgekit.nms import NmsParams
+
+    params = NmsParams.from_dict(bundle.manifest.get("nms") or {})
+    return DetectionRunner(runner, params, options.get("score_threshold"), nms_in_graph)
 
 
 def onnxruntime_providers(available: list[str]) -> list[str]:

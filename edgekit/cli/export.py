@@ -22,9 +22,21 @@ CALIB_METHODS = ("entropy", "percentile", "minmax", "auto")  # edgekit.quant.qdq
 @click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="auto", show_default=True,
               help="Calibration method for --int8 (auto tries each and keeps the closest to FP32).")
 @click.option("--calib-count", default=500, show_default=True, help="Calibration images to use for --int8.")
+@click.option("--score-threshold", type=click.FloatRange(0, 1), default=None,
+              help="Detectors: NMS score threshold `run` uses [default: the TensorFlow NMS's, else 0.25].")
+@click.option("--eval-score-threshold", type=click.FloatRange(0, 1), default=None,
+              help="Detectors: NMS score threshold for mAP (validate, the INT8 gate) and the TensorRT plugin "
+                   "[default: 0.001].")
+@click.option("--iou-threshold", type=click.FloatRange(0, 1), default=None,
+              help="Detectors: NMS IoU threshold [default: the TensorFlow NMS's, else 0.5].")
+@click.option("--max-detections", type=click.IntRange(min=1), default=None,
+              help="Detectors: detections kept per image [default: the TensorFlow NMS's, else 100].")
+@click.option("--class-agnostic", is_flag=True,
+              help="Detectors: suppress overlapping boxes across classes (TensorRT 8.6+).")
 @click.option("--force", is_flag=True, help="Replace the bundle folder if it exists.")
 def command(model, out, target, batch, opset, allow_unsupported, tolerance, labels_arg, preprocess_arg, int8,
-            calib_images, calib_method, calib_count, force):
+            calib_images, calib_method, calib_count, score_threshold, eval_score_threshold, iou_threshold,
+            max_detections, class_agnostic, force):
     """Convert MODEL (.keras, .h5 or a SavedModel folder) to a TensorRT-ready ONNX bundle.
 
     The graph is cleaned, checked op by op against the target TensorRT, and compared with TensorFlow
@@ -62,9 +74,12 @@ def command(model, out, target, batch, opset, allow_unsupported, tolerance, labe
 
     from edgekit.host.export import export_bundle
 
+    nms = {"score_threshold": score_threshold, "eval_score_threshold": eval_score_threshold,
+           "iou_threshold": iou_threshold, "max_detections": max_detections, "class_agnostic": class_agnostic or None}
     bundle = export_bundle(
         model, out, target=target, batch=batch, opset=opset, allow_unsupported=allow_unsupported,
         force=force, tolerance=tolerance, labels=labels, preprocess=preprocess,
+        nms={k: v for k, v in nms.items() if v is not None} or None,
     )
     m = bundle.manifest
     click.echo(

@@ -109,6 +109,10 @@ def _run(runner, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
 
 def fp32_reference(bundle: Bundle, x: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, float]:
     """The FP32 model's outputs on ``x`` and its median batch-1 latency (ms): what every model is scored against."""
+    if bundle.task == "detection":
+        from edgekit.quant import detection_gate
+
+        return detection_gate.fp32_reference(bundle, x, batch_size)
     from edgekit.backends.onnxruntime import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(bundle.model_path("fp32")) as runner:
@@ -129,6 +133,10 @@ def evaluate(
 
     ``reference`` is :func:`fp32_reference` of the same bundle and ``x``, when the caller already has it.
     """
+    if bundle.task == "detection":  # mAP instead of top-1
+        from edgekit.quant import detection_gate
+
+        return detection_gate.evaluate(bundle, x, y, max_drop, models, tensorrt, batch_size, reference)
     from edgekit.backends.onnxruntime import OnnxRuntimeRunner
     from edgekit.backends.select import open_runner, tensorrt_available
 
@@ -174,6 +182,10 @@ def evaluate(
 
 def labelled_tensors(bundle: Bundle, images_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """A class-per-subfolder image set as (tensors made by the bundle's Preprocess, label indices)."""
+    if bundle.task == "detection":
+        from edgekit.quant import detection_gate
+
+        return detection_gate.labelled_tensors(bundle, images_dir)
     from edgekit.images import labelled_folder
     from edgekit.quant.calibration import CalibrationSet, Item
 
@@ -205,6 +217,10 @@ def write_report(report: Report, out_dir: str | os.PathLike) -> tuple[Path, Path
 
 
 def _chart(report: Report, path: Path) -> None:
+    if getattr(report, "metric", None) == "map50":
+        from edgekit.quant import detection_gate
+
+        return detection_gate.chart(report, path)
     import matplotlib
 
     matplotlib.use("Agg")
