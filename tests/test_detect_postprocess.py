@@ -25,7 +25,7 @@ def nms_outputs(rows, k=5):
 def post():
     from edgekit.stream.postprocess import Detection
 
-    return Detection(["cat", "dog"], Preprocess(size=(128, 128), resize="letterbox"), score_threshold=0.3)
+    return Detection(["cat", "dog"], Preprocess(size=(128, 128), resize="letterbox"))
 
 
 def test_boxes_come_back_in_source_pixels_letterbox_undone(post):
@@ -43,11 +43,12 @@ def test_stretch_is_undone_and_boxes_clipped_to_the_frame():
     assert r["box"] == [20.0, 25.0, 200.0, 50.0]
 
 
-def test_padding_rows_and_weak_scores_are_dropped_best_first(post):
+def test_padding_rows_are_dropped_best_first(post):
     out = nms_outputs([(0.1, 0.1, 0.2, 0.2, 0.5, 0), (0.3, 0.3, 0.4, 0.4, 0.95, 1), (0.5, 0.5, 0.6, 0.6, 0.1, 0)])
     out["detection_scores"][0, 3:] = 0.99  # padding past num_detections, whatever it holds
     results = post(out, (128, 128))
-    assert [(r["label"], r["score"]) for r in results] == [("dog", pytest.approx(0.95)), ("cat", pytest.approx(0.5))]
+    assert [(r["label"], r["score"]) for r in results] == [("dog", pytest.approx(0.95)), ("cat", pytest.approx(0.5)),
+                                                           ("cat", pytest.approx(0.1))]
     assert post(nms_outputs([]), (128, 128)) == []
 
 

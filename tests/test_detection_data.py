@@ -68,6 +68,20 @@ def test_yolo_boxes_in_pixels_and_background_images(tmp_path):
     assert ds.boxes("val") == 3 and not any(ds.skipped.values())
 
 
+def test_roboflow_layout_with_paths_relative_to_a_split_folder(tmp_path):
+    from edgekit.host.detection_data import read_detection_set
+
+    root = make_yolo(tmp_path / "yolo")
+    for split, name in (("train", "train"), ("val", "valid")):
+        (root / name).mkdir(exist_ok=True)
+        (root / "images" / split).rename(root / name / "images")
+        (root / "labels" / split).rename(root / name / "labels")
+    (root / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\nnc: 2\nnames: {0: cat, 1: dog}\n")
+    ds = read_detection_set(root)
+    assert ds.classes == ["cat", "dog"] and ds.boxes("train") == ds.boxes("val") == 3
+    assert all(s.path.parent == root / "valid" / "images" for s in ds.splits["val"])
+
+
 def test_coco_categories_by_id_and_crowd_ignored(tmp_path):
     from edgekit.host.detection_data import read_detection_set
 

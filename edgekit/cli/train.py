@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 import click
 
 ARCHS = ("small", "mobilenetv2", "resnet50", "efficientnetb0")  # edgekit.host.archs.ARCHS, without importing it

@@ -145,7 +145,7 @@ def build_detector(arch, image_size: int, n_classes: int, weights: str = "none")
         features = _feature_at(backbone, image_size // stride)
         width = 128
     grid = Grid((image_size, image_size), stride)
-    cls = conv(features, width, "cls_tower")
+    cls = conv(conv(features, width, "cls_tower1"), width, "cls_tower2")
     reg = conv(features, width, "box_tower")
     bias = float(-np.log((1 - PRIOR) / PRIOR))
     logits = L.Conv2D(n_classes, 1, bias_initializer=keras.initializers.Constant(bias), name="cls_logits")(cls)

@@ -3,7 +3,7 @@
 Images are letterboxed with the one :class:`~edgekit.preprocess.Preprocess` the bundle will carry
 (``resize: letterbox``) and their boxes mapped the same way; augmentation (scale, shift, brightness)
 happens only here. Writes ``.keras`` plus the sidecar ``<model>.edgekit.json`` with ``"task": "detection"``,
-labels, preprocessing and default NMS parameters for export.
+labels and preprocessing for export (which records the NMS parameters: :class:`edgekit.nms.NmsParams`).
 """
 
 from __future__ import annotations
@@ -22,12 +22,10 @@ from edgekit.host.archs import get_arch
 from edgekit.host.detection_data import read_detection_set
 from edgekit.host.train import MODEL_SUFFIXES, sidecar_path
 from edgekit.images import ImageReader
+from edgekit.nms import NmsParams
 
 log = logging.getLogger(__name__)
 
-# What export records in the manifest's "nms" (run threshold, mAP threshold, IoU, K, per class).
-DEFAULT_NMS = {"score_threshold": 0.3, "eval_score_threshold": 0.001, "iou_threshold": 0.5,
-               "max_detections": 100, "class_agnostic": False}
 RECALL_IOU = 0.5
 
 
@@ -84,7 +82,8 @@ def train_detector(
 
     frames, boxes, classes = splits["val"]
     pred_boxes, pred_scores = model.predict(np.stack([prep.hwc(f) for f in frames]), batch_size=batch_size, verbose=0)
-    val_recall = recall(pred_boxes, pred_scores, boxes, classes, DEFAULT_NMS["score_threshold"])
+    threshold = NmsParams().score_threshold  # what `run` keeps by default
+    val_recall = recall(pred_boxes, pred_scores, boxes, classes, threshold)
     skipped = {split: sum(c.values()) for split, c in dataset.skipped.items()}
     result = {
         "model": str(out),
@@ -99,7 +98,7 @@ def train_detector(
         "epochs": epochs,
         "image_size": image_size,
         "val_recall": val_recall,
-        "score_threshold": DEFAULT_NMS["score_threshold"],
+        "score_threshold": threshold,
     }
     with tempfile.TemporaryDirectory(prefix="edgekit-train-") as tmp:
         saved = Path(tmp) / f"model{out.suffix}"
@@ -109,7 +108,6 @@ def train_detector(
         sidecar_path(out),
         {"task": "detection", "labels": list(dataset.classes), "preprocess": prep.to_dict(),
          "outputs": [{"name": "boxes", "meaning": "boxes"}, {"name": "scores", "meaning": "scores"}],
-         "nms": dict(DEFAULT_NMS),
          "training": {k: v for k, v in result.items() if k not in ("model", "labels", "task")}},
     )
     return result

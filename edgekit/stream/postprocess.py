@@ -96,19 +96,16 @@ class Detection:
     ``detection_boxes`` normalised to the model input, ``detection_scores``, ``detection_classes``):
     ``{"label", "class", "score", "box": [x1, y1, x2, y2]}`` in source-frame pixels, best first.
 
-    ``score_threshold`` drops weaker rows (the bundle's run threshold by default), so a runner built
-    with the low mAP threshold still reports only confident objects.
+    The runner has applied the score threshold (the bundle's, or ``run --score-threshold``).
     """
 
-    def __init__(self, labels: list[str], preprocess, score_threshold: float = 0.0):
-        self.labels, self.prep, self.score_threshold = list(labels), preprocess, float(score_threshold)
+    def __init__(self, labels: list[str], preprocess):
+        self.labels, self.prep = list(labels), preprocess
 
     @classmethod
-    def from_bundle(cls, bundle, top_k: int = 1, score_threshold: float | None = None) -> "Detection":
-        """``top_k`` is classification's and unused here: every object above the threshold is reported."""
-        if score_threshold is None:
-            score_threshold = (bundle.manifest.get("nms") or {}).get("score_threshold", 0.0)
-        return cls(bundle.labels, bundle.preprocess, score_threshold)
+    def from_bundle(cls, bundle, top_k: int = 1) -> "Detection":
+        """``top_k`` is classification's and unused here: every object the runner returns is reported."""
+        return cls(bundle.labels, bundle.preprocess)
 
     def __call__(self, outputs: dict[str, np.ndarray], frame_size: tuple[int, int] | None = None) -> list[dict]:
         missing = [k for k in NMS_OUTPUTS if k not in outputs]
@@ -118,8 +115,7 @@ class Detection:
         boxes = np.asarray(outputs["detection_boxes"], np.float64).reshape(-1, 4)[:n]
         scores = np.asarray(outputs["detection_scores"], np.float64).reshape(-1)[:n]
         classes = np.asarray(outputs["detection_classes"]).reshape(-1)[:n].astype(np.int64)
-        keep = np.flatnonzero(scores >= self.score_threshold)
-        keep = keep[np.argsort(-scores[keep], kind="stable")]
+        keep = np.argsort(-scores, kind="stable")
         pixels = self.prep.boxes_to_frame(boxes[keep], frame_size or self.prep.size)
         return [
             {"label": self.labels[c] if 0 <= c < len(self.labels) else str(c), "class": int(c),
