@@ -59,9 +59,7 @@ def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto
     from edgekit.stream.sources import Capture, open_source
 
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-    threshold = runner_options.get("score_threshold")  # detection: the runner's NMS and the postprocessor agree
-    extra = {"score_threshold": threshold} if threshold is not None and bundle.task == "detection" else {}
-    post = postprocess.for_bundle(bundle, top_k=top_k, **extra)
+    post = postprocess.for_bundle(bundle, top_k=top_k)
     src = open_source(source, width, height, fps, timeout)
     pace = fps if realtime and not src.live else None
     sinks = []
