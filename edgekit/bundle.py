@@ -41,7 +41,7 @@ from edgekit.preprocess import Preprocess
 
 SCHEMA_VERSION = 1
 MANIFEST = "edgekit.json"
-TASKS = ("classification",)
+TASKS = ("classification", "detection")
 PRECISIONS = ("fp32", "fp16", "int8")
 MODEL_KEYS = ("fp32", "fp16", "int8", "int8_cpu")
 METRIC_NAMES = {"top1": "top-1 %", "map50": "mAP@0.5"}
@@ -102,12 +102,15 @@ class Bundle:
 
     def verify_hashes(self) -> None:
         """Raise BundleError when a model file is missing or its sha256 differs from the manifest."""
-        for key, entry in self.manifest["models"].items():
-            file = self.path / entry["path"]
-            if not file.is_file():
-                raise BundleError(f"bundle {self.path} lacks its {key} model {entry['path']}")
-            if entry.get("sha256") and sha256_file(file) != entry["sha256"]:
-                raise BundleError(f"{file} does not match its sha256 in the manifest (corrupt or edited)")
+        for key, model in self.manifest["models"].items():
+            for entry in (model, model.get("tensorrt") or {}) if isinstance(model, dict) else ():
+                if "path" not in entry:
+                    continue
+                file = self.path / entry["path"]
+                if not file.is_file():
+                    raise BundleError(f"bundle {self.path} lacks its {key} model {entry['path']}")
+                if entry.get("sha256") and sha256_file(file) != entry["sha256"]:
+                    raise BundleError(f"{file} does not match its sha256 in the manifest (corrupt or edited)")
 
     def save(self) -> None:
         """Write the manifest atomically."""

@@ -27,7 +27,7 @@ def inspect_bundle(path: str | os.PathLike, target: str | None = None, nodes: bo
     for key, entry in m["models"].items():
         file = bundle.path / entry["path"]
         info = {"path": entry["path"], "present": file.is_file()}
-        info.update({k: v for k, v in entry.items() if k not in ("path", "sha256")})
+        info.update({k: v for k, v in entry.items() if k not in ("path", "sha256", "tensorrt")})
         if key != "fp32":
             info["verdict"] = bundle.verdict(key)  # None: usable
         models[key] = info
@@ -52,10 +52,14 @@ def inspect_bundle(path: str | os.PathLike, target: str | None = None, nodes: bo
                 info["check"] = check(model, target).to_dict()
             if key == "fp32" and nodes:
                 info["node_list"] = [{"name": n.name, "op": n.op_type} for n in model.graph.node]
+        if isinstance(entry.get("tensorrt"), dict):
+            info["tensorrt"] = _plugin_model(bundle.path / entry["tensorrt"]["path"], entry["tensorrt"])
     return {
         "path": str(bundle.path),
         "schema_version": m["schema_version"],
         "task": m["task"],
+        **({"nms": m["nms"]} if "nms" in m else {}),
+        **({"nms_cut": m["nms_cut"]} if "nms_cut" in m else {}),
         "labels": m["labels"],
         "input": m["input"],
         "outputs": m["outputs"],
@@ -67,6 +71,26 @@ def inspect_bundle(path: str | os.PathLike, target: str | None = None, nodes: bo
         "tools": m.get("tools", {}),
         "models": models,
     }
+
+
+def _plugin_model(file, entry: dict) -> dict:
+    """The TensorRT variant of a detection model: presence, hash, plugin nodes and outputs."""
+    import onnx
+
+    from edgekit.graph.support import PLUGINS, op_histogram
+
+    info = {"path": entry["path"], "present": file.is_file()}
+    if info["present"]:
+        info["hash_ok"] = sha256_file(file) == entry.get("sha256")
+        try:
+            model = onnx.load(str(file), load_external_data=False)
+        except Exception as exc:  # protobuf raises DecodeError and others for a damaged file
+            info["error"] = f"not a readable ONNX model ({type(exc).__name__})"
+            return info
+        ops = op_histogram(model)
+        info["plugins"] = {op: n for op, n in ops.items() if op in PLUGINS}
+        info["outputs"] = [_io(v) for v in model.graph.output]
+    return info
 
 
 def _io(value) -> dict:
@@ -113,6 +137,14 @@ def format_summary(s: dict) -> str:
         f"preproc   {p['size'][0]}x{p['size'][1]} {p['resize']} {p['color']} scale={p['scale']:.6g} "
         f"mean={p['mean']} std={p['std']}",
     ]
+    if s.get("nms"):
+        n = s["nms"]
+        lines.append(f"nms       score {n['score_threshold']:g} (run), {n['eval_score_threshold']:g} (eval), "
+                     f"iou {n['iou_threshold']:g}, max {n['max_detections']} detections, "
+                     f"{'class-agnostic' if n.get('class_agnostic') else 'per class'}")
+    if s.get("nms_cut"):
+        c = s["nms_cut"]
+        lines.append(f"nms cut   TensorFlow NMS {', '.join(c['nms_nodes'])}: removed {sum(c['removed'].values())} nodes")
     t = s["target"]
     if t:
         lines.append(f"target    {t.get('name')} (TensorRT {t.get('tensorrt')}): {t.get('verdict')}")
@@ -140,6 +172,13 @@ def format_summary(s: dict) -> str:
         lines.append(f"          io: {' -> '.join(ios)}")
         lines.append("          ops: " + ", ".join(f"{op} {n}" for op, n in info["ops"].items()))
         lines += _verdict_lines(info)
+        if "tensorrt" in info:
+            trt = info["tensorrt"]
+            state = ("MISSING" if not trt["present"] else trt.get("error")
+                     or ("" if trt.get("hash_ok") else "HASH MISMATCH (corrupt or edited)"))
+            plugins = ", ".join(trt.get("plugins", {})) or "no plugin"
+            outs = ", ".join(v["name"] for v in trt.get("outputs", []))
+            lines.append(f"          tensorrt: {trt['path']} (+{plugins}) -> {outs} {state}".rstrip())
         if "node_list" in info:
             kept = set(s["models"].get("int8", {}).get("float_nodes") or ())
             lines.append(f"          nodes (name op; for --keep-float){'; * = float in int8' if kept else ''}:")

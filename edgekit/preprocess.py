@@ -87,6 +87,38 @@ class Preprocess:
         out[y : y + nh, x : x + nw] = small
         return out
 
+    def geometry(self, frame_size: tuple[int, int]) -> tuple[float, float, float, float]:
+        """``(sx, sy, dx, dy)`` with model-input pixel = frame pixel * s + d, as :meth:`resized` maps a
+        frame of ``frame_size`` (height, width)."""
+        h, w = self.size
+        fh, fw = frame_size
+        if (fh, fw) == (h, w) or self.resize == "stretch":
+            return w / fw, h / fh, 0.0, 0.0
+        if self.resize == "center_crop":
+            r = max(h / fh, w / fw)
+            nh, nw = max(h, round(fh * r)), max(w, round(fw * r))
+            return nw / fw, nh / fh, -float((nw - w) // 2), -float((nh - h) // 2)
+        r = min(h / fh, w / fw)
+        nh, nw = max(1, round(fh * r)), max(1, round(fw * r))
+        return nw / fw, nh / fh, float((w - nw) // 2), float((h - nh) // 2)
+
+    def boxes_to_input(self, boxes: np.ndarray, frame_size: tuple[int, int]) -> np.ndarray:
+        """Frame-pixel corners ``[k, 4]`` -> corners normalised to the model input (what detectors output)."""
+        sx, sy, dx, dy = self.geometry(frame_size)
+        h, w = self.size
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        return ((boxes * (sx, sy, sx, sy) + (dx, dy, dx, dy)) / (w, h, w, h)).astype(np.float32)
+
+    def boxes_to_frame(self, boxes: np.ndarray, frame_size: tuple[int, int]) -> np.ndarray:
+        """Corners normalised to the model input ``[k, 4]`` -> frame pixels (letterbox/crop/stretch
+        undone), clipped to the frame."""
+        sx, sy, dx, dy = self.geometry(frame_size)
+        h, w = self.size
+        fh, fw = frame_size
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4) * (w, h, w, h)
+        out = (boxes - (dx, dy, dx, dy)) / (sx, sy, sx, sy)
+        return np.clip(out, 0, (fw, fh, fw, fh))
+
     def hwc(self, frame: np.ndarray) -> np.ndarray:
         """Resized, colour-ordered, normalised float32 HxWx3 image (the layout Keras trains on)."""
         img = self.resized(frame)

@@ -148,3 +148,11 @@ def int8_bundle(fp32_bundle, digits, tmp_path_factory):
     shutil.copytree(fp32_bundle.path, out)
     quantize_bundle(out, digits / "train", num_images=500, holdout=200, progress=False)
     return Bundle.load(out)
+
+
+@pytest.fixture(scope="session")
+def detect_data(tmp_path_factory):
+    """The sample detection set (digits pasted on real photos): yolo/, coco/, val.mp4, val.boxes.json."""
+    from edgekit.sample_data import write_detection_sample_data
+
+    return write_detection_sample_data(tmp_path_factory.mktemp("detect") / "data")

@@ -25,6 +25,7 @@ CHOICES = ("auto",) + PRECISIONS
 
 ORT_OPTIONS = ("providers", "intra_op_threads", "inter_op_threads")
 TRT_OPTIONS = ("batch", "workspace_mib", "dla_core", "calibrate", "cache_dir", "force", "device")
+DETECTION_OPTIONS = ("score_threshold",)
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
@@ -197,10 +198,12 @@ def open_runner(bundle: Bundle, backend: str = "auto", precision: str = "auto", 
     ONNX Runtime options: ``providers``, ``intra_op_threads``, ``inter_op_threads``. TensorRT
     options: ``batch``, ``workspace_mib``, ``dla_core``, ``calibrate``, ``cache_dir``, ``force``,
     ``device``. Options of the backend not chosen are ignored, so ``auto`` can be given both.
+    A detection bundle's runner returns the NMS plugin's four outputs (:mod:`edgekit.backends.detection`);
+    ``score_threshold`` replaces the manifest's run threshold (e.g. its ``eval_score_threshold`` for mAP).
     """
     if precision not in CHOICES:
         raise UsageError(f"unknown precision {precision!r}; choose from {', '.join(CHOICES)}")
-    unknown = set(options) - set(ORT_OPTIONS) - set(TRT_OPTIONS)
+    unknown = set(options) - set(ORT_OPTIONS) - set(TRT_OPTIONS) - set(DETECTION_OPTIONS)
     if unknown:
         raise UsageError(f"unknown runner option(s): {', '.join(sorted(unknown))}")
     chosen = {k: v for k, v in options.items() if v is not None}
@@ -226,6 +229,7 @@ def open_runner(bundle: Bundle, backend: str = "auto", precision: str = "auto", 
         choice = choose_here(bundle, backend, precision, allow_failed_gate, providers=providers)
         log_choice(choice, "; ".join(providers) + "; ")
         runner = OnnxRuntimeRunner(bundle.model_path(choice.key), providers=providers, **ort_options)
+    runner = _detection(bundle, runner, chosen, backend == "tensorrt")
     runner.choice = choice
     return runner
 
@@ -249,6 +253,17 @@ def choose_providers() -> list[str]:
     from edgekit.backends.onnxruntime import available_providers
 
     return onnxruntime_providers(available_providers())
+
+
+def _detection(bundle: Bundle, runner: Runner, options: dict, nms_in_graph: bool = False) -> Runner:
+    """``runner`` itself for a classifier; for a detector, wrapped to return the NMS plugin's outputs."""
+    if bundle.task != "detection":
+        return runner
+    from edgekit.backends.detection import DetectionRunner
+    from edgekit.nms import NmsParams
+
+    params = NmsParams.from_dict(bundle.manifest.get("nms") or {})
+    return DetectionRunner(runner, params, options.get("score_threshold"), nms_in_graph)
 
 
 def onnxruntime_providers(available: list[str]) -> list[str]:

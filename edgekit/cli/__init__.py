@@ -21,8 +21,8 @@ from edgekit.errors import EdgekitError, UsageError
 
 # name -> (module, one-line help). The help is here so that listing commands imports nothing.
 COMMANDS = {
-    "sample-data": ("edgekit.cli.sample_data", "Write the bundled sample image set (real digits) and a video."),
-    "train": ("edgekit.cli.train", "Train a Keras image classifier on a class-per-folder image set."),
+    "sample-data": ("edgekit.cli.sample_data", "Write a bundled sample image set (real digits; --task detect) and a video."),
+    "train": ("edgekit.cli.train", "Train a Keras classifier (class folders) or detector (YOLO/COCO, --task detect)."),
     "export": ("edgekit.cli.export", "Convert a Keras/TF model to a TensorRT-ready ONNX bundle."),
     "inspect": ("edgekit.cli.inspect", "Summarise a bundle: I/O, ops, target verdict, sizes, hashes."),
     "quantize": ("edgekit.cli.quantize", "Add an INT8 (Q/DQ) model to a bundle from calibration images."),

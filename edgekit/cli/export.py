@@ -19,10 +19,22 @@ from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, int8_kwa
 @click.option("--unsafe-load", is_flag=True,
               help="Load a .keras model with Lambda layers (runs code stored in the file: only for files you trust).")
 @click.option("--force", is_flag=True, help="Replace the bundle folder if it exists.")
+@click.option("--score-threshold", type=click.FloatRange(0, 1), default=None,
+              help="Detectors: NMS score threshold `run` uses [default: the TensorFlow NMS's, else 0.25].")
+@click.option("--eval-score-threshold", type=click.FloatRange(0, 1), default=None,
+              help="Detectors: NMS score threshold for mAP (validate, the INT8 gate) and the TensorRT plugin "
+                   "[default: 0.001].")
+@click.option("--iou-threshold", type=click.FloatRange(0, 1), default=None,
+              help="Detectors: NMS IoU threshold [default: the TensorFlow NMS's, else 0.5].")
+@click.option("--max-detections", type=click.IntRange(min=1), default=None,
+              help="Detectors: detections kept per image [default: the TensorFlow NMS's, else 100].")
+@click.option("--class-agnostic", is_flag=True,
+              help="Detectors: suppress overlapping boxes across classes (TensorRT 8.6+).")
 @click.option("--int8", is_flag=True, help="Also add INT8 and FP16 models, as `edgekit quantize` does, with its options:")
 @int8_options
 def command(model, out, target, batch, opset, allow_unsupported, tolerance, labels_arg, preprocess_arg, unsafe_load,
-            force, int8, calib_images, **int8_opts):
+            score_threshold, eval_score_threshold, iou_threshold, max_detections, class_agnostic, force, int8,
+            calib_images, **int8_opts):
     """Convert MODEL (.keras, .h5 or a SavedModel folder) to a TensorRT-ready ONNX bundle.
 
     The graph is cleaned, checked op by op against the target TensorRT, and compared with TensorFlow
@@ -63,9 +75,12 @@ def command(model, out, target, batch, opset, allow_unsupported, tolerance, labe
 
     from edgekit.host.export import export_bundle
 
+    nms = {"score_threshold": score_threshold, "eval_score_threshold": eval_score_threshold,
+           "iou_threshold": iou_threshold, "max_detections": max_detections, "class_agnostic": class_agnostic or None}
     bundle = export_bundle(
         model, out, target=target, batch=batch, opset=opset, allow_unsupported=allow_unsupported,
         force=force, tolerance=tolerance, labels=labels, preprocess=preprocess, unsafe_load=unsafe_load,
+        nms={k: v for k, v in nms.items() if v is not None} or None,
     )
     m = bundle.manifest
     say(

@@ -31,11 +31,14 @@ SOURCE_HELP = "0 or /dev/videoN, csi://N, rtsp://..., http(s)://... (MJPEG), gst
               metavar="SECONDS", help="Log FPS and latency this often.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               metavar="SECONDS", help="Opening/reading timeout of network sources.")
+@click.option("--score-threshold", type=click.FloatRange(0, 1), default=None,
+              help="Detection bundles: keep detections scoring at least this [default: the bundle's nms.score_threshold].")
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: its choice).")
 @click.option("--cache-dir", type=click.Path(), help="TensorRT engine cache (default ~/.cache/edgekit).")
 def command(bundle, source_arg, camera, source, width, height, fps, backend, precision, allow_failed_gate, json_path,
             record, display, serve,
-            max_frames, duration, realtime, loop, top_k, log_every, timeout, threads, cache_dir):
+            max_frames, duration, realtime, loop, top_k, log_every, timeout, score_threshold, threads,
+            cache_dir):
     """Run BUNDLE on frames from SOURCE (or --camera/--source): a camera, stream, video file or image folder.
 
     \b
@@ -58,6 +61,7 @@ def command(bundle, source_arg, camera, source, width, height, fps, backend, pre
         console=not (json_path or record or display or serve or is_quiet()), max_frames=max_frames, duration=duration,
         realtime=realtime,
         loop=loop, top_k=top_k, log_every=log_every, timeout=timeout, intra_op_threads=threads, cache_dir=cache_dir,
+        score_threshold=score_threshold,
     )
     say(summary["text"], err=True)
 

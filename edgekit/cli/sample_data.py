@@ -1,18 +1,33 @@
+from __future__ import annotations
+
 import click
 
 
 @click.command("sample-data")
 @click.argument("out", type=click.Path())
-@click.option("--image-size", default=32, show_default=True, help="Side of the written images, in pixels.")
-@click.option("--val-split", default=0.2, show_default=True, help="Fraction held out in val/ (and val.mp4).")
+@click.option("--task", type=click.Choice(["classify", "detect"]), default="classify", show_default=True,
+              help="classify: digits in class folders; detect: digits pasted on real photos, with boxes.")
+@click.option("--image-size", type=int, help="Side of the written images, in pixels [classify 32; detect 320 wide, 4:3].")
+@click.option("--val-split", type=float, help="Fraction held out in val/ (and val.mp4) [0.2]; classify only.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def command(out, image_size, val_split, force):
-    """Write the sample image set (scikit-learn's real handwritten digits) to OUT.
+def command(out, task, image_size, val_split, force):
+    """Write a sample image set made from scikit-learn's real handwritten digits to OUT.
 
-    OUT gets train/ and val/ (one folder per digit) and val.mp4, the held-out digits as a video.
+    \b
+    classify: OUT gets train/ and val/ (one folder per digit) and val.mp4, the held-out digits as a video.
+    detect:   OUT gets yolo/ and coco/ (the same scenes in both layouts), val.mp4 (the val scenes)
+              and val.boxes.json (their boxes).
     """
     from edgekit.cli import say
-    from edgekit.sample_data import write_sample_data
+    from edgekit.errors import UsageError
+    from edgekit.sample_data import DETECT_SCENE, write_detection_sample_data, write_sample_data
 
-    path = write_sample_data(out, size=image_size, val_fraction=val_split, force=force)
+    if task == "detect":
+        if val_split is not None:
+            raise UsageError("--val-split is for --task classify; the detection set has fixed train/val splits")
+        path = write_detection_sample_data(out, size=image_size or DETECT_SCENE[1], force=force)
+        say(f"wrote sample detection data to {path} (yolo/, coco/, val.mp4, val.boxes.json)")
+        return
+    path = write_sample_data(out, size=image_size or 32, val_fraction=0.2 if val_split is None else val_split,
+                             force=force)
     say(f"wrote sample data to {path} (train/, val/, val.mp4)")

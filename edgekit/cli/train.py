@@ -1,42 +1,70 @@
+from __future__ import annotations
+
 import click
 
 ARCHS = ("small", "mobilenetv2", "resnet50", "efficientnetb0")  # edgekit.host.archs.ARCHS, without importing it
+DEFAULTS = {"classify": {"image_size": 32, "epochs": 10, "batch_size": 32},
+            "detect": {"image_size": 160, "epochs": 30, "batch_size": 16}}
 
 
 @click.command("train")
 @click.argument("data_dir", type=click.Path())
 @click.option("-o", "--output", "out", required=True, type=click.Path(), help="Model file to write (.keras).")
-@click.option("--arch", type=click.Choice(ARCHS), default="small", show_default=True, help="Architecture.")
+@click.option("--task", type=click.Choice(tuple(DEFAULTS)), default="classify", show_default=True,
+              help="classify: one subfolder per class; detect: a YOLO (data.yaml) or COCO (annotations/) folder.")
+@click.option("--arch", type=click.Choice(ARCHS), default="small", show_default=True, help="Architecture (backbone).")
 @click.option("--weights", default="none", show_default=True,
               help="none, imagenet, or a weights file (Keras applications only).")
-@click.option("--image-size", default=32, show_default=True, help="Square input side, in pixels.")
-@click.option("--epochs", default=10, show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--val-split", default=0.2, show_default=True, help="Fraction of each class held out for validation.")
+@click.option("--image-size", type=int, help="Square input side, in pixels [classify 32, detect 160].")
+@click.option("--epochs", type=int, help="[classify 10, detect 30]")
+@click.option("--batch-size", type=int, help="[classify 32, detect 16]")
+@click.option("--val-split", type=float,
+              help="Fraction of each class held out for validation [0.2]; classify only (a detection set has val/).")
 @click.option("--learning-rate", type=float, default=None,
               help="Initial Adam learning rate, cosine-decayed [small 3e-3; others 1e-3, 1e-4 pretrained].")
-@click.option("--no-augment", is_flag=True, help="Train without augmentation (random shifts, rotation, brightness).")
+@click.option("--no-augment", is_flag=True, help="Train without augmentation (random shifts, scale, brightness).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace the model if it exists.")
-def command(data_dir, out, arch, weights, image_size, epochs, batch_size, val_split, learning_rate, no_augment, seed,
-            force):
-    """Train an image classifier on DATA_DIR (one subfolder per class: jpg, png, bmp).
+def command(data_dir, out, task, arch, weights, image_size, epochs, batch_size, val_split, learning_rate, no_augment,
+            seed, force):
+    """Train an image classifier or an object detector on DATA_DIR.
 
-    Writes the model and, beside it, MODEL.edgekit.json (labels and preprocessing) for `edgekit export`.
+    \b
+    --task classify: DATA_DIR holds one subfolder per class (jpg, png, bmp).
+    --task detect:   DATA_DIR is YOLO (data.yaml, images/{train,val}, labels/{train,val})
+                     or COCO (annotations/instances_{train,val}.json, {train,val}/).
+    Writes the model and, beside it, MODEL.edgekit.json (task, labels, preprocessing) for `edgekit export`.
     """
     from edgekit.cli import is_quiet, say
-    from edgekit.host.train import train
+    from edgekit.errors import UsageError
 
-    r = train(
-        data_dir, out, arch=arch, image_size=image_size, epochs=epochs, batch_size=batch_size,
-        val_split=val_split, weights=weights, seed=seed, augment=not no_augment,
-        learning_rate=learning_rate, force=force, verbose=0 if is_quiet() else None,
-    )
-    val = "n/a" if r["val_accuracy"] is None else f"{r['val_accuracy']:.4f}"
-    skipped = f", {r['skipped']} unreadable skipped" if r["skipped"] else ""
-    say(
-        f"trained {arch} on {r['images']} images ({len(r['labels'])} classes{skipped}): "
-        f"train accuracy {r['train_accuracy']:.4f}, val accuracy {val} (final model, inference mode, no "
-        f"augmentation; Keras' epoch figures average augmented batches in training mode)"
-    )
+    given = {"image_size": image_size, "epochs": epochs, "batch_size": batch_size}
+    opts = {k: DEFAULTS[task][k] if v is None else v for k, v in given.items()}
+    common = dict(arch=arch, weights=weights, seed=seed, augment=not no_augment, learning_rate=learning_rate,
+                  force=force, **opts)
+    if task == "detect":
+        if val_split is not None:
+            raise UsageError("--val-split is for --task classify; a detection dataset brings its own val split")
+        from edgekit.host.train_detect import train_detector
+
+        r = train_detector(data_dir, out, **common)
+        recall = "n/a" if r["val_recall"] is None else f"{r['val_recall']:.3f}"
+        skipped = sum(r["skipped"].values())
+        say(
+            f"trained a {arch} detector on {r['images']['train']} images ({r['boxes']['train']} boxes, "
+            f"{len(r['labels'])} classes{f', {skipped} bad images skipped' if skipped else ''}): "
+            f"val recall@IoU0.5 {recall} at score {r['score_threshold']:g} (a training-progress figure, not mAP)"
+        )
+    else:
+        from edgekit.host.train import train
+
+        r = train(data_dir, out, val_split=0.2 if val_split is None else val_split,
+                  verbose=0 if is_quiet() else None, **common)
+        val = "n/a" if r["val_accuracy"] is None else f"{r['val_accuracy']:.4f}"
+        skipped = f", {r['skipped']} unreadable skipped" if r["skipped"] else ""
+        say(
+            f"trained {arch} on {r['images']} images ({len(r['labels'])} classes{skipped}): "
+            f"train accuracy {r['train_accuracy']:.4f}, val accuracy {val} (final model, inference mode, no "
+            f"augmentation; Keras' epoch figures average augmented batches in training mode)"
+        )
     say(f"wrote {out}")

@@ -40,6 +40,11 @@ HINTS = {
     "HardSwish": "needs TensorRT 8.5+ (opset 14+)",
     "Gelu": "needs TensorRT 10; or export the tanh/erf form",
 }
+# Plugins of TensorRT's plugin library that onnx-tensorrt's parser falls back to for an unknown op type:
+# op type -> (first TensorRT release shipping it, {attribute: first release reading it}).
+PLUGINS = {
+    "EfficientNMS_TRT": ((8, 0), {"class_agnostic": (8, 6)}),
+}
 DEFAULT_HINT = "rewrite the model without it, target a newer TensorRT, or provide a TensorRT plugin"
 
 
@@ -159,6 +164,9 @@ def _check_graph(graph, target: Target, report: Report, outer_constants: set, is
     for node in graph.node:
         op, name = node.op_type, node.name or f"<{node.op_type} -> {node.output[0] if node.output else ''}>"
         attrs = {a.name: a for a in node.attribute}
+        if op in PLUGINS and node.domain in ("", "ai.onnx"):
+            _check_plugin(node, op, name, attrs, target, add)
+            continue
         if node.domain not in ("", "ai.onnx"):
             add(Problem(op, name, f"custom-domain op ({node.domain}) needs a TensorRT plugin"))
             continue
@@ -220,3 +228,20 @@ def _check_graph(graph, target: Target, report: Report, outer_constants: set, is
         for attr in node.attribute:
             for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
                 _check_graph(sub, target, report, constants)
+
+
+def trt_version(target: Target) -> tuple[int, int]:
+    """The target's TensorRT (major, minor); a bare major (``tensorrt-10``) counts as its first minor."""
+    parts = [int(p) for p in target.tensorrt.split(".")[:2] if p.isdigit()]
+    return (parts + [0, 0])[0], (parts + [0, 0])[1]
+
+
+def _check_plugin(node, op: str, name: str, attrs: dict, target: Target, add) -> None:
+    since, attr_since = PLUGINS[op]
+    version = trt_version(target)
+    if version < since:
+        add(Problem(op, name, f"plugin {op} ships from TensorRT {since[0]}.{since[1]}, not in {target.tensorrt}"))
+        return
+    for attr, first in attr_since.items():
+        if attr in attrs and attrs[attr].i and version < first:
+            add(Problem(op, name, f"attribute {attr} needs TensorRT {first[0]}.{first[1]}+ ({op} of {target.tensorrt} lacks it)"))

@@ -1,8 +1,8 @@
 """Model architectures ``train`` can build, each with the preprocessing it expects.
 
-Every architecture is an image classifier ending in a softmax. Its input normalisation is a
-:class:`~edgekit.preprocess.Preprocess` (scale/mean/std, colour order), never a layer, so the exported
-graph takes exactly what the one preprocessing produces.
+Classifiers end in a softmax; :mod:`edgekit.host.detector` builds detectors on the same backbones.
+An architecture's input normalisation is a :class:`~edgekit.preprocess.Preprocess` (scale/mean/std,
+colour order), never a layer, so the exported graph takes exactly what the one preprocessing produces.
 """
 
 from __future__ import annotations
@@ -82,19 +82,27 @@ def build_model(arch: Arch, image_size: int, n_classes: int, weights: str = "non
                 x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)
         x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     else:
-        backbone_weights = _weights(arch, weights)
-        try:
-            backbone = getattr(keras.applications, arch.application)(
-                include_top=False, input_tensor=inputs, weights=backbone_weights
-            )
-        except Exception as exc:  # Keras raises bare Exception for download failures
-            if backbone_weights is None:
-                raise
-            raise ModelError(f"cannot load {weights} weights for {arch.name}: {exc}") from exc
+        backbone = application_backbone(arch, inputs, weights)
         x = keras.layers.GlobalAveragePooling2D(name="gap")(backbone.output)
     x = keras.layers.Dropout(0.2, name="dropout")(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", name="probs")(x)
     return keras.Model(inputs, outputs, name=f"edgekit_{arch.name}")
+
+
+def application_backbone(arch: Arch, inputs, weights: str = "none"):
+    """The Keras application of ``arch`` without its top, on the Keras tensor ``inputs``."""
+    from edgekit.host import import_tf
+
+    _, keras = import_tf()
+    backbone_weights = _weights(arch, weights)
+    try:
+        return getattr(keras.applications, arch.application)(
+            include_top=False, input_tensor=inputs, weights=backbone_weights
+        )
+    except Exception as exc:  # Keras raises bare Exception for download failures
+        if backbone_weights is None:
+            raise
+        raise ModelError(f"cannot load {weights} weights for {arch.name}: {exc}") from exc
 
 
 def _weights(arch: Arch, weights: str):

@@ -29,13 +29,14 @@ class Source:
     format: str  # "keras", "h5" or "saved_model"
     height: int | None
     width: int | None
-    fn: Callable  # NHWC float32 tf.Tensor -> output tf.Tensor
+    fn: Callable  # NHWC float32 tf.Tensor -> output tf.Tensor (a list of them for a multi-output model)
     in_graph_preprocessing: list = field(default_factory=list)  # leading Rescaling/Normalization layers
 
 
-    def run(self, x_nhwc: np.ndarray) -> np.ndarray:
-        """The model's output for an NHWC float32 batch, computed by TensorFlow."""
-        return np.asarray(self.fn(x_nhwc))
+    def run(self, x_nhwc: np.ndarray):
+        """The model's output for an NHWC float32 batch, computed by TensorFlow (a list for several outputs)."""
+        out = self.fn(x_nhwc)
+        return [np.asarray(o) for o in out] if isinstance(out, (list, tuple)) else np.asarray(out)
 
 
 def source_format(path: str | os.PathLike) -> str:
@@ -58,6 +59,7 @@ def source_format(path: str | os.PathLike) -> str:
 def load(path: str | os.PathLike, unsafe: bool = False) -> Source:
     """Load a model; ModelError (one line) if it is corrupt or not a single-input image model.
 
+    Classifiers have one output; detectors several (``boxes``, ``scores``, or TensorFlow NMS's four).
     ``unsafe`` lets a ``.keras`` file with Lambda layers load (Keras' ``safe_mode=False``: the file's
     code runs), with a warning.
     """
@@ -74,14 +76,15 @@ def load(path: str | os.PathLike, unsafe: bool = False) -> Source:
             if sig is None:
                 raise ModelError(f"SavedModel {path} has no serving_default signature")
             _, kwargs = sig.structured_input_signature
-            if len(kwargs) != 1 or len(sig.structured_outputs) != 1:
-                raise ModelError(f"SavedModel {path}: edgekit exports models with one input and one output")
+            if len(kwargs) != 1:
+                raise ModelError(f"SavedModel {path}: edgekit exports models with one input")
             (in_key, spec), = kwargs.items()
-            out_key = next(iter(sig.structured_outputs))
+            out_keys = sorted(sig.structured_outputs)
             shape = list(spec.shape)
 
-            def fn(x, _sig=sig, _in=in_key, _out=out_key):
-                return _sig(**{_in: tf.convert_to_tensor(x, tf.float32)})[_out]
+            def fn(x, _sig=sig, _in=in_key, _out=out_keys):
+                result = _sig(**{_in: tf.convert_to_tensor(x, tf.float32)})
+                return result[_out[0]] if len(_out) == 1 else [result[k] for k in _out]
 
             fn.keep_alive = loaded  # the signature needs its object alive
         else:
@@ -89,8 +92,8 @@ def load(path: str | os.PathLike, unsafe: bool = False) -> Source:
                 log.warning("--unsafe-load: loading %s with Keras' safe_mode off; its Lambda layers run code "
                             "stored in the file", path.name)
             model = keras.models.load_model(path, compile=False, **({"safe_mode": False} if unsafe else {}))
-            if len(model.inputs) != 1 or len(model.outputs) != 1:
-                raise ModelError(f"{path}: edgekit exports models with one input and one output")
+            if len(model.inputs) != 1:
+                raise ModelError(f"{path}: edgekit exports models with one input")
             shape = list(model.inputs[0].shape)
             prep_layers = leading_preprocessing(model)
 

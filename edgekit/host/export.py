@@ -44,6 +44,7 @@ def export_bundle(
     samples: int = 8,
     seed: int = 0,
     unsafe_load: bool = False,
+    nms: dict | None = None,
 ) -> Bundle:
     """Convert ``model`` to a bundle at ``out`` for ``target``; return the loaded bundle.
 
@@ -54,17 +55,21 @@ def export_bundle(
     model, RGB scaled to [0, 1], with a warning; labels are ``0..N-1``. ``batch`` fixes the batch size
     (default: dynamic). ``unsafe_load`` loads Lambda layers (see :func:`edgekit.host.convert.load`).
     Third-party output is held back (:func:`edgekit.quiet.captured`).
+
+    A detector (sidecar ``"task": "detection"``, or a graph ending in TensorFlow NMS, which is cut)
+    gets the pre-plugin ``model.onnx`` plus ``model.trt.onnx`` with EfficientNMS_TRT for TensorRT;
+    ``nms`` overrides :class:`edgekit.nms.NmsParams` fields (score_threshold, iou_threshold, …).
     """
     from edgekit.quiet import captured
 
     with captured():
         return _export(model, out, target=target, batch=batch, opset=opset, allow_unsupported=allow_unsupported,
                        force=force, tolerance=tolerance, labels=labels, preprocess=preprocess, samples=samples,
-                       seed=seed, unsafe_load=unsafe_load)
+                       seed=seed, unsafe_load=unsafe_load, nms=nms)
 
 
 def _export(model, out, *, target, batch, opset, allow_unsupported, force, tolerance, labels, preprocess, samples,
-            seed, unsafe_load) -> Bundle:
+            seed, unsafe_load, nms) -> Bundle:
     from edgekit.graph.passes import Passes
     from edgekit.graph.support import check
     from edgekit.host import convert
@@ -86,6 +91,10 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
     labels = labels or meta.get("labels")
     prep = preprocess or meta.get("preprocess")
 
+    if meta.get("task") == "detection":  # edgekit's detector: its box-decoding layer must be registered to load
+        from edgekit.host.detector import decode_boxes_layer
+
+        decode_boxes_layer()
     source = convert.load(model, unsafe=unsafe_load)
     if prep is None and source.in_graph_preprocessing:
         log.info("%s scales its own input (%s): feeding it RGB pixels 0-255", model.name,
@@ -119,23 +128,38 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
              model.name, fmt, opset, tgt.name, tgt.tensorrt)
     with heartbeat("converting with tf2onnx"):
         onnx_model = convert.to_onnx(source, height, width, batch, opset)
-    out_op = _last_op(onnx_model)
-    out_name, meaning = ("probs", "probabilities") if out_op == "Softmax" else ("logits", "logits")
-    passes = (
-        Passes(onnx_model).strip_training().cast_double().fold_constants().fold_batchnorm()
-        .replace_unsupported(tgt.supported_ops)
-        .rename_io(inputs=[convert.INPUT_NAME], outputs=[out_name]).set_batch(batch or "batch")
-        .cleanup().toposort()
-    )
-    onnx_model = passes.model()
-    n_out = _output_width(onnx_model)
+    from edgekit.host import export_detection as det
+
+    detection = meta.get("task") == "detection" or det.has_tf_nms(onnx_model)
+    cut = None
+    if detection:
+        onnx_model, passes, cut = det.pre_plugin_graph(onnx_model, convert.INPUT_NAME, batch, tgt.supported_ops)
+        n_out = onnx_model.graph.output[1].type.tensor_type.shape.dim[2].dim_value
+        params = det.nms_params(cut, nms)
+    else:
+        if nms:
+            raise UsageError("NMS options apply to detectors only (sidecar task 'detection' or a TensorFlow NMS)")
+        if len(onnx_model.graph.output) != 1:
+            raise ModelError(f"{model} has {len(onnx_model.graph.output)} outputs; a classifier has one "
+                             "(a detector needs \"task\": \"detection\" in its sidecar, or a TensorFlow NMS)")
+        out_op = _last_op(onnx_model)
+        out_name, meaning = ("probs", "probabilities") if out_op == "Softmax" else ("logits", "logits")
+        passes = (
+            Passes(onnx_model).strip_training().cast_double().fold_constants().fold_batchnorm()
+            .replace_unsupported(tgt.supported_ops)
+            .rename_io(inputs=[convert.INPUT_NAME], outputs=[out_name]).set_batch(batch or "batch")
+            .cleanup().toposort()
+        )
+        onnx_model = passes.model()
+        n_out = _output_width(onnx_model)
     if labels is None:
         labels = [str(i) for i in range(n_out)]
         log.warning("no labels recorded for %s; using 0..%d", model.name, n_out - 1)
     if len(labels) != n_out:
-        raise ModelError(f"{model} has {n_out} outputs but {len(labels)} labels")
+        raise ModelError(f"{model} has {n_out} {'classes' if detection else 'outputs'} but {len(labels)} labels")
 
-    report = check(onnx_model, tgt)
+    trt_model = _with_plugin(onnx_model, params, tgt) if detection else onnx_model
+    report = check(trt_model, tgt)
     for p in report.warnings:
         log.warning("%s %s: %s", p.op, p.node, p.message)
     if not allow_unsupported:
@@ -143,7 +167,11 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
     elif report.errors:
         log.warning("%s; writing the bundle anyway (--allow-unsupported)", report.summary())
 
-    error, spread, samples = _parity(source, onnx_model, prep, batch, samples, seed)
+    if detection:
+        error, samples = det.parity(source, onnx_model, prep, batch, samples, seed, cut)
+        spread = float("inf")  # detection parity compares detections, not a single output
+    else:
+        error, spread, samples = _parity(source, onnx_model, prep, batch, samples, seed)
     if not error <= tolerance:
         raise ModelError(f"ONNX Runtime differs from TensorFlow by {error:.3g} > tolerance {tolerance:g}")
     log.info("parity: max abs error %.3g (tolerance %g)", error, tolerance)
@@ -154,12 +182,15 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
 
     manifest = {
         "schema_version": SCHEMA_VERSION,
-        "task": meta.get("task", "classification"),
+        "task": "detection" if detection else meta.get("task", "classification"),
         "labels": list(labels),
         "input": {"name": convert.INPUT_NAME, "shape": [batch or "batch", 3, height, width],
                   "layout": "NCHW", "dtype": "float32"},
         "preprocess": prep.to_dict(),
-        "outputs": [{"name": out_name, "meaning": meaning, "shape": [batch or "batch", n_out]}],
+        "outputs": (
+            [{"name": "boxes", "meaning": "boxes"}, {"name": "scores", "meaning": "scores"}] if detection
+            else [{"name": out_name, "meaning": meaning, "shape": [batch or "batch", n_out]}]
+        ),
         "models": {},
         "source": {"path": str(model.resolve()), "format": fmt, "sha256": sha256_file(model)},
         "opset": opset,
@@ -168,12 +199,20 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
         "passes": [{"name": name, "changes": changes} for name, changes in passes.applied],
         "tools": tool_versions(),
     }
+    if detection:
+        manifest["nms"] = params.to_dict()
+        if cut is not None:
+            manifest["nms_cut"] = cut.to_dict()
     import onnx
 
     with atomic_dir(out, force=force) as tmp:
         onnx.save(onnx_model, tmp / MODEL_FILE)
         bundle = Bundle(tmp, manifest)
         bundle.add_model("fp32", tmp / MODEL_FILE, MODEL_FILE)
+        if detection:
+            from edgekit.graph.nms import attach_plugin_model
+
+            attach_plugin_model(bundle, "fp32")
         bundle.validate()
         bundle.save()
     return Bundle.load(out)
@@ -209,6 +248,18 @@ def _sidecar(model: Path) -> dict:
     if not isinstance(meta, dict):
         raise InputError(f"corrupt sidecar {path}: not a JSON object")
     return meta
+
+
+def _with_plugin(model, params, tgt):
+    """``model`` with EfficientNMS_TRT appended, for the op check (what TensorRT will parse)."""
+    import onnx_graphsurgeon as gs
+
+    from edgekit.graph.nms import append_efficient_nms
+    from edgekit.graph.support import trt_version
+
+    graph = gs.import_onnx(model)
+    append_efficient_nms(graph, params, trt_version(tgt))
+    return gs.export_onnx(graph)
 
 
 def _last_op(model) -> str | None:

@@ -113,6 +113,10 @@ def _run(runner, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
 
 def fp32_reference(bundle: Bundle, x: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, float]:
     """The FP32 model's outputs on ``x`` and its median batch-1 latency (ms): what every model is scored against."""
+    if bundle.task == "detection":
+        from edgekit.quant import detection_gate
+
+        return detection_gate.fp32_reference(bundle, x, batch_size)
     from edgekit.backends.onnxruntime import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(bundle.model_path("fp32")) as runner:
@@ -133,6 +137,10 @@ def evaluate(
 
     ``reference`` is :func:`fp32_reference` of the same bundle and ``x``, when the caller already has it.
     """
+    if bundle.task == "detection":  # mAP instead of top-1
+        from edgekit.quant import detection_gate
+
+        return detection_gate.evaluate(bundle, x, y, max_drop, models, tensorrt, batch_size, reference)
     from edgekit.backends.onnxruntime import OnnxRuntimeRunner
     from edgekit.backends import select
 
@@ -202,7 +210,8 @@ def validation_records(report: Report, bundle: Bundle, at: str | None = None) ->
             continue
         worst = max(rows, key=lambda r: (not r.passed, r.drop))
         records[key] = {
-            "passed": all(r.passed for r in rows), "metric": "top1", "value": worst.accuracy,
+            "passed": all(r.passed for r in rows), "metric": getattr(report, "metric", None) or "top1",
+            "value": worst.accuracy,
             "reference": reference.accuracy if reference else None, "drop": worst.drop,
             "max_drop": report.max_drop, "images": report.images, "at": at,
         }
@@ -215,7 +224,8 @@ def record_verdicts(report: Report, bundle: Bundle) -> dict[str, dict]:
     for key, record in records.items():
         bundle.record_validation(key, record)
         state = "usable" if record["passed"] else "unusable"
-        log.info("%s: %s (top-1 %.2f, drop %.2f points, max %g)", key, state, record["value"], record["drop"],
+        log.info("%s: %s (%s %.2f, drop %.2f points, max %g)", key, state,
+                 "mAP@0.5" if record["metric"] == "map50" else "top-1", record["value"], record["drop"],
                  record["max_drop"])
     if records:
         bundle.save()
@@ -224,6 +234,10 @@ def record_verdicts(report: Report, bundle: Bundle) -> dict[str, dict]:
 
 def labelled_tensors(bundle: Bundle, images_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """A class-per-subfolder image set as (tensors made by the bundle's Preprocess, label indices)."""
+    if bundle.task == "detection":
+        from edgekit.quant import detection_gate
+
+        return detection_gate.labelled_tensors(bundle, images_dir)
     from edgekit.images import labelled_folder
     from edgekit.quant.calibration import CalibrationSet, Item
 
@@ -257,6 +271,10 @@ def write_report(report: Report, out_dir: str | os.PathLike) -> tuple[Path, Path
 def _chart(report: Report, path: Path) -> dict:
     """Top-1 accuracy (labelled images) and agreement with FP32 per model, on an axis from 0, with the
     gate's floor and a legend; latency beside it. Returns the y range and legend entries drawn."""
+    if getattr(report, "metric", None) == "map50":
+        from edgekit.quant import detection_gate
+
+        return detection_gate.chart(report, path)
     import matplotlib
 
     matplotlib.use("Agg")

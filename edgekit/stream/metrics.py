@@ -1,4 +1,4 @@
-"""Loop metrics: per-stage latency percentiles, FPS, drops and reconnects; Prometheus text format."""
+"""Loop metrics: per-stage latency percentiles, FPS, drops, reconnects and results per label; Prometheus text format."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ class Metrics:
         self._sums = dict.fromkeys(STAGES, 0.0)
         self._done = deque()
         self._fps_window = fps_window
+        self._label_totals: dict[str, int] = {}
+        self._label_latest: dict[str, int] = {}
         self._lock = threading.Lock()
         self.model: dict = {}  # the model that runs and why: backend, key, precision, reason (select.Choice)
 
@@ -39,6 +41,18 @@ class Metrics:
             self._done.append(now)
             while self._done and now - self._done[0] > self._fps_window:
                 self._done.popleft()
+
+    def count(self, results: list[dict]) -> None:
+        """Count one frame's results by ``label``: objects for detection, reported classes for classification."""
+        latest: dict[str, int] = {}
+        for r in results:
+            latest[str(r["label"])] = latest.get(str(r["label"]), 0) + 1
+        with self._lock:
+            for label in self._label_latest:
+                self._label_latest[label] = 0
+            for label, n in latest.items():
+                self._label_totals[label] = self._label_totals.get(label, 0) + n
+                self._label_latest[label] = n
 
     def fps(self) -> float:
         """Frames per second over the last few seconds."""
@@ -68,8 +82,14 @@ class Metrics:
             "drops": self.drops,
             "reconnects": self.reconnects,
             "latency_ms": {stage: {k: round(v, 3) for k, v in self.percentiles(stage).items()} for stage in STAGES},
+            "results": self.label_counts(),
             **({"model": dict(self.model)} if self.model else {}),
         }
+
+    def label_counts(self) -> dict:
+        """``{"total": {label: n}, "latest": {label: n}}``: results per label so far and in the latest frame."""
+        with self._lock:
+            return {"total": dict(self._label_totals), "latest": dict(self._label_latest)}
 
     def line(self) -> str:
         """One log line: FPS, infer and end-to-end latency, drops."""
@@ -115,6 +135,16 @@ class Metrics:
                 total, count = self._sums[stage] / 1000, self.frames
             out.append(f'{prefix}_stage_latency_seconds_sum{{stage="{stage}"}} {total:.6f}')
             out.append(f'{prefix}_stage_latency_seconds_count{{stage="{stage}"}} {count}')
+        counts = self.label_counts()
+        if counts["total"]:
+            out += [
+                f"# HELP {prefix}_results_total Results reported per label (objects for detection, classes for classification).",
+                f"# TYPE {prefix}_results_total counter",
+                *(f'{prefix}_results_total{{label="{_label(k)}"}} {v}' for k, v in sorted(counts["total"].items())),
+                f"# HELP {prefix}_frame_results Results per label in the latest frame.",
+                f"# TYPE {prefix}_frame_results gauge",
+                *(f'{prefix}_frame_results{{label="{_label(k)}"}} {v}' for k, v in sorted(counts["latest"].items())),
+            ]
         return "\n".join(out) + "\n"
 
 

@@ -233,9 +233,9 @@ class Pipeline:
             self.runner.deactivate()
 
     def _finish(self, work: _Work) -> FrameResult:
-        results = self.postprocess(work.outputs)
-        done = time.monotonic()
         f = work.frame
+        results = self.postprocess(work.outputs, f.image.shape[:2])
+        done = time.monotonic()
         return FrameResult(
             index=work.index,
             frame=f,
@@ -322,6 +322,7 @@ class Pipeline:
             self.metrics.drops = self.capture.drops
             self.metrics.reconnects = self.capture.reconnects
             self.metrics.add(result.latency_ms)
+            self.metrics.count(result.results)
             result.overlay = [f"{self.metrics.fps():.1f} fps  infer {result.latency_ms['infer']:.1f} ms"]
             for sink in sinks:
                 sink.write(result)

@@ -1,7 +1,8 @@
 """Postprocessing per task: model outputs -> JSON-able results, and drawing them on a frame.
 
 A postprocessor is registered under the manifest's ``task`` with :func:`register`; it is called
-with the runner's outputs for one frame (batch of one) and has ``draw(image, results)``.
+with the runner's outputs for one frame (batch of one) and that frame's (height, width), and has
+``draw(image, results)``.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class Classification:
         out = (bundle.manifest.get("outputs") or [{}])[0]
         return cls(bundle.labels, out.get("name"), top_k, out.get("meaning") == "logits")
 
-    def __call__(self, outputs: dict[str, np.ndarray]) -> list[dict]:
+    def __call__(self, outputs: dict[str, np.ndarray], frame_size: tuple[int, int] | None = None) -> list[dict]:
         scores = outputs[self.output] if self.output in outputs else next(iter(outputs.values()))
         scores = np.asarray(scores, np.float64).reshape(-1)
         if self.logits:
@@ -75,4 +76,66 @@ class Classification:
 
     def draw(self, image: np.ndarray, results: list[dict]) -> np.ndarray:
         draw_text(image, [f"{r['label']} {r['score']:.2f}" for r in results])
+        return image
+
+
+NMS_OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
+
+
+def class_colour(index: int) -> tuple[int, int, int]:
+    """A distinct, stable BGR colour per class (golden-ratio hues)."""
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb((index * 0.618034) % 1.0, 0.85, 1.0)
+    return int(b * 255), int(g * 255), int(r * 255)
+
+
+@register("detection")
+class Detection:
+    """Objects from the NMS outputs every detection runner returns (``num_detections``,
+    ``detection_boxes`` normalised to the model input, ``detection_scores``, ``detection_classes``):
+    ``{"label", "class", "score", "box": [x1, y1, x2, y2]}`` in source-frame pixels, best first.
+
+    The runner has applied the score threshold (the bundle's, or ``run --score-threshold``).
+    """
+
+    def __init__(self, labels: list[str], preprocess):
+        self.labels, self.prep = list(labels), preprocess
+
+    @classmethod
+    def from_bundle(cls, bundle, top_k: int = 1) -> "Detection":
+        """``top_k`` is classification's and unused here: every object the runner returns is reported."""
+        return cls(bundle.labels, bundle.preprocess)
+
+    def __call__(self, outputs: dict[str, np.ndarray], frame_size: tuple[int, int] | None = None) -> list[dict]:
+        missing = [k for k in NMS_OUTPUTS if k not in outputs]
+        if missing:
+            raise BundleError(f"the runner gave no {', '.join(missing)}: a detection runner returns the NMS outputs")
+        n = int(np.asarray(outputs["num_detections"]).reshape(-1)[0])
+        boxes = np.asarray(outputs["detection_boxes"], np.float64).reshape(-1, 4)[:n]
+        scores = np.asarray(outputs["detection_scores"], np.float64).reshape(-1)[:n]
+        classes = np.asarray(outputs["detection_classes"]).reshape(-1)[:n].astype(np.int64)
+        keep = np.argsort(-scores, kind="stable")
+        pixels = self.prep.boxes_to_frame(boxes[keep], frame_size or self.prep.size)
+        return [
+            {"label": self.labels[c] if 0 <= c < len(self.labels) else str(c), "class": int(c),
+             "score": round(float(scores[i]), 6), "box": [round(float(v), 1) for v in box]}
+            for i, c, box in zip(keep, classes[keep], pixels)
+        ]
+
+    def draw(self, image: np.ndarray, results: list[dict]) -> np.ndarray:
+        """Each object's box and ``label score`` in its class colour (in place)."""
+        import cv2
+
+        scale = max(0.35, min(image.shape[:2]) / 640)
+        thick = max(1, round(min(image.shape[:2]) / 240))
+        for r in results:
+            x1, y1, x2, y2 = (int(round(v)) for v in r["box"])
+            colour = class_colour(r["class"])
+            cv2.rectangle(image, (x1, y1), (x2, y2), colour, thick)
+            text = f"{r['label']} {r['score']:.2f}"
+            (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+            top = y1 - h - base - 2 if y1 - h - base - 2 >= 0 else y1
+            cv2.rectangle(image, (x1, top), (x1 + w + 4, top + h + base + 2), colour, -1)
+            cv2.putText(image, text, (x1 + 2, top + h + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
         return image

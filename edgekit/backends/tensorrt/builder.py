@@ -450,11 +450,14 @@ def load_engine(bundle: Bundle, options: BuildOptions):
     options = dataclasses.replace(options, precision=choice.precision)
     major = trt_major()
     rec = recipe(bundle, options.precision, major, options.calibrate)
-    onnx_path = bundle.model_path(rec.model_key)
+    plugin_model = bundle.models.get(rec.model_key, {}).get("tensorrt")  # a detector: the model + EfficientNMS_TRT
+    onnx_path = bundle.path / plugin_model["path"] if plugin_model else bundle.model_path(rec.model_key)
     if not onnx_path.is_file():
         raise BundleError(f"bundle {bundle.path} lacks its {rec.model_key} model {onnx_path.name}")
+    if plugin_model:  # the parser and the runtime find EfficientNMS_TRT in the plugin registry
+        trt.init_libnvinfer_plugins(logger(), "")
     shapes = profile_shapes(bundle.input["shape"], options.batch)
-    sha = bundle.model_sha256(rec.model_key)
+    sha = plugin_model["sha256"] if plugin_model else bundle.model_sha256(rec.model_key)
     cache = EngineCache(options.cache_dir)
     calibrator = digest = None
     if major < 11 and rec.calibrate:

@@ -1,0 +1,73 @@
+"""A detection bundle's runner: the EfficientNMS_TRT plugin's four outputs on every backend.
+
+On TensorRT the plugin (in the engine, at the bundle's eval score threshold) computes them; on
+ONNX Runtime :func:`edgekit.nms.efficient_nms` does, from the pre-plugin graph's ``boxes`` and
+``scores``, with the manifest's ``nms`` parameters. Both are then held to ``score_threshold`` (the
+manifest's run threshold unless given), so the backends return the same detections.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from edgekit.backends.base import Runner, TensorSpec
+from edgekit.errors import ModelError
+from edgekit.nms import OUTPUTS, NmsParams, efficient_nms, filter_detections
+
+log = logging.getLogger(__name__)
+
+
+class DetectionRunner(Runner):
+    """Wraps the runner of a detection model; ``nms_in_graph`` when that model already ends in the plugin."""
+
+    def __init__(self, inner: Runner, params: NmsParams, score_threshold: float | None = None,
+                 nms_in_graph: bool = False):
+        super().__init__()
+        self.inner = inner
+        self.name = inner.name
+        self.params = params
+        self.score_threshold = params.score_threshold if score_threshold is None else float(score_threshold)
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ModelError(f"score threshold must be within [0, 1], got {self.score_threshold:g}")
+        self.nms_in_graph = nms_in_graph
+        if nms_in_graph and self.score_threshold < params.eval_score_threshold:
+            log.warning("score threshold %g is below the TensorRT plugin's %g (the bundle's eval threshold): "
+                        "detections below %g are not reported", self.score_threshold, params.eval_score_threshold,
+                        params.eval_score_threshold)
+
+    def activate_impl(self) -> None:
+        self.inner.activate()
+        names = {s.name for s in self.inner.output_specs}
+        need = set(OUTPUTS) if self.nms_in_graph else {"boxes", "scores"}
+        if not need <= names:
+            self.inner.deactivate()
+            raise ModelError(f"detection model lacks output(s) {', '.join(sorted(need - names))}")
+
+    def deactivate_impl(self) -> None:
+        self.inner.deactivate()
+
+    @property
+    def input_spec(self) -> TensorSpec:
+        return self.inner.input_spec
+
+    @property
+    def output_specs(self) -> list[TensorSpec]:
+        b, k = self.inner.input_spec.shape[0], self.params.max_detections
+        return [TensorSpec(OUTPUTS[0], (b, 1), np.dtype(np.int32)),
+                TensorSpec(OUTPUTS[1], (b, k, 4), np.dtype(np.float32)),
+                TensorSpec(OUTPUTS[2], (b, k), np.dtype(np.float32)),
+                TensorSpec(OUTPUTS[3], (b, k), np.dtype(np.int32))]
+
+    def infer_impl(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        out = self.inner.infer(batch)
+        if self.nms_in_graph:
+            dets = {k: np.asarray(out[k]) for k in OUTPUTS}
+            dets["num_detections"] = dets["num_detections"].astype(np.int32).reshape(-1, 1)
+            dets["detection_classes"] = dets["detection_classes"].astype(np.int32)
+            return filter_detections(dets, self.score_threshold)
+        p = self.params
+        return efficient_nms(out["boxes"], out["scores"], score_threshold=self.score_threshold,
+                             iou_threshold=p.iou_threshold, max_output_boxes=p.max_detections,
+                             class_agnostic=p.class_agnostic)

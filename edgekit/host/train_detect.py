@@ -1,0 +1,211 @@
+"""Train the Keras detector of :mod:`edgekit.host.detector` on a YOLO or COCO folder.
+
+Images are letterboxed with the one :class:`~edgekit.preprocess.Preprocess` the bundle will carry
+(``resize: letterbox``) and their boxes mapped the same way; augmentation (scale, shift, brightness)
+happens only here. Writes ``.keras`` plus the sidecar ``<model>.edgekit.json`` with ``"task": "detection"``,
+labels and preprocessing for export (which records the NMS parameters: :class:`edgekit.nms.NmsParams`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.atomic import check_output_dir, copy_file, write_json
+from edgekit.errors import UsageError
+from edgekit.host.archs import get_arch
+from edgekit.host.detection_data import read_detection_set
+from edgekit.host.train import MODEL_SUFFIXES, sidecar_path
+from edgekit.images import ImageReader
+from edgekit.nms import NmsParams
+
+log = logging.getLogger(__name__)
+
+RECALL_IOU = 0.5
+
+
+def train_detector(
+    data_dir,
+    out,
+    *,
+    arch: str = "small",
+    image_size: int = 160,
+    epochs: int = 30,
+    batch_size: int = 16,
+    weights: str = "none",
+    seed: int = 0,
+    augment: bool = True,
+    learning_rate: float | None = None,
+    force: bool = False,
+    verbose: int | None = None,
+) -> dict:
+    """Train a detector on ``data_dir`` (YOLO or COCO layout) and write it to ``out``; return counts and
+    the val recall figure (see :func:`recall`)."""
+    from edgekit.host.detector import build_detector, check_image_size, grid_of, losses
+
+    out = Path(out)
+    if out.suffix not in MODEL_SUFFIXES:
+        raise UsageError(f"model output must end in {' or '.join(MODEL_SUFFIXES)}, got {out.name}")
+    if epochs < 1 or batch_size < 1:
+        raise UsageError("--epochs and --batch-size must be at least 1")
+    check_output_dir(out, force)
+    spec = get_arch(arch)
+    check_image_size(spec, image_size)
+    prep = dataclasses.replace(spec.preprocess(image_size), resize="letterbox")
+    dataset = read_detection_set(data_dir)
+    n_classes = len(dataset.classes)
+    splits = {split: _load(samples, prep) for split, samples in dataset.splits.items()}
+
+    from edgekit.host import import_tf
+
+    _, keras = import_tf()
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = build_detector(spec, image_size, n_classes, weights)
+    grid = grid_of(model)
+    make = _dataset_class(keras)
+    fit_data = make(*splits["train"], prep, grid, n_classes, batch_size, augment, rng)
+    val_data = make(*splits["val"], prep, grid, n_classes, batch_size, False, rng)
+    lr = learning_rate or (1e-4 if weights != "none" else 3e-3 if spec.application is None else 1e-3)
+    schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=epochs * len(fit_data), warmup_steps=0)
+    model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=10.0), loss=losses())
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    log.info("training a %s detector on %s (%s, %d classes): %d train / %d val images for %d epochs",
+             arch, dataset.root, dataset.format, n_classes, len(splits["train"][0]), len(splits["val"][0]), epochs)
+    model.fit(fit_data, validation_data=val_data, epochs=epochs, verbose=verbose)
+
+    frames, boxes, classes = splits["val"]
+    pred_boxes, pred_scores = model.predict(np.stack([prep.hwc(f) for f in frames]), batch_size=batch_size, verbose=0)
+    threshold = NmsParams().score_threshold  # what `run` keeps by default
+    val_recall = recall(pred_boxes, pred_scores, boxes, classes, threshold)
+    skipped = {split: sum(c.values()) for split, c in dataset.skipped.items()}
+    result = {
+        "model": str(out),
+        "task": "detection",
+        "arch": arch,
+        "weights": weights,
+        "format": dataset.format,
+        "labels": list(dataset.classes),
+        "images": {split: len(s[0]) for split, s in splits.items()},
+        "boxes": {split: dataset.boxes(split) for split in splits},
+        "skipped": skipped,
+        "epochs": epochs,
+        "image_size": image_size,
+        "val_recall": val_recall,
+        "score_threshold": threshold,
+    }
+    with tempfile.TemporaryDirectory(prefix="edgekit-train-") as tmp:
+        saved = Path(tmp) / f"model{out.suffix}"
+        model.save(saved)
+        copy_file(saved, out)
+    write_json(
+        sidecar_path(out),
+        {"task": "detection", "labels": list(dataset.classes), "preprocess": prep.to_dict(),
+         "outputs": [{"name": "boxes", "meaning": "boxes"}, {"name": "scores", "meaning": "scores"}],
+         "training": {k: v for k, v in result.items() if k not in ("model", "labels", "task")}},
+    )
+    return result
+
+
+def _load(samples, prep):
+    """Letterboxed uint8 frames and their boxes normalised to the model input (unreadable images dropped)."""
+    by_path = {s.path: s for s in samples}
+    frames, boxes, classes = [], [], []
+    for path, image in ImageReader(list(by_path)):
+        s = by_path[path]
+        frames.append(prep.resized(image))
+        boxes.append(prep.boxes_to_input(s.boxes, image.shape[:2]))
+        classes.append(s.classes)
+    return np.stack(frames), boxes, classes
+
+
+def augment_detection(frame: np.ndarray, boxes: np.ndarray, classes: np.ndarray, rng, min_visible: float = 0.5):
+    """A random scale/shift and brightness/contrast change of a uint8 frame and its normalised boxes.
+
+    Boxes less than ``min_visible`` inside the result are dropped. No flips: they change digits and text.
+    """
+    import cv2
+
+    from edgekit.preprocess import LETTERBOX_FILL
+
+    h, w = frame.shape[:2]
+    s = rng.uniform(0.75, 1.25)
+    tx, ty = rng.uniform(-0.15, 0.15, 2) * (w, h) + (1 - s) * np.array([w, h]) / 2
+    m = np.array([[s, 0, tx], [0, s, ty]], np.float32)
+    out = cv2.warpAffine(frame, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=(LETTERBOX_FILL,) * 3)
+    gain, bias = rng.uniform(0.75, 1.25), rng.uniform(-25, 25)
+    out = np.clip(out.astype(np.float32) * gain + bias, 0, 255).astype(np.uint8)
+    moved = boxes * s + np.array([tx / w, ty / h, tx / w, ty / h], np.float32)
+    clipped = np.clip(moved, 0.0, 1.0)
+    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
+    keep = (area(clipped) >= min_visible * area(moved)) & (clipped[:, 2] - clipped[:, 0] > 1 / w) & \
+        (clipped[:, 3] - clipped[:, 1] > 1 / h)
+    return out, clipped[keep], classes[keep]
+
+
+def recall(pred_boxes, pred_scores, boxes, classes, score_threshold: float, iou: float = RECALL_IOU) -> float | None:
+    """Training-progress figure (not the mAP gate): the fraction of ground-truth boxes that some output
+    location of the same class scoring at least ``score_threshold`` overlaps with IoU >= ``iou``."""
+    found = total = 0
+    for pb, ps, gb, gc in zip(pred_boxes, pred_scores, boxes, classes):
+        total += len(gb)
+        keep = ps.max(1) >= score_threshold
+        if not keep.any() or not len(gb):
+            continue
+        pb, pc = pb[keep], ps[keep].argmax(1)
+        ious = box_iou(gb, pb)
+        found += int(((ious >= iou) & (gc[:, None] == pc[None, :])).any(1).sum())
+    return found / total if total else None
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU ``[len(a), len(b)]`` of corner boxes."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
+
+
+def _dataset_class(keras):
+    from edgekit.host.detector import assign_targets
+
+    class Batches(keras.utils.PyDataset):
+        """Batches of preprocessed (and, for training, augmented) images with their grid targets."""
+
+        def __init__(self, frames, boxes, classes, prep, grid, n_classes, batch_size, augment, rng):
+            super().__init__()
+            self.frames, self.boxes, self.classes = frames, boxes, classes
+            self.prep, self.grid, self.n_classes = prep, grid, n_classes
+            self.batch_size, self.augment, self.rng = batch_size, augment, rng
+            self.index = np.arange(len(frames))
+            if augment:
+                self.rng.shuffle(self.index)
+
+        def __len__(self):
+            return -(-len(self.index) // self.batch_size)
+
+        def __getitem__(self, i):
+            xs, box_t, score_t = [], [], []
+            for j in self.index[i * self.batch_size : (i + 1) * self.batch_size]:
+                frame, boxes, classes = self.frames[j], self.boxes[j], self.classes[j]
+                if self.augment:
+                    frame, boxes, classes = augment_detection(frame, boxes, classes, self.rng)
+                scores, box = assign_targets(boxes, classes, self.grid, self.n_classes)
+                xs.append(self.prep.hwc(frame))
+                score_t.append(scores)
+                box_t.append(box)
+            return np.stack(xs), {"boxes": np.stack(box_t), "scores": np.stack(score_t)}
+
+        def on_epoch_end(self):
+            if self.augment:
+                self.rng.shuffle(self.index)
+
+    return Batches

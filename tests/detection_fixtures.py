@@ -1,0 +1,135 @@
+"""Small detectors and labelled detection images for the detection tests (legit fixtures, random weights).
+
+``native_detector``: a Keras model meeting edgekit's detection contract (boxes [B, N, 4] corners in
+[0, 1], scores [B, N, C] sigmoid), decoded in the graph. ``tf_nms_detector``: the same heads ending in
+``tf.image.combined_non_max_suppression`` (a bring-your-own TF detector). ``digit_scenes``: real
+handwritten digits (scikit-learn's) pasted on noisy canvases, with a COCO annotation file (on a
+flat background every empty grid cell would score the same, and NMS implementations break such
+ties differently).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+
+SIZE = 64
+GRID = 8
+CLASSES = 3
+
+
+@functools.lru_cache(maxsize=None)
+def _layers():
+    from edgekit.host import import_tf
+
+    tf, keras = import_tf()
+
+    @keras.saving.register_keras_serializable(package="edgekit_tests")
+    class DecodeBoxes(keras.layers.Layer):
+        """Per grid cell: centre offset and size (sigmoid) -> corners normalised to the input."""
+
+        def call(self, raw, logits):
+            n = tf.shape(raw)[0]
+            raw = tf.reshape(tf.sigmoid(raw), (n, GRID * GRID, 4))
+            ys, xs = np.meshgrid(np.arange(GRID), np.arange(GRID), indexing="ij")
+            cells = tf.constant(np.stack([xs, ys], -1).reshape(1, -1, 2), tf.float32)
+            centre = (cells + raw[..., :2]) / GRID
+            half = raw[..., 2:] * 0.25
+            boxes = tf.clip_by_value(tf.concat([centre - half, centre + half], -1), 0.0, 1.0)
+            scores = tf.reshape(tf.sigmoid(logits), (n, GRID * GRID, CLASSES))
+            return boxes, scores
+
+    @keras.saving.register_keras_serializable(package="edgekit_tests")
+    class CombinedNMS(keras.layers.Layer):
+        """TensorFlow's combined NMS on [y1, x1, y2, x2] boxes, as TF detectors end."""
+
+        def call(self, boxes, scores):
+            yx = tf.gather(boxes, [1, 0, 3, 2], axis=-1)
+            r = tf.image.combined_non_max_suppression(yx[:, :, None, :], scores, 20, 20, iou_threshold=0.5,
+                                                      score_threshold=0.2)
+            return r.nmsed_boxes, r.nmsed_scores, r.nmsed_classes, r.valid_detections
+
+    @keras.saving.register_keras_serializable(package="edgekit_tests")
+    class SingleImageNMS(keras.layers.Layer):
+        """``non_max_suppression_with_scores`` (v5) on the first image's best class score, unpadded."""
+
+        def call(self, boxes, scores):
+            yx = tf.gather(boxes[0], [1, 0, 3, 2], axis=-1)
+            best = tf.reduce_max(scores[0], -1)
+            idx, kept = tf.image.non_max_suppression_with_scores(yx, best, 15, iou_threshold=0.4, score_threshold=0.25)
+            return tf.gather(yx, idx)[None], kept[None]
+
+    @keras.saving.register_keras_serializable(package="edgekit_tests")
+    class PerImageNMS(keras.layers.Layer):
+        """NMS v4 (padded) per image inside ``tf.map_fn``: tf2onnx puts it in a Loop, which the cut refuses."""
+
+        def call(self, boxes, scores):
+            def one(args):
+                b, s = args
+                idx = tf.raw_ops.NonMaxSuppressionV4(boxes=b, scores=tf.reduce_max(s, -1), max_output_size=10,
+                                                     iou_threshold=0.4, score_threshold=0.2,
+                                                     pad_to_max_output_size=True)[0]
+                return tf.gather(b, idx)
+
+            return tf.map_fn(one, (boxes, scores), fn_output_signature=tf.float32)
+
+    return keras, DecodeBoxes, {"combined": CombinedNMS, "v5": SingleImageNMS, "map_fn": PerImageNMS}
+
+
+def build_detector(path: Path, tf_nms: str | None = None, seed: int = 0) -> Path:
+    """Write a random-weight detector (.keras) and, for a native one, its sidecar saying ``task: detection``.
+
+    ``tf_nms``: ``combined`` ends it in ``combined_non_max_suppression``; ``v5`` in
+    ``non_max_suppression_with_scores`` on one image (a batch-1 model); ``map_fn`` in NMS v4 per image
+    inside ``tf.map_fn`` (not cuttable).
+    """
+    keras, DecodeBoxes, nms_layers = _layers()
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((SIZE, SIZE, 3), batch_size=1 if tf_nms == "v5" else None)
+    x = inp
+    for filters in (8, 16, 16):
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(x)
+    raw = keras.layers.Conv2D(4, 1)(x)
+    logits = keras.layers.Conv2D(CLASSES, 1, bias_initializer=keras.initializers.Constant(-1.0))(x)
+    boxes, scores = DecodeBoxes()(raw, logits)
+    outputs = nms_layers[tf_nms]()(boxes, scores) if tf_nms else [boxes, scores]
+    outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    keras.Model(inp, outputs).save(path)
+    sidecar = {"labels": ["digit"] if tf_nms == "v5" else ["zero", "one", "two"],
+               "preprocess": {"size": [SIZE, SIZE], "resize": "stretch", "color": "RGB", "scale": 1 / 255}}
+    if not tf_nms:
+        sidecar["task"] = "detection"
+    Path(f"{path}.edgekit.json").write_text(json.dumps(sidecar))
+    return path
+
+
+def digit_scenes(out: Path, n: int = 24, seed: int = 0) -> Path:
+    """``out/images/*.png`` (SIZE x SIZE scenes of 1-3 real digits 0-2) and ``out/annotations.json`` (COCO)."""
+    import cv2
+
+    from edgekit.sample_data import load_digits_images
+
+    rng = np.random.default_rng(seed)
+    digits, labels = load_digits_images(24)
+    pick = np.flatnonzero(labels < CLASSES)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    coco = {"images": [], "annotations": [], "categories": [{"id": i, "name": str(i)} for i in range(CLASSES)]}
+    for i in range(n):
+        canvas = rng.integers(0, 40, (SIZE, SIZE, 3), dtype=np.uint8)  # sensor noise: no tied scores
+        for _ in range(int(rng.integers(1, 4))):
+            j = int(rng.choice(pick))
+            s = int(rng.integers(14, 26))
+            x, y = (int(v) for v in rng.integers(0, SIZE - s, 2))
+            patch = cv2.resize(digits[j], (s, s))
+            patch = patch if patch.ndim == 3 else np.repeat(patch[..., None], 3, -1)
+            canvas[y:y + s, x:x + s] = np.maximum(canvas[y:y + s, x:x + s], patch)
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i, "iscrowd": 0,
+                                        "category_id": int(labels[j]), "bbox": [x, y, s, s], "area": s * s})
+        name = f"scene_{i:03d}.png"
+        cv2.imwrite(str(out / "images" / name), canvas)
+        coco["images"].append({"id": i, "file_name": name, "width": SIZE, "height": SIZE})
+    (out / "annotations.json").write_text(json.dumps(coco))
+    return out
