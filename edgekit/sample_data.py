@@ -111,7 +111,7 @@ def _scene(photos, digits, labels, pool, rng, size) -> tuple[np.ndarray, list]:
     objects = []
     for _ in range(rng.integers(1, 5)):
         i = pool[rng.integers(len(pool))]
-        side = int(rng.integers(h // 7, h // 3))
+        side = int(rng.integers(h // 5, h * 2 // 5))
         alpha = cv2.resize(digits[i], (side, side), interpolation=cv2.INTER_CUBIC).astype(np.float32) / 255.0
         ys, xs = np.nonzero(alpha > 0.25)
         for _attempt in range(20):

@@ -25,9 +25,10 @@ def command(out, task, image_size, val_split, force):
     if task == "detect":
         if val_split is not None:
             raise UsageError("--val-split is for --task classify; the detection set has fixed train/val splits")
-        path = write_detection_sample_data(out, size=image_size or DETECT_SCENE[1], force=force)
+        size = DETECT_SCENE[1] if image_size is None else image_size
+        path = write_detection_sample_data(out, size=size, force=force)
         say(f"wrote sample detection data to {path} (yolo/, coco/, val.mp4, val.boxes.json)")
         return
-    path = write_sample_data(out, size=image_size or 32, val_fraction=0.2 if val_split is None else val_split,
-                             force=force)
+    path = write_sample_data(out, size=32 if image_size is None else image_size,
+                             val_fraction=0.2 if val_split is None else val_split, force=force)
     say(f"wrote sample data to {path} (train/, val/, val.mp4)")

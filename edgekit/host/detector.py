@@ -180,8 +180,8 @@ def assign_targets(boxes: np.ndarray, classes: np.ndarray, grid: Grid, n_classes
 
     ``boxes`` are normalised corners ``[k, 4]``. A cell is positive for a box when its centre lies
     inside the box and within ``radius`` strides of the box centre; the cell holding the centre
-    always is. A cell claimed by several boxes takes the smallest. The box target's last column is
-    the positive mask.
+    always is. A cell claimed by several boxes takes the smallest (one grid level: a box sharing all
+    its centre cells with a smaller one gets none). The box target's last column is the positive mask.
     """
     centers = grid.centers()
     h, w = grid.size
@@ -207,7 +207,8 @@ def assign_targets(boxes: np.ndarray, classes: np.ndarray, grid: Grid, n_classes
 
 
 def losses(alpha: float = 0.5, gamma: float = 1.5, box_weight: float = 2.0) -> dict:
-    """Keras losses keyed by output: sigmoid focal loss on ``scores``, GIoU loss on positive ``boxes``.
+    """Keras losses keyed by output: sigmoid focal loss on ``scores`` (plain cross-entropy at object
+    cells), GIoU loss on positive ``boxes``.
 
     Both are normalised by the number of positive cells in the batch (at least one).
     """
@@ -225,7 +226,9 @@ def losses(alpha: float = 0.5, gamma: float = 1.5, box_weight: float = 2.0) -> d
         p = ops.clip(y_pred, eps, 1 - eps)
         ce = -(y_true * ops.log(p) + (1 - y_true) * ops.log(1 - p))
         p_t = y_true * p + (1 - y_true) * (1 - p)
-        weight = (y_true * alpha + (1 - y_true) * (1 - alpha)) * (1 - p_t) ** gamma
+        focal_weight = (y_true * alpha + (1 - y_true) * (1 - alpha)) * (1 - p_t) ** gamma
+        # at object cells every class gets full cross-entropy: a wrong class there is never an "easy" negative
+        weight = ops.where(ops.max(y_true, axis=-1, keepdims=True) > 0, 1.0, focal_weight)
         return per_sample(ops.sum(weight * ce, axis=(1, 2)), ops.sum(ops.max(y_true, axis=-1)), y_true)
 
     def giou(y_true, y_pred):

@@ -76,8 +76,10 @@ def train_detector(
     model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=10.0), loss=losses())
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
-    log.info("training a %s detector on %s (%s, %d classes): %d train / %d val images for %d epochs",
-             arch, dataset.root, dataset.format, n_classes, len(splits["train"][0]), len(splits["val"][0]), epochs)
+    log.info("training a %s detector on %s (%s, %d classes) for %d epochs", arch, dataset.root, dataset.format,
+             n_classes, epochs)
+    for line in dataset.report().splitlines():
+        log.info("  %s", line)
     model.fit(fit_data, validation_data=val_data, epochs=epochs, verbose=verbose)
 
     frames, boxes, classes = splits["val"]
