@@ -11,12 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from edgekit.atomic import check_output_dir, copy_file, write_json
+from edgekit.atomic import check_output_dir, copy_file, temp_dir, write_json
 from edgekit.errors import InputError, UsageError
 from edgekit.host.archs import build_model, get_arch
 from edgekit.images import ImageReader, labelled_folder
@@ -106,7 +105,7 @@ def train(
         "train_accuracy": train_acc,
         "val_accuracy": val_acc,
     }
-    with tempfile.TemporaryDirectory(prefix="edgekit-train-") as tmp:
+    with temp_dir("edgekit-train") as tmp:
         saved = Path(tmp) / f"model{out.suffix}"
         model.save(saved)
         copy_file(saved, out)
