@@ -93,7 +93,21 @@ def test_tiny_bundle_loads_and_verifies(tiny_bundle):
         (lambda d: (d / "model.onnx").unlink(), "lacks its fp32 model"),
         (lambda d: (d / "model.onnx").write_bytes(b"tampered"), "does not match its sha256"),
         (lambda d: _edit(d, schema_version=99), "schema version 99"),
-        (lambda d: _edit(d, preprocess={"size": [32, 32], "resize": "zoom"}), "resize must be one of"),
+        (lambda d: _edit(d, preprocess={"size": [32, 32], "resize": "zoom"}), r"preprocess\.resize: 'zoom' is not one of"),
+        # issue 12 item 4: wrong types and label counts, each one line naming the JSON path
+        (lambda d: _edit(d, labels=None), r"labels: None is not of type 'array'"),
+        (lambda d: _edit(d, labels="red,green,blue"), r"labels: 'red,green,blue' is not of type 'array'"),
+        (lambda d: _edit(d, labels=["red", "green"]), "2 labels for a model of 3 classes"),
+        (lambda d: _edit(d, labels=[f"c{i}" for i in range(1000)]), "1000 labels for a model of 3 classes"),
+        (lambda d: _edit(d, labels=["red", "red", "blue"]), r"labels: .* has non-unique elements"),
+        (lambda d: _edit(d, preprocess=None), r"preprocess: None is not of type 'object'"),
+        (lambda d: _edit(d, input="input"), r"input: 'input' is not of type 'object'"),
+        (lambda d: _edit(d, outputs=None), r"outputs: None is not of type 'array'"),
+        (lambda d: _edit_model(d, path=None), r"models\.fp32\.path: None is not of type 'string'"),
+        (lambda d: _edit_model(d, path="../../etc/passwd"), r"models\.fp32\.path: .* does not match"),
+        (lambda d: _edit_model(d, sha256=12), r"models\.fp32\.sha256: 12 is not of type 'string'"),
+        (lambda d: _edit(d, models={"fp32": {"path": "model.onnx"}, "int4": {"path": "x.onnx"}}), r"models: 'int4' is not one of"),
+        (lambda d: _edit(d, task="detection"), r"top level: 'nms' is a required property"),
     ],
 )
 def test_corrupt_bundles_are_refused(tiny_bundle, tmp_path, corrupt, message):
@@ -104,6 +118,12 @@ def test_corrupt_bundles_are_refused(tiny_bundle, tmp_path, corrupt, message):
     corrupt(copy)
     with pytest.raises(BundleError, match=message):
         Bundle.load(copy)
+
+
+def _edit_model(folder, **changes):
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["models"]["fp32"].update(changes)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
 
 
 def _edit(folder, **changes):
