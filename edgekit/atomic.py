@@ -110,7 +110,7 @@ def lock(path: str | os.PathLike, wait: float = 10.0, what: str | None = None) -
     import fcntl
 
     path = Path(path).absolute()
-    key = str(path)
+    key = (str(path), threading.get_ident())  # re-entrant per thread: another thread waits like another process
     with _held_guard:
         if key in _held:
             _held[key] += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import threading
@@ -13,24 +14,70 @@ from edgekit.stream.metrics import STAGES
 log = logging.getLogger(__name__)
 
 
+class _Signals:
+    """SIGINT/SIGTERM handlers of one run; a signal before the pipeline exists is kept for it."""
+
+    def __init__(self):
+        self.pipeline = None
+        self.early = None
+
+    def handler(self, signum, frame):
+        if self.pipeline is None:
+            if self.early is not None:
+                raise KeyboardInterrupt
+            self.early = signum
+            return
+        if self.pipeline.stop_reason is not None and self.pipeline.stop_reason.startswith("signal"):
+            raise KeyboardInterrupt
+        self.pipeline.stop(f"signal {signal.Signals(signum).name}")
+
+    def attach(self, pipeline) -> None:
+        self.pipeline = pipeline
+        if self.early is not None:
+            pipeline.stop(f"signal {signal.Signals(self.early).name}")
+
+
+_installed: list = []  # the _Signals of the run in progress on the main thread
+
+
+@contextlib.contextmanager
+def _handling(signals=(signal.SIGINT, signal.SIGTERM)):
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    state = _Signals()
+    old = {s: signal.signal(s, state.handler) for s in signals}
+    _installed.append(state)
+    try:
+        yield state
+    finally:
+        _installed.remove(state)
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def signals_from_start(fn):
+    """Decorator: SIGINT/SIGTERM handled from the call's first line (imports and engine builds take a while)."""
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with _handling():
+            return fn(*args, **kwargs)
+
+    return call
+
+
 @contextlib.contextmanager
 def stop_on_signals(pipeline, signals=(signal.SIGINT, signal.SIGTERM)):
     """SIGINT/SIGTERM stop the loop gracefully; a second one interrupts at once (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
+    if _installed:
+        _installed[-1].attach(pipeline)
         yield
         return
-
-    def handler(signum, frame):
-        if pipeline.stop_reason is not None and pipeline.stop_reason.startswith("signal"):
-            raise KeyboardInterrupt
-        pipeline.stop(f"signal {signal.Signals(signum).name}")
-
-    old = {s: signal.signal(s, handler) for s in signals}
-    try:
+    with _handling(signals) as state:
+        if state is not None:
+            state.attach(pipeline)
         yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def summary_text(summary: dict) -> str:
@@ -45,6 +92,7 @@ def summary_text(summary: dict) -> str:
     return text + ("; latency ms p50/p99: " + ", ".join(parts) if parts else "")
 
 
+@signals_from_start
 def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto", precision="fp32", json_path=None,
              record=None, display=False, serve=None, max_frames=None, duration=None, realtime=False, loop=False,
              top_k=1, log_every=10.0, timeout=10.0, notifier=None, **runner_options) -> dict:
