@@ -39,7 +39,7 @@ def _fsync_dir(path: Path) -> None:
 def _explain(exc: OSError, path: Path) -> EdgekitError:
     if exc.errno == errno.ENOSPC:
         return EdgekitError(f"disk full while writing {path}; nothing was written")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR):
         return InputError(f"cannot write {path}: {exc.strerror}")
     return EdgekitError(f"cannot write {path}: {exc.strerror or exc}")
 
@@ -247,6 +247,19 @@ def check_output_dir(path: str | os.PathLike, force: bool) -> Path:
     path = Path(path)
     if path.exists() and not force:
         raise InputError(f"{path} already exists; pass --force to replace it")
+    return path
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Raise now (before a long job) unless a file can be written at ``path``: its folder is made and probed."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise _explain(exc, path) from exc
     return path
 
 

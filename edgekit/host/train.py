@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.atomic import check_output_dir, copy_file, temp_dir, write_json
+from edgekit.atomic import check_output_dir, check_writable, copy_file, temp_dir, write_json
 from edgekit.errors import InputError, UsageError
 from edgekit.host.archs import build_model, get_arch
 from edgekit.images import ImageReader, labelled_folder
@@ -59,6 +59,7 @@ def train(
     if not 0.0 <= val_split < 1.0:
         raise UsageError(f"--val-split must be in [0, 1), got {val_split}")
     check_output_dir(out, force)
+    check_writable(out)  # before training, not after
     spec = get_arch(arch)
     spec.check_image_size(image_size)  # before the images are read
     prep = spec.preprocess(image_size)

@@ -189,7 +189,7 @@ def labelled_tensors(bundle: Bundle, images_dir: str | os.PathLike) -> tuple[np.
     if missing:
         log.warning("%s has no images for %d label(s): %s", images_dir, len(missing), ", ".join(missing[:10]))
     items = [Item(path, label=labels.index(folder.classes[c])) for path, c in folder.samples]
-    return CalibrationSet(Path(images_dir), items, bundle.preprocess, progress=False).tensors()
+    return CalibrationSet(Path(images_dir), items, bundle.preprocess, progress=False, role="validation").tensors()
 
 
 def write_report(report: Report, out_dir: str | os.PathLike) -> tuple[Path, Path]:
