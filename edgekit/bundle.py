@@ -83,6 +83,8 @@ class Bundle:
             raise BundleError(
                 f"{where} has schema version {version!r}; this edgekit reads version {SCHEMA_VERSION}"
             )
+        if isinstance(m.get("models"), dict) and "fp32" not in m["models"]:
+            raise BundleError(f"bundle {self.path} has no fp32 model")
         problem = schema_problem(m)
         if problem:
             raise BundleError(f"corrupt manifest {where}: {problem}")
