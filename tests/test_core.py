@@ -270,3 +270,25 @@ def test_device_commands_work_with_tensorflow_unimportable(tiny_bundle, tmp_path
     assert "bench exit 0" in proc.stdout and "doctor exit 0" in proc.stdout and "inspect exit 0" in proc.stdout
     # build needs TensorRT: here it must fail cleanly, for that reason and not a TensorFlow import
     assert "build exit 1" in proc.stdout and "TensorRT is not available" in proc.stderr
+
+
+def test_schema_accepts_the_other_branches_fields(tiny_bundle):
+    """The published schema takes detection's nms/tensorrt and the verdicts' gate/validation (contract 1)."""
+    import copy
+
+    from edgekit.bundle import SCHEMA_FILE, schema_problem
+
+    m = copy.deepcopy(tiny_bundle.manifest)
+    m.update(task="detection", outputs=[{"name": "boxes", "meaning": "boxes"}, {"name": "scores", "meaning": "scores"}],
+             nms={"score_threshold": 0.3, "eval_score_threshold": 0.001, "iou_threshold": 0.5, "max_detections": 100,
+                  "class_agnostic": False})
+    m["models"]["fp32"].update(
+        tensorrt={"path": "model.nms.onnx", "sha256": "0" * 64},
+        gate={"images": 200, "drop": 0.1},
+        validation={"passed": True, "metric": "map50", "value": 0.61, "reference": 0.62, "drop": 0.01,
+                    "max_drop": 1.0, "images": 50, "at": "2026-11-22T10:00:00+00:00"},
+    )
+    assert schema_problem(m) is None
+    m["nms"]["iou_threshold"] = 1.5
+    assert schema_problem(m) == "nms.iou_threshold: 1.5 is greater than the maximum of 1"
+    assert json.loads(SCHEMA_FILE.read_text())["$schema"].endswith("2020-12/schema")
