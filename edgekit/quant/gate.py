@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.atomic import lock
 from edgekit.bundle import Bundle
 from edgekit.errors import EdgekitError, GateError, InputError, UsageError
 
@@ -251,7 +252,8 @@ def validate(
         bundle = Bundle.load(bundle)
     x, y = labelled_tensors(bundle, images_dir)
     report = evaluate(bundle, x, y, max_drop=max_drop, tensorrt=tensorrt, batch_size=batch_size)
-    write_report(report, out if out is not None else bundle.path)
+    with lock(bundle.path, what=f"bundle {bundle.path}"):  # the bundle's other writers wait
+        write_report(report, out if out is not None else bundle.path)
     if check:
         report.check()
     return report
