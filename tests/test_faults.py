@@ -336,6 +336,32 @@ def _try_lock(target, err):
         err.append(exc)
 
 
+SAME_ENGINE = """
+import sys, time
+from edgekit.backends.tensorrt.cache import EngineCache, EngineKey
+
+def build():  # FAKE TensorRT build (a slow one); the real builder is exercised on hardware
+    time.sleep(1.0)
+    with open(sys.argv[2], "a") as f:
+        f.write("built\\n")
+    return b"PLAN"
+
+key = EngineKey(onnx_sha256="ab" * 32, tensorrt="10.3.0", gpu="Orin", compute_capability="8.7",
+                precision="fp16", shapes=((1, 3, 8, 8),) * 3, dla_core=None)
+engine, plan, built = EngineCache(sys.argv[1]).load_or_build(key, build, lambda data: data)
+print("built" if built else "reused", flush=True)
+"""
+
+
+def test_8_two_processes_needing_one_engine_build_it_once(tmp_path):
+    log = tmp_path / "builds.log"
+    procs = [subprocess.Popen([sys.executable, "-c", SAME_ENGINE, str(tmp_path / "cache"), str(log)], env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sorted(o.strip() for o, _ in outs) == ["built", "reused"] and log.read_text() == "built\n"
+
+
 # ---- 10. the small ones --------------------------------------------------------------------------
 def test_10_json_to_a_pipe_closed_early_exits_0(tiny_bundle, tmp_path, colour_media):
     video = colour_media.video(tmp_path / "v.mp4", colour_media.labels(300))
