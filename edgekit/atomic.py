@@ -105,12 +105,13 @@ def _lock_path(path: Path) -> Path:
 def lock(path: str | os.PathLike, wait: float = 10.0, what: str | None = None) -> Iterator[None]:
     """Hold the writer's lock of ``path`` (``.NAME.lock`` beside it): wait up to ``wait`` s, then fail.
 
-    Re-entrant within a process; the lock file is removed on release (a waiter re-checks it).
+    Re-entrant within a thread (another thread waits like another process); the lock file is
+    removed on release (a waiter re-checks that it locked the file on disk).
     """
     import fcntl
 
     path = Path(path).absolute()
-    key = (str(path), threading.get_ident())  # re-entrant per thread: another thread waits like another process
+    key = (str(path), threading.get_ident())
     with _held_guard:
         if key in _held:
             _held[key] += 1
