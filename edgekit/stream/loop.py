@@ -1,4 +1,8 @@
-"""``run_loop``: the camera loop assembled from ``edgekit run``'s options (scriptable as is)."""
+"""``run_loop``: the camera loop assembled from ``edgekit run``'s options (scriptable as is).
+
+Light to import (numpy, OpenCV and the runners come inside ``run_loop``), so that its SIGINT/SIGTERM
+handlers are in place early in ``edgekit run``.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,6 @@ import logging
 import signal
 import threading
 
-from edgekit.bundle import Bundle
-from edgekit.stream.metrics import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,8 @@ def stop_on_signals(pipeline, signals=(signal.SIGINT, signal.SIGTERM)):
 
 def summary_text(summary: dict) -> str:
     lat = summary["latency_ms"]
+    from edgekit.stream.metrics import STAGES
+
     parts = [f"{s.replace('_', '-')} {lat[s]['p50']:.1f}/{lat[s]['p99']:.1f}" for s in STAGES if lat.get(s)]
     text = (
         f"edgekit: stopped ({summary['stopped_by']}): {summary['frames']} frames in {summary['elapsed_s']:.1f} s "
@@ -99,6 +103,7 @@ def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto
     """Run ``bundle`` on ``source`` (see :func:`~edgekit.stream.sources.open_source`) until it ends,
     a limit is reached or a signal arrives; return the summary (with its one-line ``text``)."""
     from edgekit.backends.select import open_runner
+    from edgekit.bundle import Bundle
     from edgekit.service.notify import Notifier
     from edgekit.stream import postprocess
     from edgekit.stream.pipeline import Pipeline
