@@ -95,6 +95,18 @@ def test_1_disk_filling_during_a_recording_stops_the_run(tiny_bundle, tmp_path):
         assert list(disk.iterdir()) == []  # no half video, no partial file
 
 
+@pytest.mark.parametrize("suffix", [".avi", ".mkv", ".mp4"])
+def test_1_a_recording_cut_short_by_the_disk_is_not_committed(tiny_bundle, tmp_path, monkeypatch, suffix):
+    """Past the free-space margin (set to 0 here) OpenCV drops frames silently: the check on close catches it."""
+    monkeypatch.setattr(sinks, "MIN_FREE", 0)
+    video = noise_video(tmp_path / "long.avi", 300)
+    with tmpfs(tmp_path / "disk", "3m") as disk:
+        out = disk / f"o{suffix}"
+        with pytest.raises(EdgekitError, match=rf"cannot write {out}: the video is unreadable or incomplete"):
+            run_loop(tiny_bundle, video, backend="onnxruntime", record=str(out))
+        assert list(disk.iterdir()) == []
+
+
 def test_1_recording_checked_before_it_replaces_the_old_file(tiny_bundle, tmp_path, monkeypatch):
     """Without a mount: the disk reports no space (statvfs), the old file stays."""
     out = tmp_path / "o.mp4"

@@ -185,13 +185,15 @@ def _quiet_stdout() -> None:
 MIN_FREE = 4 << 20  # bytes: a recording stops when its disk has less free space than this
 
 
-def _playable(file: Path) -> bool:
-    """True when OpenCV reads a frame from the video ``file``."""
+def _playable(file: Path, frames: int | None = None) -> bool:
+    """True when OpenCV reads a frame from the video ``file`` and its container counts ``frames`` (±1)."""
     import cv2
 
     cap = cv2.VideoCapture(str(file))
     try:
-        return cap.isOpened() and cap.read()[0]
+        if not (cap.isOpened() and cap.read()[0]):
+            return False
+        return frames is None or abs(cap.get(cv2.CAP_PROP_FRAME_COUNT) - frames) <= 1
     finally:
         cap.release()
 
@@ -271,10 +273,10 @@ class VideoSink:
         if self._failed:
             self._partial.discard()
             return
-        if not _playable(self.partial):
+        if not _playable(self.partial, self.frames):
             self._partial.discard()
-            raise EdgekitError(f"cannot write {self.path}: the video is unreadable after {self.frames} frames "
-                               f"(disk full or failing?); {_kept(self.path)}")
+            raise EdgekitError(f"cannot write {self.path}: the video is unreadable or incomplete after {self.frames} "
+                               f"frames (disk full or failing?); {_kept(self.path)}")
         self._partial.commit()
         log.info("recorded %d frames to %s", self.frames, self.path)
 
