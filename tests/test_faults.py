@@ -265,6 +265,29 @@ def test_7_sigkill_inside_bundle_and_scratch_writers_leaves_nothing_for_long(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
 
+@pytest.mark.slow
+def test_7_sigkill_during_quantize_then_the_next_quantize_cleans_up(fp32_bundle, digits, tmp_path):
+    import glob
+    import shutil
+    import tempfile
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(fp32_bundle.path, bundle)
+    before = (bundle / "edgekit.json").read_text()
+    args = [sys.executable, "-m", "edgekit", "quantize", str(bundle), "--images", str(digits / "train"),
+            "--no-fp16", "--method", "entropy"]
+    proc = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scratch = f"{tempfile.gettempdir()}/edgekit-quant-{proc.pid}-*"
+    started = wait_for(lambda: glob.glob(scratch) and list(tmp_path.glob(f".bundle.{proc.pid}.*.tmp")))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert started, "quantize never reached calibration"
+    assert (bundle / "edgekit.json").read_text() == before  # the bundle is as it was
+    subprocess.run(args, env=ENV, capture_output=True, check=True, timeout=600)
+    assert not glob.glob(scratch) and not list(tmp_path.glob(".bundle.*"))
+    assert "int8" in json.loads((bundle / "edgekit.json").read_text())["models"]
+
+
 # ---- 8. concurrent writers ------------------------------------------------------------------------
 SIX_WRITERS = """
 import sys, time
