@@ -1,18 +1,30 @@
-"""Atomic file and folder writes: a crash or a full disk leaves the old file or nothing, never half a file."""
+"""Atomic file and folder writes: a crash or a full disk leaves the old file or nothing, never half a file.
+
+Temporaries carry their writer's PID (``.NAME.PID.*.tmp``); a later writer beside them removes
+those whose process is gone (a ``kill -9`` leaves them). Writers of one folder serialize on
+:func:`lock`, an ``fcntl.flock`` on ``.NAME.lock`` beside it.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
 from edgekit.errors import EdgekitError, InputError
+
+log = logging.getLogger(__name__)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -27,7 +39,7 @@ def _fsync_dir(path: Path) -> None:
 def _explain(exc: OSError, path: Path) -> EdgekitError:
     if exc.errno == errno.ENOSPC:
         return EdgekitError(f"disk full while writing {path}; nothing was written")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR):
         return InputError(f"cannot write {path}: {exc.strerror}")
     return EdgekitError(f"cannot write {path}: {exc.strerror or exc}")
 
@@ -38,13 +50,157 @@ def _umask() -> int:
     return mask
 
 
+def pid_alive(pid: int) -> bool:
+    """True when process ``pid`` exists (ours or another user's)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(folder: str | os.PathLike, pattern: str) -> list[Path]:
+    """Remove entries of ``folder`` matching the regex ``pattern`` whose group ``pid`` names a dead process."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in Path(folder).iterdir():
+            m = re.fullmatch(pattern, entry.name)
+            if m is None or pid_alive(int(m.group("pid"))):
+                continue
+            with contextlib.suppress(OSError):
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                removed.append(entry)
+    if removed:
+        log.info("removed %d stale temporary file(s) of killed runs: %s", len(removed), ", ".join(p.name for p in removed))
+    return removed
+
+
+def _clean_beside(path: Path) -> None:
+    name = re.escape(path.name)
+    clean_stale(path.parent, rf"\.{name}\.(?:old-)?(?P<pid>\d+)(?:\..*\.tmp)?")
+
+
+@contextlib.contextmanager
+def temp_dir(prefix: str) -> Iterator[Path]:
+    """A scratch folder ``/tmp/PREFIX-PID-*`` removed on exit; those of dead processes are removed first."""
+    base = Path(tempfile.gettempdir())
+    clean_stale(base, rf"{re.escape(prefix)}-(?P<pid>\d+)-.*")
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}-{os.getpid()}-") as tmp:
+        yield Path(tmp)
+
+
+_held: dict = {}
+_held_guard = threading.Lock()
+
+
+def _lock_path(path: Path) -> Path:
+    return path.parent / f".{path.name}.lock"
+
+
+@contextlib.contextmanager
+def lock(path: str | os.PathLike, wait: float = 10.0, what: str | None = None) -> Iterator[None]:
+    """Hold the writer's lock of ``path`` (``.NAME.lock`` beside it): wait up to ``wait`` s, then fail.
+
+    Re-entrant within a thread (another thread waits like another process); the lock file is
+    removed on release (a waiter re-checks that it locked the file on disk).
+    """
+    import fcntl
+
+    path = Path(path).absolute()
+    key = (str(path), threading.get_ident())
+    with _held_guard:
+        if key in _held:
+            _held[key] += 1
+            reentered = True
+        else:
+            reentered = False
+    if reentered:
+        try:
+            yield
+        finally:
+            with _held_guard:
+                _held[key] -= 1
+        return
+    lpath = _lock_path(path)
+    deadline = time.monotonic() + wait
+    try:
+        lpath.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _explain(exc, path) from exc
+    while True:
+        try:
+            fd = os.open(lpath, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        except OSError as exc:
+            raise _explain(exc, lpath) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise EdgekitError(
+                    f"{what or path} is in use by {f'PID {holder}' if holder else 'another process'} "
+                    f"(lock {lpath}); try again when it has finished"
+                ) from None
+            time.sleep(0.05)
+            continue
+        try:  # the holder before us may have removed the file we locked: lock the one on disk
+            same = os.fstat(fd).st_ino == os.stat(lpath).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError:
+        pass
+    with _held_guard:
+        _held[key] = 1
+    try:
+        yield
+    finally:
+        with _held_guard:
+            del _held[key]
+        with contextlib.suppress(OSError):
+            os.unlink(lpath)
+        os.close(fd)
+
+
+def locked(what: str, wait: float = 0.0):
+    """Decorator: the call holds :func:`lock` on its first argument (a path), for read-modify-write writers."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def call(path, *args, **kwargs):
+            with lock(path, wait, what=f"{what} {path}"):
+                return fn(path, *args, **kwargs)
+
+        return call
+
+    return decorate
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        _clean_beside(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
     except OSError as exc:
         raise _explain(exc, path) from exc
@@ -95,34 +251,54 @@ def check_output_dir(path: str | os.PathLike, force: bool) -> Path:
     return path
 
 
+def check_writable(path: str | os.PathLike) -> Path:
+    """Raise now (before a long job) unless a file can be written at ``path``: its folder is made and probed."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise _explain(exc, path) from exc
+    return path
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, force: bool = False, wait: float = 10.0) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``path``; on success it becomes ``path``.
 
     An existing ``path`` is refused unless ``force``; with ``force`` it is replaced only once the
-    new folder is complete, so a failure keeps the old one.
+    new folder is complete, so a failure keeps the old one. Writers of one ``path`` serialize on
+    :func:`lock` (a second one waits up to ``wait`` seconds, then fails naming the holder).
     """
     path = check_output_dir(path, force)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        os.chmod(tmp, 0o777 & ~_umask())
     except OSError as exc:
         raise _explain(exc, path) from exc
-    try:
-        yield tmp
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-    except OSError as exc:
-        raise _explain(exc, path) from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with lock(path, wait):
+        path = check_output_dir(path, force)
+        try:
+            _clean_beside(path)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+            os.chmod(tmp, 0o777 & ~_umask())
+        except OSError as exc:
+            raise _explain(exc, path) from exc
+        try:
+            yield tmp
+            old = None
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                os.replace(path, old)
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+        except OSError as exc:
+            raise _explain(exc, path) from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -20,7 +20,8 @@ A bundle is a folder holding ONNX models and ``edgekit.json``, the manifest::
     }
 
 Model keys: ``fp32`` (always), ``fp16``, ``int8`` (Q/DQ for TensorRT), ``int8_cpu`` (a variant only
-ONNX Runtime on the CPU may use). Loading checks the schema and the hashes.
+ONNX Runtime on the CPU may use). Loading checks the manifest against the published JSON schema
+(``edgekit/schema/manifest.schema.json``), the label count against the model, and the hashes.
 
 Verdicts: a reduced-precision model entry carries ``usable`` and, from quantize's gate, ``gate``; a
 labelled ``edgekit validate`` adds ``validation`` ({passed, metric, value, reference, drop, max_drop,
@@ -30,6 +31,7 @@ never gated. :meth:`Bundle.verdict` says in one line why a model may not be used
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -45,6 +47,8 @@ TASKS = ("classification", "detection")
 PRECISIONS = ("fp32", "fp16", "int8")
 MODEL_KEYS = ("fp32", "fp16", "int8", "int8_cpu")
 METRIC_NAMES = {"top1": "top-1 %", "map50": "mAP@0.5"}
+CLASS_OUTPUTS = ("probabilities", "logits", "scores")  # outputs whose last dimension is the class count
+SCHEMA_FILE = Path(__file__).parent / "schema" / "manifest.schema.json"
 
 
 @dataclass
@@ -75,7 +79,7 @@ class Bundle:
         return bundle
 
     def validate(self) -> None:
-        """Check the manifest's schema; raise BundleError naming the first problem."""
+        """Check the manifest against the published schema, then the label count; raise one BundleError line."""
         m = self.manifest
         where = self.path / MANIFEST
         if not isinstance(m, dict):
@@ -85,20 +89,27 @@ class Bundle:
             raise BundleError(
                 f"{where} has schema version {version!r}; this edgekit reads version {SCHEMA_VERSION}"
             )
-        for key in ("task", "labels", "input", "preprocess", "outputs", "models"):
-            if key not in m:
-                raise BundleError(f"corrupt manifest {where}: missing {key!r}")
+        if isinstance(m.get("models"), dict) and "fp32" not in m["models"]:
+            raise BundleError(f"bundle {self.path} has no fp32 model")
+        problem = schema_problem(m)
+        if problem:
+            raise BundleError(f"corrupt manifest {where}: {problem}")
         if m["task"] not in TASKS:
             raise BundleError(f"{where}: unknown task {m['task']!r}")
-        if "fp32" not in m["models"]:
-            raise BundleError(f"bundle {self.path} has no fp32 model")
-        for key, entry in m["models"].items():
-            if key not in MODEL_KEYS or not isinstance(entry, dict) or "path" not in entry:
-                raise BundleError(f"corrupt manifest {where}: bad model entry {key!r}")
-        for key in ("name", "shape", "layout", "dtype"):
-            if key not in m["input"]:
-                raise BundleError(f"corrupt manifest {where}: input lacks {key!r}")
         Preprocess.from_dict(m["preprocess"])  # raises BundleError on a bad spec
+        classes = self.class_count()
+        if classes is not None and classes != len(m["labels"]):
+            raise BundleError(
+                f"corrupt manifest {where}: {len(m['labels'])} labels for a model of {classes} classes"
+            )
+
+    def class_count(self) -> int | None:
+        """Classes the fp32 model tells apart: the manifest's output shape, else its ONNX graph (None if unknown)."""
+        outputs = [o for o in self.manifest["outputs"] if o.get("meaning") in CLASS_OUTPUTS] or self.manifest["outputs"][:1]
+        shape = outputs[0].get("shape") or []
+        if shape and isinstance(shape[-1], int):
+            return shape[-1]
+        return _onnx_output_size(self.path / self.manifest["models"]["fp32"]["path"], outputs[0]["name"])
 
     def verify_hashes(self) -> None:
         """Raise BundleError when a model file is missing or its sha256 differs from the manifest."""
@@ -201,3 +212,39 @@ class Bundle:
 
 def _num(value) -> str:
     return "?" if not isinstance(value, (int, float)) else f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+@functools.lru_cache(maxsize=1)
+def _validator():
+    import jsonschema
+
+    schema = json.loads(SCHEMA_FILE.read_text("utf-8"))
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema)
+
+
+def schema_problem(manifest: dict) -> str | None:
+    """The first schema violation of ``manifest`` as ``json.path: message``, or None."""
+    from jsonschema.exceptions import best_match
+
+    error = best_match(_validator().iter_errors(manifest))
+    if error is None:
+        return None
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+    message = error.message if len(error.message) <= 200 else error.message[:200] + "..."
+    return f"{where or 'top level'}: {message}"
+
+
+def _onnx_output_size(model: Path, name: str) -> int | None:
+    """The static last dimension of output ``name`` of an ONNX file (None if unreadable or dynamic)."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(model), load_external_data=False).graph
+    except Exception:  # missing or corrupt: verify_hashes and the runners say so
+        return None
+    for out in graph.output:
+        if out.name == name:
+            dims = out.type.tensor_type.shape.dim
+            return (dims[-1].dim_value or None) if dims else None
+    return None

@@ -93,7 +93,21 @@ def test_tiny_bundle_loads_and_verifies(tiny_bundle):
         (lambda d: (d / "model.onnx").unlink(), "lacks its fp32 model"),
         (lambda d: (d / "model.onnx").write_bytes(b"tampered"), "does not match its sha256"),
         (lambda d: _edit(d, schema_version=99), "schema version 99"),
-        (lambda d: _edit(d, preprocess={"size": [32, 32], "resize": "zoom"}), "resize must be one of"),
+        (lambda d: _edit(d, preprocess={"size": [32, 32], "resize": "zoom"}), r"preprocess\.resize: 'zoom' is not one of"),
+        # issue 12 item 4: wrong types and label counts, each one line naming the JSON path
+        (lambda d: _edit(d, labels=None), r"labels: None is not of type 'array'"),
+        (lambda d: _edit(d, labels="red,green,blue"), r"labels: 'red,green,blue' is not of type 'array'"),
+        (lambda d: _edit(d, labels=["red", "green"]), "2 labels for a model of 3 classes"),
+        (lambda d: _edit(d, labels=[f"c{i}" for i in range(1000)]), "1000 labels for a model of 3 classes"),
+        (lambda d: _edit(d, labels=["red", "red", "blue"]), r"labels: .* has non-unique elements"),
+        (lambda d: _edit(d, preprocess=None), r"preprocess: None is not of type 'object'"),
+        (lambda d: _edit(d, input="input"), r"input: 'input' is not of type 'object'"),
+        (lambda d: _edit(d, outputs=None), r"outputs: None is not of type 'array'"),
+        (lambda d: _edit_model(d, path=None), r"models\.fp32\.path: None is not of type 'string'"),
+        (lambda d: _edit_model(d, path="../../etc/passwd"), r"models\.fp32\.path: .* does not match"),
+        (lambda d: _edit_model(d, sha256=12), r"models\.fp32\.sha256: 12 is not of type 'string'"),
+        (lambda d: _edit(d, models={"fp32": {"path": "model.onnx"}, "int4": {"path": "x.onnx"}}), r"models: 'int4' is not one of"),
+        (lambda d: _edit(d, task="detection"), r"top level: 'nms' is a required property"),
     ],
 )
 def test_corrupt_bundles_are_refused(tiny_bundle, tmp_path, corrupt, message):
@@ -104,6 +118,12 @@ def test_corrupt_bundles_are_refused(tiny_bundle, tmp_path, corrupt, message):
     corrupt(copy)
     with pytest.raises(BundleError, match=message):
         Bundle.load(copy)
+
+
+def _edit_model(folder, **changes):
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["models"]["fp32"].update(changes)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
 
 
 def _edit(folder, **changes):
@@ -250,3 +270,25 @@ def test_device_commands_work_with_tensorflow_unimportable(tiny_bundle, tmp_path
     assert "bench exit 0" in proc.stdout and "doctor exit 0" in proc.stdout and "inspect exit 0" in proc.stdout
     # build needs TensorRT: here it must fail cleanly, for that reason and not a TensorFlow import
     assert "build exit 1" in proc.stdout and "TensorRT is not available" in proc.stderr
+
+
+def test_schema_accepts_the_other_branches_fields(tiny_bundle):
+    """The published schema takes detection's nms/tensorrt and the verdicts' gate/validation (contract 1)."""
+    import copy
+
+    from edgekit.bundle import SCHEMA_FILE, schema_problem
+
+    m = copy.deepcopy(tiny_bundle.manifest)
+    m.update(task="detection", outputs=[{"name": "boxes", "meaning": "boxes"}, {"name": "scores", "meaning": "scores"}],
+             nms={"score_threshold": 0.3, "eval_score_threshold": 0.001, "iou_threshold": 0.5, "max_detections": 100,
+                  "class_agnostic": False})
+    m["models"]["fp32"].update(
+        tensorrt={"path": "model.nms.onnx", "sha256": "0" * 64},
+        gate={"images": 200, "drop": 0.1},
+        validation={"passed": True, "metric": "map50", "value": 0.61, "reference": 0.62, "drop": 0.01,
+                    "max_drop": 1.0, "images": 50, "at": "2026-11-22T10:00:00+00:00"},
+    )
+    assert schema_problem(m) is None
+    m["nms"]["iou_threshold"] = 1.5
+    assert schema_problem(m) == "nms.iou_threshold: 1.5 is greater than the maximum of 1"
+    assert json.loads(SCHEMA_FILE.read_text())["$schema"].endswith("2020-12/schema")

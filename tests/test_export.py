@@ -207,7 +207,7 @@ def test_cli_export_prints_summary(cli, trained_model, tmp_path):
     [
         (lambda d: d / "missing.keras", "does not exist"),
         (lambda d: _write(d / "notes.txt", b"hello"), "not a model"),
-        (lambda d: _write(d / "corrupt.keras", b"PK\x03\x04 definitely not a zip"), "cannot load"),
+        (lambda d: _write(d / "corrupt.keras", b"PK\x03\x04 definitely not a zip"), "is not a Keras model: a .keras file is a zip"),
         (lambda d: _write(d / "corrupt.h5", b"\x89HDF\r\n\x1a\n garbage"), "cannot load"),
         (lambda d: (d / "folder").mkdir() or d / "folder", "not a SavedModel"),
     ],

@@ -106,3 +106,62 @@ def test_server_binds_loopback_by_default():
             urllib.request.urlopen(f"{server.url}/snapshot.jpg", timeout=5)
     finally:
         server.close()
+
+
+# ---- issue 12 item 9: a listen backlog that holds a burst, and a bounded client count -------------
+def test_backlog_holds_a_burst_and_clients_beyond_the_limit_get_503():
+    server = StreamServer("127.0.0.1:0", Metrics(), max_clients=3).open()
+    try:
+        assert server._httpd.request_queue_size >= 128
+        server.publish(np.zeros((8, 8, 3), np.uint8))
+        streams = [urllib.request.urlopen(server.url + "/stream.mjpg", timeout=5) for _ in range(3)]
+        try:
+            with pytest.raises(urllib.error.HTTPError) as info:  # all three slots held by streams
+                urllib.request.urlopen(server.url + "/metrics", timeout=5)
+            assert info.value.code == 503 and info.value.headers["Retry-After"] == "1"
+            assert b"too many clients" in info.value.read()
+        finally:
+            for s in streams:
+                s.close()
+        for _ in range(50):  # the slots come back when the streams end
+            try:
+                urllib.request.urlopen(server.url + "/metrics", timeout=5).read()
+                break
+            except urllib.error.HTTPError:
+                import time
+
+                time.sleep(0.05)
+        else:
+            pytest.fail("slots were not released")
+        assert server._httpd.refused >= 1
+    finally:
+        server.close()
+
+
+def test_fifty_concurrent_clients_get_answers_not_timeouts():
+    """A burst of 50 clients connecting at once (a backlog of 5 overflowed here) is answered."""
+    server = StreamServer("127.0.0.1:0", Metrics()).open()
+    server.publish(np.zeros((8, 8, 3), np.uint8))
+    results = []
+    barrier = threading.Barrier(50)
+
+    def client():
+        barrier.wait()
+        for _ in range(5):
+            try:
+                with urllib.request.urlopen(server.url + "/metrics", timeout=5) as resp:
+                    results.append(resp.status)
+            except urllib.error.HTTPError as exc:
+                results.append(exc.code)
+            except OSError as exc:
+                results.append(type(exc).__name__)
+
+    try:
+        threads = [threading.Thread(target=client) for _ in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        server.close()
+    assert results.count(200) == 250, sorted(set(map(str, results)))

@@ -197,8 +197,46 @@ def test_failed_update_rolls_back_to_the_previous_bundle(fake_tools, bundles, tm
     (broken / "FAIL_START").write_text("the fake systemctl fails to start this bundle\n")
     with pytest.raises(EdgekitError, match="did not start with bundle broken-.*rolled back to"):
         inst.install(broken, root=root, force=True, run_commands=True, out=lambda m: None)
-    assert linked(root, "bundle") == good and linked(root, "bundle.previous").startswith("bundles/broken-")
+    # issue 12 item 6: the bundle that failed to start is no roll-back target
+    assert linked(root, "bundle") == good and linked(root, "bundle.previous") is None
     assert fake_tools()[-2:] == ["systemctl restart edgekit.service", "systemctl restart edgekit.service"]
+    with pytest.raises(EdgekitError, match="no previous bundle to roll back to"):
+        inst.rollback(root=root, run_commands=True, out=lambda m: None)
+    assert linked(root, "bundle") == good
+
+
+def test_failed_update_restores_the_previous_link_it_found(fake_tools, bundles, tmp_path):
+    root = tmp_path / "root"
+    inst.install(bundles[0], root=root, run_commands=True, out=lambda m: None)
+    inst.install(bundles[1], root=root, force=True, run_commands=True, out=lambda m: None)
+    good, before = linked(root, "bundle"), linked(root, "bundle.previous")
+    broken = tmp_path / "broken"
+    shutil.copytree(bundles[0], broken)
+    (broken / "FAIL_START").write_text("the fake systemctl fails to start this bundle\n")
+    with pytest.raises(EdgekitError, match="rolled back to"):
+        inst.install(broken, root=root, force=True, run_commands=True, out=lambda m: None)
+    assert (linked(root, "bundle"), linked(root, "bundle.previous")) == (good, before)
+    assert inst.rollback(root=root, run_commands=True, out=lambda m: None) == Path(before).name
+
+
+def test_relabelled_bundle_of_the_same_folder_is_installed(cli, bundles, tmp_path):
+    """Issue 12 item 5: the install id hashes the whole bundle, not only the fp32 model."""
+    import json
+
+    root = tmp_path / "root"
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bundles[0], bundle)
+    assert cli("service", "install", bundle, "--root", root).code == 0
+    first = linked(root, "bundle")
+    manifest = json.loads((bundle / "edgekit.json").read_text())
+    manifest["labels"] = ["rouge", "vert", "bleu"]
+    (bundle / "edgekit.json").write_text(json.dumps(manifest))
+    result = cli("service", "install", bundle, "--root", root, "--force")
+    assert result.code == 0 and "already holds" not in result.out, result
+    second = linked(root, "bundle")
+    assert second != first and linked(root, "bundle.previous") == first
+    installed = json.loads((root / "var/lib/edgekit" / second / "edgekit.json").read_text())
+    assert installed["labels"] == ["rouge", "vert", "bleu"]
 
 
 # ---- deploy/README.md, walked in order as a new user would, under --root ---------------------------

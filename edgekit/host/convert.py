@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -56,6 +57,20 @@ def source_format(path: str | os.PathLike) -> str:
     raise InputError(f"{path} is not a model: expected a .keras file, an .h5 file or a SavedModel folder")
 
 
+H5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def _check_container(path: Path, fmt: str) -> None:
+    """ModelError when a .keras file is no zip archive or an .h5 file no HDF5 file (Keras says "File not found")."""
+    if fmt == "keras" and not zipfile.is_zipfile(path):
+        raise ModelError(f"{path} is not a Keras model: a .keras file is a zip archive and this one is not (corrupt or renamed?)")
+    if fmt == "h5":
+        with open(path, "rb") as f:
+            head = f.read(2056)
+        if not any(head[at:at + 8] == H5_MAGIC for at in (0, 512, 1024, 2048)):  # where HDF5 puts its signature
+            raise ModelError(f"{path} is not a Keras model: an .h5 file is an HDF5 file and this one is not (corrupt or renamed?)")
+
+
 def load(path: str | os.PathLike, unsafe: bool = False) -> Source:
     """Load a model; ModelError (one line) if it is corrupt or not a single-input image model.
 
@@ -65,6 +80,7 @@ def load(path: str | os.PathLike, unsafe: bool = False) -> Source:
     """
     path = Path(path)
     fmt = source_format(path)
+    _check_container(path, fmt)
     from edgekit.host import import_tf
 
     tf, keras = import_tf()

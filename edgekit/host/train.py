@@ -11,12 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from edgekit.atomic import check_output_dir, copy_file, write_json
+from edgekit.atomic import check_output_dir, check_writable, copy_file, temp_dir, write_json
 from edgekit.errors import InputError, UsageError
 from edgekit.host.archs import build_model, get_arch
 from edgekit.images import ImageReader, labelled_folder
@@ -60,6 +59,7 @@ def train(
     if not 0.0 <= val_split < 1.0:
         raise UsageError(f"--val-split must be in [0, 1), got {val_split}")
     check_output_dir(out, force)
+    check_writable(out)  # before training, not after
     spec = get_arch(arch)
     spec.check_image_size(image_size)  # before the images are read
     prep = spec.preprocess(image_size)
@@ -113,7 +113,7 @@ def train(
             "the last epoch's accuracy (%.2f, averaged over augmented batches with the model in training mode) is "
             "far above the final model's (%.2f, inference mode, no augmentation): its BatchNorm statistics have not "
             "settled; train more --epochs (or with --weights imagenet)", epoch_acc, train_acc)
-    with tempfile.TemporaryDirectory(prefix="edgekit-train-") as tmp:
+    with temp_dir("edgekit-train") as tmp:
         saved = Path(tmp) / f"model{out.suffix}"
         model.save(saved)
         copy_file(saved, out)

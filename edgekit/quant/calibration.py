@@ -51,6 +51,7 @@ class CalibrationSet:
     preprocess: Preprocess
     progress: bool = True
     holdout: int = 0  # how many of the items (the last ones) are held out for the gate
+    role: str = "calibration"  # what the images are for, in messages ("validation" for validate)
     skipped: int = field(default=0, init=False)
 
     def __len__(self) -> int:
@@ -87,7 +88,7 @@ class CalibrationSet:
     def batches(self, batch_size: int = 32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (tensor batch, labels) in item order, the tensors made by ``self.preprocess``."""
         tensors, labels = [], []
-        with _progress(self.frames(), len(self), "calibration images", self.progress) as frames:
+        with _progress(self.frames(), len(self), f"{self.role} images", self.progress) as frames:
             for item, frame in frames:
                 tensors.append(self.preprocess(frame))
                 labels.append(-1 if item.label is None else item.label)
@@ -97,7 +98,7 @@ class CalibrationSet:
         if tensors:
             yield np.stack(tensors), np.array(labels, np.int64)
         if self.skipped:
-            log.warning("%d of %d calibration images could not be read and were skipped", self.skipped, len(self))
+            log.warning("%d of %d %s images could not be read and were skipped", self.skipped, len(self), self.role)
 
     def tensors(self, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """All tensors and labels at once (for held-out sets small enough to keep in memory)."""

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.atomic import lock
 from edgekit.bundle import Bundle
 from edgekit.errors import EdgekitError, GateError, InputError, UsageError
 
@@ -253,7 +254,7 @@ def labelled_tensors(bundle: Bundle, images_dir: str | os.PathLike) -> tuple[np.
     if missing:
         log.warning("%s has no images for %d label(s): %s", images_dir, len(missing), ", ".join(missing[:10]))
     items = [Item(path, label=labels.index(folder.classes[c])) for path, c in folder.samples]
-    return CalibrationSet(Path(images_dir), items, bundle.preprocess, progress=False).tensors()
+    return CalibrationSet(Path(images_dir), items, bundle.preprocess, progress=False, role="validation").tensors()
 
 
 def write_report(report: Report, out_dir: str | os.PathLike) -> tuple[Path, Path]:
@@ -343,8 +344,9 @@ def validate(
         bundle = Bundle.load(bundle)
     x, y = labelled_tensors(bundle, images_dir)
     report = evaluate(bundle, x, y, max_drop=max_drop, tensorrt=tensorrt, batch_size=batch_size)
-    write_report(report, out if out is not None else bundle.path)
-    record_verdicts(report, bundle)
+    with lock(bundle.path, what=f"bundle {bundle.path}"):  # the bundle's other writers wait
+        write_report(report, out if out is not None else bundle.path)
+        record_verdicts(report, bundle)
     if check:
         report.check()
     return report

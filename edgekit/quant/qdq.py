@@ -33,13 +33,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgekit.atomic import atomic_path
+from edgekit.atomic import atomic_path, temp_dir
 from edgekit.errors import InputError, ModelError, first_line
 from edgekit.quant.calibration import CalibrationSet, DataReader
 
@@ -126,7 +125,7 @@ class Histograms:
         from onnxruntime.quantization import CalibrationMethod
         from onnxruntime.quantization.calibrate import create_calibrator
 
-        with tempfile.TemporaryDirectory(prefix="edgekit-calib-") as tmp:
+        with temp_dir("edgekit-calib") as tmp:
             calibrator = create_calibrator(
                 model_path, None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                 calibrate_method=CalibrationMethod.Percentile,
@@ -298,7 +297,7 @@ def quantize_qdq(
     """
     if method not in METHODS:
         raise InputError(f"unknown calibration method {method!r}; choose from {', '.join(METHODS)}")
-    with tempfile.TemporaryDirectory(prefix="edgekit-qdq-") as tmp:
+    with temp_dir("edgekit-qdq") as tmp:
         return Quantizer(fp32_path, tmp).calibrate(cal).write(out_path, method, keep_float, cpu_path)
 
 

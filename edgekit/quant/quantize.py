@@ -11,10 +11,9 @@ import copy
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from edgekit.atomic import atomic_dir, write_json
+from edgekit.atomic import atomic_dir, locked, temp_dir, write_json
 from edgekit.bundle import Bundle
 from edgekit.errors import GateError, UsageError
 from edgekit.progress import heartbeat
@@ -27,6 +26,7 @@ RANGES_FILE = "model.int8.ranges.json"
 FP16_FILE = "model.fp16.onnx"
 
 
+@locked("bundle")
 def quantize_bundle(
     bundle_path: str | os.PathLike,
     images: str | os.PathLike,
@@ -108,7 +108,7 @@ def _quantize(bundle_path, images, *, method, num_images, holdout, gate_images, 
         for key in ("int8", "int8_cpu", "fp16") if fp16 else ("int8", "int8_cpu"):
             if new.has_model(key):  # replaced below; a kept fp16 (--no-fp16) is gated again
                 (tmp / new.models.pop(key)["path"]).unlink(missing_ok=True)
-        with tempfile.TemporaryDirectory(prefix="edgekit-quant-") as work:
+        with temp_dir("edgekit-quant") as work:
             quantizer = Quantizer(new.model_path("fp32"), work).calibrate(cal)
             if new.task == "detection":  # box-decode and score heads stay float
                 from edgekit.quant.detection_gate import head_nodes

@@ -13,7 +13,9 @@ Layout on the device (``name`` = ``edgekit``)::
 ``install`` on a system that already has the service is an update (with ``force``): the new bundle
 is copied and checked, the link switched, the service restarted (which rebuilds the engine: its
 cache key holds the ONNX sha256), and if it does not come up, the link goes back to the previous
-bundle and the service is restarted on it.
+bundle (and ``bundle.previous`` to the one before it, never to the bundle that failed) and the
+service is restarted on it. An installed bundle's id is its folder name and a hash of all its
+files, so any change (labels, a new INT8 model) is installed as a new bundle.
 
 With ``root`` (``--root DIR``) files are written under DIR and no command touches this system:
 ``useradd`` and ``systemctl`` are printed, not run; the user comes from the sysusers.d entry at the
@@ -35,7 +37,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edgekit.atomic import atomic_dir, write_text
+from edgekit.atomic import atomic_dir, sha256_file, write_text
 from edgekit.bundle import MANIFEST, Bundle
 from edgekit.errors import EdgekitError, InputError, UsageError
 from edgekit.service.unit import ServiceOptions, render_env, render_sysusers, render_unit
@@ -138,8 +140,9 @@ def _check_root(root, dry_run: bool, what: str) -> None:
 
 
 def _bundle_id(bundle: Bundle) -> str:
+    """Folder name + a hash of the whole bundle: a re-labelled or re-quantized bundle is a new install."""
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", bundle.path.resolve().name).strip("-.") or "bundle"
-    return f"{stem}-{bundle.model_sha256('fp32')[:12]}"
+    return f"{stem}-{sha256_file(bundle.path)[:12]}"
 
 
 def ensure_user(options: ServiceOptions, act: _Actions) -> None:
@@ -234,7 +237,7 @@ def install(bundle, run_args=(), *, root=None, dry_run: bool = False, force: boo
     else:
         out(f"user {options.user}: created at first boot by systemd-sysusers from {options.sysusers_path}")
     new = _copy_bundle(bundle, layout, act)
-    old = layout.linked(layout.current)
+    old, before = layout.linked(layout.current), layout.linked(layout.previous)
     act.link(layout.current, f"bundles/{new}")
     if old and old != new:
         act.link(layout.previous, f"bundles/{old}")
@@ -246,9 +249,12 @@ def install(bundle, run_args=(), *, root=None, dry_run: bool = False, force: boo
     act.run("systemctl", "daemon-reload")
     systemctl("enable")
     if not systemctl("restart", check=False):
-        if old and old != new:
+        if old and old != new:  # back to how it was: the bundle that failed is no roll-back target
             act.link(layout.current, f"bundles/{old}")
-            act.link(layout.previous, f"bundles/{new}")
+            if before and before != new:
+                act.link(layout.previous, f"bundles/{before}")
+            else:
+                act.remove(layout.previous)
             back = systemctl("restart", check=False)
             raise EdgekitError(f"{options.unit_name} did not start with bundle {new}; rolled back to {old}"
                                f"{'' if back else ' (which did not start either)'}: see journalctl -u {options.name}")

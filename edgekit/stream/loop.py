@@ -1,40 +1,91 @@
-"""``run_loop``: the camera loop assembled from ``edgekit run``'s options (scriptable as is)."""
+"""``run_loop``: the camera loop assembled from ``edgekit run``'s options (scriptable as is).
+
+Light to import (numpy, OpenCV and the runners come inside ``run_loop``), so that its SIGINT/SIGTERM
+handlers are in place early in ``edgekit run``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import threading
 
-from edgekit.bundle import Bundle
-from edgekit.stream.metrics import STAGES
 
 log = logging.getLogger(__name__)
+
+
+class _Signals:
+    """SIGINT/SIGTERM handlers of one run; a signal before the pipeline exists is kept for it."""
+
+    def __init__(self):
+        self.pipeline = None
+        self.early = None
+
+    def handler(self, signum, frame):
+        if self.pipeline is None:
+            if self.early is not None:
+                raise KeyboardInterrupt
+            self.early = signum
+            return
+        if self.pipeline.stop_reason is not None and self.pipeline.stop_reason.startswith("signal"):
+            raise KeyboardInterrupt
+        self.pipeline.stop(f"signal {signal.Signals(signum).name}")
+
+    def attach(self, pipeline) -> None:
+        self.pipeline = pipeline
+        if self.early is not None:
+            pipeline.stop(f"signal {signal.Signals(self.early).name}")
+
+
+_installed: list = []  # the _Signals of the run in progress on the main thread
+
+
+@contextlib.contextmanager
+def _handling(signals=(signal.SIGINT, signal.SIGTERM)):
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    state = _Signals()
+    old = {s: signal.signal(s, state.handler) for s in signals}
+    _installed.append(state)
+    try:
+        yield state
+    finally:
+        _installed.remove(state)
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def signals_from_start(fn):
+    """Decorator: SIGINT/SIGTERM handled from the call's first line (imports and engine builds take a while)."""
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with _handling():
+            return fn(*args, **kwargs)
+
+    return call
 
 
 @contextlib.contextmanager
 def stop_on_signals(pipeline, signals=(signal.SIGINT, signal.SIGTERM)):
     """SIGINT/SIGTERM stop the loop gracefully; a second one interrupts at once (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
+    if _installed:
+        _installed[-1].attach(pipeline)
         yield
         return
-
-    def handler(signum, frame):
-        if pipeline.stop_reason is not None and pipeline.stop_reason.startswith("signal"):
-            raise KeyboardInterrupt
-        pipeline.stop(f"signal {signal.Signals(signum).name}")
-
-    old = {s: signal.signal(s, handler) for s in signals}
-    try:
+    with _handling(signals) as state:
+        if state is not None:
+            state.attach(pipeline)
         yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def summary_text(summary: dict) -> str:
     lat = summary["latency_ms"]
+    from edgekit.stream.metrics import STAGES
+
     parts = [f"{s.replace('_', '-')} {lat[s]['p50']:.1f}/{lat[s]['p99']:.1f}" for s in STAGES if lat.get(s)]
     text = (
         f"edgekit: stopped ({summary['stopped_by']}): {summary['frames']} frames in {summary['elapsed_s']:.1f} s "
@@ -45,6 +96,7 @@ def summary_text(summary: dict) -> str:
     return text + ("; latency ms p50/p99: " + ", ".join(parts) if parts else "")
 
 
+@signals_from_start
 def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto", precision="auto", json_path=None,
              record=None, display=False, serve=None, console=False, max_frames=None, duration=None, realtime=False, loop=False,
              top_k=1, log_every=10.0, timeout=10.0, notifier=None, **runner_options) -> dict:
@@ -56,6 +108,7 @@ def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto
     why are logged and shown in ``/metrics`` and ``/status.json``. ``console`` prints the results on stdout
     (:class:`~edgekit.stream.console.ConsoleSink`)."""
     from edgekit.backends.select import open_runner
+    from edgekit.bundle import Bundle
     from edgekit.service.notify import Notifier
     from edgekit.stream import postprocess
     from edgekit.stream.pipeline import Pipeline

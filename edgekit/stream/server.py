@@ -1,6 +1,8 @@
 """``--serve``: an MJPEG stream of annotated frames, a status page and ``/metrics`` over HTTP.
 
 Standard library only (``ThreadingHTTPServer``). Bound to 127.0.0.1 unless an address is given.
+A listen backlog of 128 and at most ``MAX_CLIENTS`` clients at once (the others get a 503 at
+once, not a timeout).
 
 ==================  =============================================================
 ``/``               status page (the stream, FPS, latency, drops)
@@ -17,6 +19,8 @@ import errno
 import html
 import json
 import logging
+import select
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -28,6 +32,10 @@ log = logging.getLogger(__name__)
 
 BOUNDARY = "edgekitframe"
 JPEG_QUALITY = 80
+LISTEN_BACKLOG = 128  # pending connections the kernel queues (5, the default, overflows under load)
+MAX_CLIENTS = 64  # clients served at once; more get 503
+BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 1\r\n"
+        b"Connection: close\r\nContent-Length: 34\r\n\r\ntoo many clients; try again later\n")
 
 
 def parse_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
@@ -49,9 +57,10 @@ class StreamServer:
     ``publish(image)`` may also be called directly (tests use it as an MJPEG camera).
     """
 
-    def __init__(self, address: str = "127.0.0.1:8080", metrics=None):
+    def __init__(self, address: str = "127.0.0.1:8080", metrics=None, max_clients: int = MAX_CLIENTS):
         self.host, self.port = parse_address(address)
         self.metrics = metrics
+        self.max_clients = max_clients
         self._cond = threading.Condition()
         self._image = None
         self._seq = 0
@@ -74,7 +83,7 @@ class StreamServer:
             owner = server
 
         try:
-            self._httpd = _Server((self.host, self.port), Handler)
+            self._httpd = _Server((self.host, self.port), Handler, self.max_clients)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise EdgekitError(f"cannot serve on {self.host}:{self.port}: the port is in use") from exc
@@ -125,9 +134,40 @@ class StreamServer:
 
 
 class _Server(ThreadingHTTPServer):
+    """One thread per client, at most ``max_clients`` at a time: the others get a 503 at once."""
+
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    request_queue_size = LISTEN_BACKLOG
+
+    def __init__(self, address, handler, max_clients: int = MAX_CLIENTS):
+        self.slots = threading.BoundedSemaphore(max_clients)
+        self.max_clients = max_clients
+        self.refused = 0
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            self.refused += 1
+            try:  # a fresh socket's send buffer takes these few bytes without blocking
+                request.settimeout(0.5)
+                request.sendall(BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -175,6 +215,8 @@ class _Handler(BaseHTTPRequestHandler):
         while not self.owner.closed:
             new, data = self.owner.jpeg(after=seq)
             if data is None or new == seq:
+                if self._client_gone():  # no frame to write, which would notice: free the slot now
+                    break
                 continue
             seq = new
             self.wfile.write(
@@ -182,6 +224,13 @@ class _Handler(BaseHTTPRequestHandler):
             )
             self.wfile.flush()
         self.close_connection = True
+
+    def _client_gone(self) -> bool:
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and not self.connection.recv(1, socket.MSG_PEEK)
+        except (OSError, ValueError):
+            return True
 
     def _page(self) -> str:
         snap = self.owner.metrics.snapshot() if self.owner.metrics is not None else {}

@@ -13,7 +13,9 @@
 A :class:`Source` opens, reads uint8 BGR frames and closes. :class:`Capture` reads it: live
 sources (cameras, streams) and ``realtime`` files on their own thread into a latest-frame slot
 (the oldest frame is dropped and counted, so latency never grows), other files in order with
-no drops. A live source that fails is reopened with backoff while the loop runs; a file ends.
+no drops. A live source that fails is reopened with backoff while the loop runs; a video file is read past
+damaged stretches (skipped frames are counted and logged) and ends after MAX_BAD_READS failed
+reads in a row.
 The *first* open of any source must succeed (network sources within ``timeout``): otherwise a
 clear error, and under systemd ``Restart=`` tries again.
 """
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
 BACKOFF = (0.5, 8.0)  # first and longest wait between reopen attempts, seconds
+MAX_BAD_READS = 250  # failed reads in a row that end a video file (a damaged stretch is read past)
 
 
 class SourceLost(Exception):
@@ -93,6 +96,7 @@ class VideoCaptureSource(Source):
         self.fail = fail or (lambda: DeviceError(f"cannot open {name}"))
         self.cap = None
         self._first = None
+        self.skipped = 0  # unreadable frames of a file read past
 
     def open(self) -> None:
         import cv2
@@ -122,10 +126,33 @@ class VideoCaptureSource(Source):
             if not ok or frame is None:
                 if self.live:
                     raise SourceLost(f"{self.name} gave no frame")
-                return None
+                frame = self._read_past_damage()
+                if frame is None:
+                    return None
         if self.position is not None:
             self.position += 1
         return frame if frame.ndim == 3 and frame.shape[2] == 3 else to_bgr8(frame)
+
+    def _read_past_damage(self) -> np.ndarray | None:
+        """A file's read failed: read on (a damaged stretch), giving up after MAX_BAD_READS in a row."""
+        import cv2
+
+        at = int(self.cap.get(cv2.CAP_PROP_POS_FRAMES))
+        for failed in range(1, MAX_BAD_READS + 1):
+            ok, frame = self.cap.read()
+            if ok and frame is not None:
+                self.skipped += failed
+                if self.position is not None:
+                    self.position += failed
+                log.warning("%s: skipped %d unreadable frame(s) after frame %d", self.name, failed, at)
+                return frame
+        total = self.cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        if total > 0 and at + MAX_BAD_READS < total:
+            log.warning("%s: gave up after %d failed reads in a row at frame %d of %d (%d skipped before)",
+                        self.name, MAX_BAD_READS, at, int(total), self.skipped)
+        elif self.skipped:
+            log.warning("%s: %d unreadable frame(s) skipped in all", self.name, self.skipped)
+        return None
 
     def close(self) -> None:
         if self.cap is not None:
@@ -289,6 +316,8 @@ def open_source(
     import cv2
 
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # edgekit says what failed, once
+    if not log.isEnabledFor(logging.DEBUG):  # FFmpeg's own decoder messages ("header damaged") with -vv only
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     text = str(uri).strip()
     ms = int(timeout * 1000)
     if m := re.fullmatch(r"(?:v4l2://)?(?:/dev/video)?(\d+)", text):
@@ -353,6 +382,7 @@ class Capture:
         self.heartbeat = time.monotonic()
         self.ended = False
         self._number = 0
+        self._skipped = 0
         self._slot: Frame | None = None
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -399,7 +429,9 @@ class Capture:
         if image is None:
             self.ended = True
             return None
-        self._number += 1
+        skipped = getattr(self.source, "skipped", 0)
+        self._number += 1 + skipped - self._skipped
+        self._skipped = skipped
         return Frame(image, self._number - 1, t1, (t1 - t0) * 1000, self.source.file, self.source.position)
 
     def _reader(self) -> None:

@@ -25,12 +25,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from edgekit.atomic import sha256_file, write_bytes, write_json
+from edgekit.atomic import lock, sha256_file, write_bytes, write_json
 from edgekit.errors import DeviceError, InputError, first_line
 
 log = logging.getLogger(__name__)
 
 SIDECAR_FORMAT = 1
+BUILD_WAIT = 1800.0  # seconds a second process waits for another one building the same engine
 
 
 def default_cache_dir() -> Path:
@@ -176,6 +177,7 @@ class EngineCache:
         Returns ``(engine, plan_path, built)``.
         """
         plan, reason = self.lookup(key, model_name)
+        seen = _stamp(plan)
         if force:
             reason = "--force"
         if reason is None:
@@ -185,13 +187,27 @@ class EngineCache:
                 return engine, plan, False
             reason = "the cached engine failed to deserialize"
         self.check_writable()
-        log.info("engine: building %s (%s)", plan.name, reason)
-        data = bytes(build())
-        plan = self.store(key, data, model_name, **info)
+        with lock(plan, BUILD_WAIT, what=f"engine {plan}"):  # one builder per plan; the others wait for it
+            if not force and _stamp(plan) != seen and self.lookup(key, model_name)[1] is None:
+                engine = _try(deserialize, plan.read_bytes())
+                if engine is not None:
+                    log.info("engine: built meanwhile by another process: %s", plan)
+                    return engine, plan, False
+            log.info("engine: building %s (%s)", plan.name, reason)
+            data = bytes(build())
+            plan = self.store(key, data, model_name, **info)
         engine = _try(deserialize, data)
         if engine is None:
             raise DeviceError("TensorRT cannot deserialize the engine it just built")
         return engine, plan, True
+
+
+def _stamp(plan: Path) -> tuple | None:
+    try:
+        st = plan.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _try(deserialize: Callable[[bytes], object], data: bytes):
