@@ -226,12 +226,12 @@ def test_relabelled_bundle_of_the_same_folder_is_installed(cli, bundles, tmp_pat
     root = tmp_path / "root"
     bundle = tmp_path / "bundle"
     shutil.copytree(bundles[0], bundle)
-    assert cli("service", "install", bundle, "--root", root).code == 0
+    assert cli("service", "install", bundle, "--camera", "0", "--root", root).code == 0
     first = linked(root, "bundle")
     manifest = json.loads((bundle / "edgekit.json").read_text())
     manifest["labels"] = ["rouge", "vert", "bleu"]
     (bundle / "edgekit.json").write_text(json.dumps(manifest))
-    result = cli("service", "install", bundle, "--root", root, "--force")
+    result = cli("service", "install", bundle, "--camera", "0", "--root", root, "--force")
     assert result.code == 0 and "already holds" not in result.out, result
     second = linked(root, "bundle")
     assert second != first and linked(root, "bundle.previous") == first
