@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (same for every run)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--source-speed", type=float, default=2.0, help="synthetic camera rate as a multiple of the model's")
     args = ap.parse_args()
 
     from edgekit.bench import bench_bundle
@@ -76,7 +77,7 @@ def main() -> None:
               f"INT8 {int8.map:.2f}")
 
         rates = {"fp32": [], "int8": []}
-        model_fps, loop_fps = [], []
+        model_fps, loop_fps, stages = [], [], []
         sys.path.insert(0, str(HERE))
         from bench_loop import run_loop_once
 
@@ -87,8 +88,9 @@ def main() -> None:
                 rates[precision].append(m.inferences_per_s)
             m = bench_bundle(bundle, "onnxruntime", "fp32", warmup=10, duration=args.seconds,
                              intra_op_threads=args.threads)
-            fps, _, dropped = run_loop_once(bundle, "onnxruntime", "fp32", 2.0 * m.inferences_per_s, args.seconds,
-                                            work / "loop.jsonl", args.threads)
+            fps, lat, dropped = run_loop_once(bundle, "onnxruntime", "fp32", args.source_speed * m.inferences_per_s,
+                                              args.seconds, work / "loop.jsonl", args.threads)
+            stages.append({k: v["p50"] for k, v in lat.items() if isinstance(v, dict) and "p50" in v})
             model_fps.append(m.inferences_per_s)
             loop_fps.append(fps)
             print(f"round {r + 1}: fp32 {rates['fp32'][-1]:.1f}/s, int8 {rates['int8'][-1]:.1f}/s; "
@@ -96,7 +98,9 @@ def main() -> None:
         med = statistics.median
         print(f"\nCPU throughput (batch 1, {args.threads} thread(s), NMS included): FP32 {med(rates['fp32']):.1f}/s, "
               f"INT8 {med(rates['int8']):.1f}/s, INT8/FP32 {med(rates['int8']) / med(rates['fp32']):.2f}x")
-        print(f"loop/bench throughput ratio (FP32): {med(lf / mf for lf, mf in zip(loop_fps, model_fps)):.3f}")
+        print(f"loop/bench throughput ratio (FP32): {med(lf / mf for lf, mf in zip(loop_fps, model_fps)):.3f} "
+              f"(model {med(model_fps):.1f}/s, loop {med(loop_fps):.1f}/s)")
+        print("loop stage latency p50 (ms): " + ", ".join(f"{k} {med(s[k] for s in stages):.2f}" for k in stages[0]))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,9 @@ class NmsParams:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise UsageError(f"--{name.replace('_', '-')} must be within [0, 1], got {value:g}")
+        if self.eval_score_threshold > self.score_threshold:
+            raise UsageError(f"--eval-score-threshold {self.eval_score_threshold:g} exceeds --score-threshold "
+                             f"{self.score_threshold:g} (TensorRT's plugin runs at the eval threshold, run filters above it)")
         if not 1 <= self.max_detections <= PRE_NMS_TOP_K:
             raise UsageError(f"--max-detections must be within 1-{PRE_NMS_TOP_K}, got {self.max_detections}")
 

@@ -52,23 +52,53 @@ def _layers():
                                                       score_threshold=0.2)
             return r.nmsed_boxes, r.nmsed_scores, r.nmsed_classes, r.valid_detections
 
-    return keras, DecodeBoxes, CombinedNMS
+    @keras.saving.register_keras_serializable(package="edgekit_tests")
+    class SingleImageNMS(keras.layers.Layer):
+        """``non_max_suppression_with_scores`` (v5) on the first image's best class score, unpadded."""
+
+        def call(self, boxes, scores):
+            yx = tf.gather(boxes[0], [1, 0, 3, 2], axis=-1)
+            best = tf.reduce_max(scores[0], -1)
+            idx, kept = tf.image.non_max_suppression_with_scores(yx, best, 15, iou_threshold=0.4, score_threshold=0.25)
+            return tf.gather(yx, idx)[None], kept[None]
+
+    @keras.saving.register_keras_serializable(package="edgekit_tests")
+    class PerImageNMS(keras.layers.Layer):
+        """NMS v4 (padded) per image inside ``tf.map_fn``: tf2onnx puts it in a Loop, which the cut refuses."""
+
+        def call(self, boxes, scores):
+            def one(args):
+                b, s = args
+                idx = tf.raw_ops.NonMaxSuppressionV4(boxes=b, scores=tf.reduce_max(s, -1), max_output_size=10,
+                                                     iou_threshold=0.4, score_threshold=0.2,
+                                                     pad_to_max_output_size=True)[0]
+                return tf.gather(b, idx)
+
+            return tf.map_fn(one, (boxes, scores), fn_output_signature=tf.float32)
+
+    return keras, DecodeBoxes, {"combined": CombinedNMS, "v5": SingleImageNMS, "map_fn": PerImageNMS}
 
 
-def build_detector(path: Path, tf_nms: bool = False, seed: int = 0) -> Path:
-    """Write a random-weight detector (.keras) and, for a native one, its sidecar saying ``task: detection``."""
-    keras, DecodeBoxes, CombinedNMS = _layers()
+def build_detector(path: Path, tf_nms: str | None = None, seed: int = 0) -> Path:
+    """Write a random-weight detector (.keras) and, for a native one, its sidecar saying ``task: detection``.
+
+    ``tf_nms``: ``combined`` ends it in ``combined_non_max_suppression``; ``v5`` in
+    ``non_max_suppression_with_scores`` on one image (a batch-1 model); ``map_fn`` in NMS v4 per image
+    inside ``tf.map_fn`` (not cuttable).
+    """
+    keras, DecodeBoxes, nms_layers = _layers()
     keras.utils.set_random_seed(seed)
-    inp = keras.Input((SIZE, SIZE, 3))
+    inp = keras.Input((SIZE, SIZE, 3), batch_size=1 if tf_nms == "v5" else None)
     x = inp
     for filters in (8, 16, 16):
         x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(x)
     raw = keras.layers.Conv2D(4, 1)(x)
     logits = keras.layers.Conv2D(CLASSES, 1, bias_initializer=keras.initializers.Constant(-1.0))(x)
     boxes, scores = DecodeBoxes()(raw, logits)
-    outputs = list(CombinedNMS()(boxes, scores)) if tf_nms else [boxes, scores]
+    outputs = nms_layers[tf_nms]()(boxes, scores) if tf_nms else [boxes, scores]
+    outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
     keras.Model(inp, outputs).save(path)
-    sidecar = {"labels": ["zero", "one", "two"],
+    sidecar = {"labels": ["digit"] if tf_nms == "v5" else ["zero", "one", "two"],
                "preprocess": {"size": [SIZE, SIZE], "resize": "stretch", "color": "RGB", "scale": 1 / 255}}
     if not tf_nms:
         sidecar["task"] = "detection"

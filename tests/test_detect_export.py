@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_one_line_error
+from edgekit.backends.select import tensorrt_available
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("onnx_graphsurgeon")
@@ -55,7 +56,7 @@ def byo(tmp_path_factory):
     from detection_fixtures import build_detector
 
     root = tmp_path_factory.mktemp("byo")
-    model = build_detector(root / "byo.keras", tf_nms=True, seed=1)
+    model = build_detector(root / "byo.keras", tf_nms="combined", seed=1)
     export_bundle(model, root / "bundle", target=TARGET)
     return model, Bundle.load(root / "bundle")
 
@@ -176,6 +177,38 @@ def test_byo_tensorflow_nms_is_cut_and_cpu_detections_equal_tensorflows(byo, sce
         np.testing.assert_allclose(got["detection_scores"][b, :n], want["detection_scores"][b, :n], atol=1e-5)
 
 
+def test_single_image_nms_v5_is_cut_and_matches_tensorflow(tmp_path, scene_batch):
+    from edgekit.backends.select import open_runner
+    from edgekit.bundle import Bundle
+    from edgekit.host import convert
+    from edgekit.host.export import export_bundle
+    from edgekit.host.export_detection import tf_nms_outputs
+    from detection_fixtures import build_detector
+
+    model = build_detector(tmp_path / "v5.keras", tf_nms="v5", seed=3)
+    bundle = Bundle.load(export_bundle(model, tmp_path / "bundle", batch=1).path)
+    assert bundle.manifest["nms_cut"]["removed"]["NonMaxSuppression"] == 1
+    assert bundle.manifest["nms"]["max_detections"] == 15 and bundle.labels == ["digit"]
+    prep, source = bundle.preprocess, convert.load(model)
+    with open_runner(bundle, "onnxruntime") as runner:
+        for frame in scene_batch[:6]:
+            want = tf_nms_outputs(source.run(prep.hwc(frame)[None].astype(np.float32)))
+            got = runner.infer(prep.batch([frame]))
+            n = want["num_detections"][0, 0]
+            assert got["num_detections"][0, 0] == n and n > 0
+            np.testing.assert_allclose(got["detection_boxes"][0, :n], want["detection_boxes"][0, :n], atol=1e-5)
+            np.testing.assert_allclose(got["detection_scores"][0, :n], want["detection_scores"][0, :n], atol=1e-5)
+
+
+def test_cli_export_names_the_loop_that_stops_the_cut(cli, tmp_path):
+    from detection_fixtures import build_detector
+
+    model = build_detector(tmp_path / "map_fn.keras", tf_nms="map_fn")
+    r = cli("export", model, "-o", tmp_path / "bundle")
+    assert_one_line_error(r, "cannot cut the NMS", "inside Loop", "map/while_loop")
+    assert not (tmp_path / "bundle").exists()
+
+
 def test_cut_names_the_nodes_that_stop_it():
     import onnx_graphsurgeon as gs
     from onnx import TensorProto, helper
@@ -234,8 +267,38 @@ def test_cli_export_int8_detector(cli, tmp_path, scenes):
         assert 0 <= row["accuracy"] <= 100 and 0 <= row["map"] <= row["accuracy"] + 1e-9
     assert (out / "validation.png").stat().st_size > 0
 
+    jsonl = tmp_path / "run.jsonl"  # the INT8 model on the CPU, at a chosen run threshold
+    r = cli("run", out, "--source", scenes / "images", "--backend", "onnxruntime", "--precision", "int8",
+            "--score-threshold", 0.05, "--json", jsonl, "--max-frames", 5)
+    assert r.code == 0, r
+    frames = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(frames) == 5
+    scores = [obj["score"] for f in frames for obj in f["results"]]
+    assert scores and min(scores) >= 0.05
+
 
 def test_nms_options_are_refused_for_a_classifier(cli, trained_model, tmp_path):
     r = cli("export", trained_model, "-o", tmp_path / "b", "--iou-threshold", 0.4)
     assert_one_line_error(r, "detectors only")
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not tensorrt_available(), reason="needs the tensorrt Python bindings, pycuda and an NVIDIA GPU (none here)")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_plugin_detections_match_the_cpu(native_bundle, scene_batch, precision):
+    """On hardware: the engine built from model.trt.onnx (EfficientNMS_TRT) returns ONNX Runtime's detections."""
+    from edgekit.backends.select import open_runner
+
+    x = native_bundle.preprocess.batch(scene_batch[:8])
+    with open_runner(native_bundle, "onnxruntime") as cpu, open_runner(native_bundle, "tensorrt", precision) as gpu:
+        want = {k: np.concatenate([cpu.infer(x[i : i + 1])[k] for i in range(len(x))]) for k in cpu.infer(x[:1])}
+        got = {k: np.concatenate([gpu.infer(x[i : i + 1])[k] for i in range(len(x))]) for k in want}
+    atol = 1e-4 if precision == "fp32" else 2e-2
+    for b in range(len(x)):
+        n = want["num_detections"][b, 0]
+        assert abs(int(got["num_detections"][b, 0]) - int(n)) <= (0 if precision == "fp32" else 2)
+        m = min(n, int(got["num_detections"][b, 0]), 5)  # the best detections, box for box
+        np.testing.assert_array_equal(got["detection_classes"][b, :m], want["detection_classes"][b, :m])
+        np.testing.assert_allclose(got["detection_boxes"][b, :m], want["detection_boxes"][b, :m], atol=atol)
+        np.testing.assert_allclose(got["detection_scores"][b, :m], want["detection_scores"][b, :m], atol=atol)

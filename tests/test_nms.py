@@ -90,6 +90,8 @@ def test_params_are_checked_with_option_names():
         NmsParams(iou_threshold=1.5)
     with pytest.raises(UsageError, match="--max-detections"):
         NmsParams(max_detections=0)
+    with pytest.raises(UsageError, match="--eval-score-threshold 0.5 exceeds --score-threshold 0.3"):
+        NmsParams(score_threshold=0.3, eval_score_threshold=0.5)
     assert NmsParams.from_dict(NmsParams(score_threshold=0.4).to_dict()).score_threshold == 0.4
 
 

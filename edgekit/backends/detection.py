@@ -8,11 +8,15 @@ manifest's run threshold unless given), so the backends return the same detectio
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from edgekit.backends.base import Runner, TensorSpec
 from edgekit.errors import ModelError
 from edgekit.nms import OUTPUTS, NmsParams, efficient_nms, filter_detections
+
+log = logging.getLogger(__name__)
 
 
 class DetectionRunner(Runner):
@@ -28,6 +32,10 @@ class DetectionRunner(Runner):
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ModelError(f"score threshold must be within [0, 1], got {self.score_threshold:g}")
         self.nms_in_graph = nms_in_graph
+        if nms_in_graph and self.score_threshold < params.eval_score_threshold:
+            log.warning("score threshold %g is below the TensorRT plugin's %g (the bundle's eval threshold): "
+                        "detections below %g are not reported", self.score_threshold, params.eval_score_threshold,
+                        params.eval_score_threshold)
 
     def activate_impl(self) -> None:
         self.inner.activate()

@@ -11,8 +11,10 @@ import click
 @click.option("--holdout", default=200, show_default=True,
               help="Images held out of calibration to gate the result (0: no gate).")
 @click.option("--gate-images", type=click.Path(), default=None,
-              help="A labelled folder (one subfolder per label) to gate on instead of held-out images.")
-@click.option("--max-drop", default=1.0, show_default=True, help="Largest allowed top-1 drop, in points.")
+              help="A labelled folder (one subfolder per label; for a detector a YOLO/COCO dataset) to gate on "
+                   "instead of held-out images.")
+@click.option("--max-drop", default=1.0, show_default=True,
+              help="Largest allowed top-1 (detectors: mAP@0.5) drop, in points.")
 @click.option("--every", default=10, show_default=True, help="Sample a video every N frames.")
 @click.option("--seed", default=0, show_default=True, help="Shuffling seed.")
 @click.option("--keep-float", multiple=True, metavar="NODE", help="Leave this node in float (repeatable).")

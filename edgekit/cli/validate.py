@@ -4,15 +4,16 @@ import click
 @click.command("validate")
 @click.argument("bundle", type=click.Path())
 @click.option("--images", "images", required=True, type=click.Path(),
-              help="Labelled images: one subfolder per class, named by the bundle's labels.")
+              help="Labelled images: one subfolder per class, named by the bundle's labels; for a detector, a YOLO/COCO "
+                   "dataset (its val split) or a folder with one COCO json.")
 @click.option("--max-drop", default=1.0, show_default=True,
-              help="Largest allowed top-1 drop of FP16/INT8 below FP32, in points; exit code 3 beyond it.")
+              help="Largest allowed top-1 (detectors: mAP@0.5) drop of FP16/INT8 below FP32, in points; exit code 3 beyond it.")
 @click.option("--out", type=click.Path(), default=None,
               help="Folder for validation.json and validation.png [default: the bundle].")
 @click.option("--tensorrt/--no-tensorrt", default=True, show_default=True,
               help="Also run TensorRT engines when TensorRT is available here.")
 def command(bundle, images, max_drop, out, tensorrt):
-    """Accuracy gate: every model of BUNDLE on labelled images, per precision."""
+    """Accuracy gate: every model of BUNDLE on labelled images, per precision (detectors: COCO mAP)."""
     from edgekit.quant.gate import validate
 
     report = validate(bundle, images, max_drop=max_drop, out=out, tensorrt=tensorrt, check=False)

@@ -86,8 +86,9 @@ def nms_params(cut, overrides: dict | None) -> NmsParams:
     if cut is not None:
         if cut.iou_threshold is not None:
             values["iou_threshold"] = round(cut.iou_threshold, 6)
-        if cut.score_threshold is not None:
+        if cut.score_threshold is not None and 0.0 <= cut.score_threshold <= 1.0:  # TF's default is -inf
             values["score_threshold"] = round(cut.score_threshold, 6)
+            values["eval_score_threshold"] = min(NmsParams.eval_score_threshold, values["score_threshold"])
         if cut.max_detections:
             values["max_detections"] = int(cut.max_detections)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
@@ -126,15 +127,26 @@ def parity(source, model, prep, batch, samples: int, seed: int, cut) -> tuple[fl
 
 
 def tf_nms_outputs(outputs: list) -> dict[str, np.ndarray]:
-    """TensorFlow NMS outputs (boxes [y1, x1, y2, x2], scores, classes, valid counts) as the plugin's four."""
-    boxes = next((o for o in outputs if o.ndim == 3 and o.shape[-1] == 4), None)
-    valid = next((o for o in outputs if o.ndim == 1), None)
-    rank2 = [o for o in outputs if o.ndim == 2]
-    if boxes is None or valid is None or len(rank2) != 2:
+    """TensorFlow NMS outputs as the plugin's four: boxes ``[y1, x1, y2, x2]`` (rank 3, or rank 2 for one
+    image), scores, classes (absent for single-class NMS: class 0), valid counts (absent for the unpadded
+    ``non_max_suppression_v4/v5``: every row is valid)."""
+    boxes = next((o for o in outputs if o.ndim in (2, 3) and o.shape[-1] == 4), None)
+    if boxes is None:
+        raise ModelError("cannot find the TensorFlow NMS's boxes among the model's outputs")
+    boxes = boxes if boxes.ndim == 3 else boxes[None]
+    rest = [o for o in outputs if o is not boxes and o.size != boxes.size]
+    valid = next((o for o in rest if o.ndim <= 1 and o.size == boxes.shape[0]), None)
+    per_box = [o.reshape(boxes.shape[:2]) for o in rest if o is not valid and o.size == boxes.shape[0] * boxes.shape[1]]
+    if len(per_box) == 2:
+        integral = [bool(np.all(o == np.round(o))) for o in per_box]
+        classes, scores = (per_box[0], per_box[1]) if integral[0] and not integral[1] else (per_box[1], per_box[0])
+    elif len(per_box) == 1:
+        scores, classes = per_box[0], np.zeros(boxes.shape[:2])
+    else:
         raise ModelError("cannot read the TensorFlow NMS outputs (boxes, scores, classes, valid detections)")
-    integral = [bool(np.all(o == np.round(o))) for o in rank2]
-    classes, scores = (rank2[0], rank2[1]) if integral[0] and not integral[1] else (rank2[1], rank2[0])
-    return {"num_detections": valid.reshape(-1, 1).astype(np.int32),
+    counts = (np.asarray(valid).reshape(-1, 1) if valid is not None
+              else np.full((boxes.shape[0], 1), boxes.shape[1]))
+    return {"num_detections": counts.astype(np.int32),
             "detection_boxes": boxes[..., [1, 0, 3, 2]].astype(np.float32),
             "detection_scores": scores.astype(np.float32), "detection_classes": classes.astype(np.int32)}
 

@@ -104,7 +104,7 @@ def quantize_bundle(
                     r = evaluate(new, pick_x, y, models=["int8"], tensorrt=False, reference=reference).result("int8")
                     candidates[m] = {"drop": r.drop, "agreement": r.agreement, "mean_abs_error": r.mean_abs_error}
                 method = min(METHODS, key=lambda m: (-candidates[m]["agreement"], candidates[m]["mean_abs_error"]))
-                log.info("method %s kept (top-1 agreement with FP32: %s)", method,
+                log.info("method %s kept (agreement with FP32: %s)", method,
                          ", ".join(f"{m} {c['agreement']:.2f}%" for m, c in candidates.items()))
             result = quantizer.write(tmp / INT8_FILE, method, tuple(keep_float),
                                      cpu_path=tmp / INT8_CPU_FILE if cpu_variant else None)
