@@ -47,12 +47,13 @@ def command(data_dir, out, task, arch, weights, image_size, epochs, batch_size, 
         from edgekit.host.train_detect import train_detector
 
         r = train_detector(data_dir, out, **common)
-        recall = "n/a" if r["val_recall"] is None else f"{r['val_recall']:.3f}"
+        recall, precision = ("n/a" if v is None else f"{v:.3f}" for v in (r["val_recall"], r["val_precision"]))
         skipped = sum(r["skipped"].values())
         click.echo(
             f"trained a {arch} detector on {r['images']['train']} images ({r['boxes']['train']} boxes, "
             f"{len(r['labels'])} classes{f', {skipped} bad images skipped' if skipped else ''}): "
-            f"val recall@IoU0.5 {recall} at score {r['score_threshold']:g} (a training-progress figure, not mAP)"
+            f"val recall {recall}, precision {precision} at IoU 0.5 after NMS at score {r['score_threshold']:g} "
+            "(training-progress figures, not mAP)"
         )
     else:
         from edgekit.host.train import train
