@@ -16,8 +16,8 @@ DEFAULTS = {"classify": {"image_size": 32, "epochs": 10, "batch_size": 32},
 @click.option("--weights", default="none", show_default=True,
               help="none, imagenet, or a weights file (Keras applications only).")
 @click.option("--image-size", type=int, help="Square input side, in pixels [classify 32, detect 160].")
-@click.option("--epochs", type=int, help="[classify 10, detect 30]")
-@click.option("--batch-size", type=int, help="[classify 32, detect 16]")
+@click.option("--epochs", type=int, help="Passes over the training set [classify 10, detect 30].")
+@click.option("--batch-size", type=int, help="Images per training step [classify 32, detect 16].")
 @click.option("--val-split", type=float,
               help="Fraction of each class held out for validation [0.2]; classify only (a detection set has val/).")
 @click.option("--learning-rate", type=float, default=None,
