@@ -16,8 +16,8 @@ DEFAULTS = {"classify": {"image_size": 32, "epochs": 10, "batch_size": 32},
 @click.option("--weights", default="none", show_default=True,
               help="none, imagenet, or a weights file (Keras applications only).")
 @click.option("--image-size", type=int, help="Square input side, in pixels [classify 32, detect 160].")
-@click.option("--epochs", type=int, help="[classify 10, detect 30]")
-@click.option("--batch-size", type=int, help="[classify 32, detect 16]")
+@click.option("--epochs", type=int, help="Passes over the training set [classify 10, detect 30].")
+@click.option("--batch-size", type=int, help="Images per training step [classify 32, detect 16].")
 @click.option("--val-split", type=float,
               help="Fraction of each class held out for validation [0.2]; classify only (a detection set has val/).")
 @click.option("--learning-rate", type=float, default=None,
@@ -48,12 +48,13 @@ def command(data_dir, out, task, arch, weights, image_size, epochs, batch_size, 
         from edgekit.host.train_detect import train_detector
 
         r = train_detector(data_dir, out, **common)
-        recall = "n/a" if r["val_recall"] is None else f"{r['val_recall']:.3f}"
+        recall, precision = ("n/a" if v is None else f"{v:.3f}" for v in (r["val_recall"], r["val_precision"]))
         skipped = sum(r["skipped"].values())
         say(
             f"trained a {arch} detector on {r['images']['train']} images ({r['boxes']['train']} boxes, "
             f"{len(r['labels'])} classes{f', {skipped} bad images skipped' if skipped else ''}): "
-            f"val recall@IoU0.5 {recall} at score {r['score_threshold']:g} (a training-progress figure, not mAP)"
+            f"val recall {recall}, precision {precision} at IoU 0.5 after NMS at score {r['score_threshold']:g} "
+            "(training-progress figures, not mAP)"
         )
     else:
         from edgekit.host.train import train

@@ -45,7 +45,7 @@ def train_detector(
     verbose: int | None = None,
 ) -> dict:
     """Train a detector on ``data_dir`` (YOLO or COCO layout) and write it to ``out``; return counts and
-    the val recall figure (see :func:`recall`)."""
+    the val recall and precision figures (see :func:`recall_precision`)."""
     from edgekit.host.detector import build_detector, check_image_size, grid_of, losses
 
     out = Path(out)
@@ -84,8 +84,8 @@ def train_detector(
 
     frames, boxes, classes = splits["val"]
     pred_boxes, pred_scores = model.predict(np.stack([prep.hwc(f) for f in frames]), batch_size=batch_size, verbose=0)
-    threshold = NmsParams().score_threshold  # what `run` keeps by default
-    val_recall = recall(pred_boxes, pred_scores, boxes, classes, threshold)
+    params = NmsParams()  # what export records and `run` applies by default
+    val_recall, val_precision = recall_precision(pred_boxes, pred_scores, boxes, classes, params)
     skipped = {split: sum(c.values()) for split, c in dataset.skipped.items()}
     result = {
         "model": str(out),
@@ -100,7 +100,8 @@ def train_detector(
         "epochs": epochs,
         "image_size": image_size,
         "val_recall": val_recall,
-        "score_threshold": threshold,
+        "val_precision": val_precision,
+        "score_threshold": params.score_threshold,
     }
     with tempfile.TemporaryDirectory(prefix="edgekit-train-") as tmp:
         saved = Path(tmp) / f"model{out.suffix}"
@@ -151,19 +152,25 @@ def augment_detection(frame: np.ndarray, boxes: np.ndarray, classes: np.ndarray,
     return out, clipped[keep], classes[keep]
 
 
-def recall(pred_boxes, pred_scores, boxes, classes, score_threshold: float, iou: float = RECALL_IOU) -> float | None:
-    """Training-progress figure (not the mAP gate): the fraction of ground-truth boxes that some output
-    location of the same class scoring at least ``score_threshold`` overlaps with IoU >= ``iou``."""
-    found = total = 0
-    for pb, ps, gb, gc in zip(pred_boxes, pred_scores, boxes, classes):
-        total += len(gb)
-        keep = ps.max(1) >= score_threshold
-        if not keep.any() or not len(gb):
-            continue
-        pb, pc = pb[keep], ps[keep].argmax(1)
-        ious = box_iou(gb, pb)
-        found += int(((ious >= iou) & (gc[:, None] == pc[None, :])).any(1).sum())
-    return found / total if total else None
+def recall_precision(pred_boxes, pred_scores, boxes, classes, params: NmsParams,
+                     iou: float = RECALL_IOU) -> tuple[float | None, float | None]:
+    """Training-progress figures (not the mAP gate): after NMS at ``params``' run threshold, the fraction
+    of ground-truth boxes found (a detection of the same class with IoU >= ``iou``) and the fraction of
+    detections that found one; None where there is nothing to divide by."""
+    from edgekit.nms import efficient_nms
+
+    dets = efficient_nms(pred_boxes, pred_scores, score_threshold=params.score_threshold,
+                         iou_threshold=params.iou_threshold, max_output_boxes=params.max_detections,
+                         class_agnostic=params.class_agnostic)
+    found = right = total = n_dets = 0
+    for i, (gb, gc) in enumerate(zip(boxes, classes)):
+        n = int(dets["num_detections"][i, 0])
+        total, n_dets = total + len(gb), n_dets + n
+        if n and len(gb):
+            hit = (box_iou(gb, dets["detection_boxes"][i, :n]) >= iou) & (gc[:, None] == dets["detection_classes"][i, :n])
+            found += int(hit.any(1).sum())
+            right += int(hit.any(0).sum())
+    return (found / total if total else None), (right / n_dets if n_dets else None)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
