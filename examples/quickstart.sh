@@ -15,8 +15,8 @@ edgekit sample-data data --force
 step "edgekit train data/train -o digits.keras --epochs $epochs"
 edgekit train data/train -o digits.keras --epochs "$epochs" --force
 
-step "edgekit export digits.keras -o digits.bundle --target jetpack-6.1 --int8 --calib-images data/train"
-edgekit export digits.keras -o digits.bundle --target jetpack-6.1 --int8 --calib-images data/train --force
+step "edgekit export digits.keras -o digits.bundle --target jetpack-6.1 --int8 --calib-images data/train --cpu-variant"
+edgekit export digits.keras -o digits.bundle --target jetpack-6.1 --int8 --calib-images data/train --cpu-variant --force
 
 step "edgekit inspect digits.bundle"
 edgekit inspect digits.bundle
@@ -24,8 +24,9 @@ edgekit inspect digits.bundle
 step "edgekit validate digits.bundle --images data/val"
 edgekit validate digits.bundle --images data/val
 
-step "edgekit run digits.bundle data/val.mp4 --precision int8 --json predictions.jsonl"
-edgekit run digits.bundle data/val.mp4 --precision int8 --json predictions.jsonl
+# no --precision: auto picks the fastest model that passed its gate (on the CPU: the int8_cpu variant)
+step "edgekit run digits.bundle data/val.mp4 --json predictions.jsonl"
+edgekit run digits.bundle data/val.mp4 --json predictions.jsonl
 
 step "video accuracy against data/val.labels.txt"
 python3 - <<'PY'
@@ -36,5 +37,6 @@ hits = sum(p["results"][0]["label"] == truth[p["frame"]] for p in preds)  # "fra
 print(f"{hits}/{len(truth)} video frames classified correctly ({100 * hits / len(truth):.1f}%)")
 PY
 
-step "edgekit bench digits.bundle --precision int8"
-edgekit bench digits.bundle --precision int8 --duration 3
+step "edgekit bench digits.bundle (auto) and --precision fp32"
+edgekit bench digits.bundle --duration 3
+edgekit bench digits.bundle --precision fp32 --duration 3

@@ -45,11 +45,13 @@ def iou(a, b):
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 truth = json.load(open("data/val.boxes.json"))
-frames = [json.loads(line)["results"] for line in open("detections.jsonl")]
+lines = [json.loads(line) for line in open("detections.jsonl")]
+frames = [p["results"] for p in lines]
+pairs = [(p["results"], truth[p["frame"]]) for p in lines]  # "frame": its number in val.mp4
 found = sum(any(d["label"] == t["label"] and iou(d["box"], t["box"]) >= 0.5 for d in dets)
-            for dets, objs in zip(frames, truth) for t in objs)
+            for dets, objs in pairs for t in objs)
 right = sum(any(d["label"] == t["label"] and iou(d["box"], t["box"]) >= 0.5 for t in objs)
-            for dets, objs in zip(frames, truth) for d in dets)
+            for dets, objs in pairs for d in dets)
 n_truth, n_dets = sum(map(len, truth)), sum(map(len, frames))
 print(f"{len(frames)} frames: {found}/{n_truth} objects found ({100 * found / n_truth:.1f}% recall), "
       f"{right}/{n_dets} detections right ({100 * right / max(n_dets, 1):.1f}% precision); boxes drawn in detections.mp4")

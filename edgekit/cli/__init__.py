@@ -148,8 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        fail(exc.format_message().replace("\n", " ") + hint, exc.exit_code)
     except (click.Abort, KeyboardInterrupt):
         fail("interrupted", 130)
     except EdgekitError as exc:
