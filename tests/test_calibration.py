@@ -168,3 +168,22 @@ def test_data_reader_serves_one_batch_per_collection(tmp_path):
     assert sizes == [8, 8, 4]
     reader.rewind()
     assert not reader.done and reader.get_next()["input"].shape == (8, 3, 32, 32)
+
+
+def test_histograms_of_a_saturated_tensor():
+    """A sigmoid stuck at 1.0 (untrained EfficientNet): onnxruntime's float32 bins over [min, max] fail,
+    edgekit's collector bins [0, max] in float64 and widens by whole bins for a larger batch."""
+    import numpy as np
+
+    from edgekit.quant.qdq import AbsHistogramCollector
+
+    saturated = np.array([0.99999994, 1.0] * 50, np.float32)
+    collector = AbsHistogramCollector(2048)
+    collector.collect({"t": [saturated]})
+    counts, edges, low, high = collector.histogram_dict["t"]
+    assert counts.sum() == 100 and edges[0] == 0 and edges[-1] == pytest.approx(1.0)
+    assert (low, high) == (pytest.approx(0.99999994), 1.0)
+    collector.collect({"t": [np.array([-3.0, 0.5], np.float32)]})
+    counts, edges, low, high = collector.histogram_dict["t"]
+    assert counts.sum() == 102 and edges[-1] >= 3.0 and low == -3.0
+    assert np.allclose(np.diff(edges), edges[1] - edges[0])  # whole bins of the first width

@@ -17,7 +17,7 @@ import sys
 import click
 
 from edgekit import __version__
-from edgekit.errors import EdgekitError, UsageError
+from edgekit.errors import EdgekitError, UsageError, first_line
 
 # name -> (module, one-line help). The help is here so that listing commands imports nothing.
 COMMANDS = {
@@ -162,4 +162,9 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(0)
         where = f": {exc.filename}" if exc.filename else ""
         fail(f"{exc.strerror or exc}{where}")
+    except Exception as exc:  # a bug, not a user error: one line, the traceback with -v
+        if logging.getLogger("edgekit").isEnabledFor(logging.DEBUG):
+            raise
+        fail(f"internal error ({type(exc).__name__}: {first_line(exc)}); rerun with -v for the traceback and "
+             "please report it")
     sys.exit(rv if isinstance(rv, int) else 0)

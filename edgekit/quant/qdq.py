@@ -117,6 +117,37 @@ def _named(model) -> None:
             node.name = f"{node.op_type}_{i}"
 
 
+class AbsHistogramCollector:
+    """|x| histograms per tensor over [0, running max], in float64, widened by whole bins when a larger
+    value arrives (what onnxruntime's collector does, but its float32 bins over [min |x|, max |x|]
+    fail on a saturated tensor, e.g. a sigmoid stuck at 1.0). Stands in for onnxruntime's collector:
+    ``collect`` takes the calibrator's ``{tensor: [batch arrays]}``."""
+
+    def __init__(self, num_bins: int):
+        self.num_bins = num_bins
+        self.histogram_dict: dict[str, tuple] = {}  # name -> (counts, edges, min x, max x)
+
+    def collect(self, name_to_arrays: dict) -> None:
+        for name, arrays in name_to_arrays.items():
+            x = np.concatenate([np.asarray(a, np.float64).ravel() for a in arrays])
+            x = x[np.isfinite(x)]
+            low, high = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+            x = np.abs(x)
+            amax = float(x.max()) if x.size else 0.0
+            if name not in self.histogram_dict:
+                edges = np.linspace(0.0, max(amax, 1e-12), self.num_bins + 1)
+                counts = np.zeros(self.num_bins, np.int64)
+            else:
+                counts, edges, old_low, old_high = self.histogram_dict[name]
+                low, high = min(low, old_low), max(high, old_high)
+                if amax > edges[-1]:
+                    width = edges[1] - edges[0]
+                    extra = int(np.ceil((amax - edges[-1]) / width))
+                    edges = np.concatenate([edges, edges[-1] + width * np.arange(1, extra + 1)])
+                    counts = np.concatenate([counts, np.zeros(extra, np.int64)])
+            self.histogram_dict[name] = (counts + np.histogram(x, bins=edges)[0], edges, low, high)
+
+
 class Histograms:
     """Histograms of |x| for every float tensor of a model over a calibration set (one pass), and the
     symmetric ranges each method reads from them."""
@@ -131,6 +162,7 @@ class Histograms:
                 calibrate_method=CalibrationMethod.Percentile,
                 extra_options={"symmetric": True, "num_bins": 2048, "percentile": 100.0},
             )
+            calibrator.collector = AbsHistogramCollector(2048)
             model_input = calibrator.infer_session.get_inputs()[0]
             if isinstance(model_input.shape[0], int) and model_input.shape[0] > 0:
                 batch_size = model_input.shape[0]  # a model with a fixed batch takes exactly that
