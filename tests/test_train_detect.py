@@ -163,3 +163,17 @@ def test_loop_on_the_exported_detector_reports_boxes_in_video_pixels(trained_det
             ious = box_iou(np.array([o["box"] for o in objects]), np.array([d["box"] for d in dets]))
             found += int((ious.max(1) >= 0.5).sum())
     assert found / total > 0.4, (found, total)  # located (any class), through letterbox and back
+
+
+def test_keras_application_backbone_gives_a_stride_16_detector():
+    pytest.importorskip("tensorflow")
+    from edgekit.errors import UsageError
+    from edgekit.host.archs import get_arch
+    from edgekit.host.detector import build_detector, grid_of
+
+    model = build_detector(get_arch("mobilenetv2"), 64, 3)
+    assert grid_of(model).stride == 16 and [tuple(o.shape[1:]) for o in model.outputs] == [(16, 4), (16, 3)]
+    with pytest.raises(UsageError, match="multiple of 16"):
+        build_detector(get_arch("mobilenetv2"), 72, 3)
+    with pytest.raises(UsageError, match="no pretrained weights"):
+        build_detector(get_arch("small"), 64, 3, weights="imagenet")
