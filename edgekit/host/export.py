@@ -282,15 +282,21 @@ def _parity(source, onnx_model, prep: Preprocess, batch: int | None, samples: in
     TensorFlow's outputs across those frames (max - min, largest over outputs), and their count."""
     import onnxruntime as ort
 
-    rng = np.random.default_rng(seed)
-    n = batch or max(1, samples)
-    h, w = prep.size
-    frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
-    nhwc = np.stack([prep.hwc(f) for f in frames]).astype(np.float32)
+    nhwc, nchw = random_inputs(prep, batch, samples, seed)
+    n = len(nhwc)
     session = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: prep.batch(frames)})[0]
+    got = session.run(None, {session.get_inputs()[0].name: nchw})[0]
     want = source.run(nhwc)
     if got.shape != want.shape:
         raise ModelError(f"ONNX output shape {got.shape} differs from TensorFlow's {want.shape}")
     spread = float(np.max(np.ptp(want.reshape(len(want), -1), axis=0))) if n > 1 else float("inf")
     return float(np.max(np.abs(got.astype(np.float64) - want))), spread, n
+
+
+def random_inputs(prep: Preprocess, batch: int | None, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``batch`` (else ``samples``) random uint8 frames of the model's size, preprocessed as TensorFlow's
+    NHWC input and as the bundle's input, for the parity checks."""
+    rng = np.random.default_rng(seed)
+    h, w = prep.size
+    frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(batch or max(1, samples))]
+    return np.stack([prep.hwc(f) for f in frames]).astype(np.float32), prep.batch(frames)

@@ -105,13 +105,12 @@ def parity(source, model, prep, batch, samples: int, seed: int, cut) -> tuple[fl
     """
     import onnxruntime as ort
 
-    rng = np.random.default_rng(seed)
-    n = batch or max(1, samples)
-    h, w = prep.size
-    frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
-    nhwc = np.stack([prep.hwc(f) for f in frames]).astype(np.float32)
+    from edgekit.host.export import random_inputs
+
+    nhwc, nchw = random_inputs(prep, batch, samples, seed)
+    n = len(nhwc)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    boxes, scores = session.run(["boxes", "scores"], {session.get_inputs()[0].name: prep.batch(frames)})
+    boxes, scores = session.run(["boxes", "scores"], {session.get_inputs()[0].name: nchw})
     want = source.run(nhwc)
     want = want if isinstance(want, list) else [want]
     if cut is None:

@@ -51,15 +51,9 @@ def train(
     ``weights`` is ``none``, ``imagenet`` or a weights file (Keras applications only). ``verbose``
     is Keras' (default: a progress bar on a terminal, one line per epoch otherwise).
     """
-    out = Path(out)
-    if out.suffix not in MODEL_SUFFIXES:
-        raise UsageError(f"model output must end in {' or '.join(MODEL_SUFFIXES)}, got {out.name}")
-    if epochs < 1 or batch_size < 1:
-        raise UsageError("--epochs and --batch-size must be at least 1")
+    out = check_training_output(out, epochs, batch_size, force)
     if not 0.0 <= val_split < 1.0:
         raise UsageError(f"--val-split must be in [0, 1), got {val_split}")
-    check_output_dir(out, force)
-    check_writable(out)  # before training, not after
     spec = get_arch(arch)
     spec.check_image_size(image_size)  # before the images are read
     prep = spec.preprocess(image_size)
@@ -113,16 +107,30 @@ def train(
             "the last epoch's accuracy (%.2f, averaged over augmented batches with the model in training mode) is "
             "far above the final model's (%.2f, inference mode, no augmentation): its BatchNorm statistics have not "
             "settled; train more --epochs (or with --weights imagenet)", epoch_acc, train_acc)
+    save_model(model, out, {"task": "classification", "labels": list(folder.classes), "preprocess": prep.to_dict(),
+                            "training": {k: v for k, v in result.items() if k not in ("model", "labels")}})
+    return result
+
+
+def check_training_output(out: str | os.PathLike, epochs: int, batch_size: int, force: bool) -> Path:
+    """``out`` as a Path, checked before any training: a model suffix, sane counts, not in the way, writable."""
+    out = Path(out)
+    if out.suffix not in MODEL_SUFFIXES:
+        raise UsageError(f"model output must end in {' or '.join(MODEL_SUFFIXES)}, got {out.name}")
+    if epochs < 1 or batch_size < 1:
+        raise UsageError("--epochs and --batch-size must be at least 1")
+    check_output_dir(out, force)
+    check_writable(out)
+    return out
+
+
+def save_model(model, out: Path, sidecar: dict) -> None:
+    """Write the Keras ``model`` to ``out`` atomically, then its sidecar (what ``export`` reads)."""
     with temp_dir("edgekit-train") as tmp:
         saved = Path(tmp) / f"model{out.suffix}"
         model.save(saved)
         copy_file(saved, out)
-    write_json(
-        sidecar_path(out),
-        {"task": "classification", "labels": list(folder.classes), "preprocess": prep.to_dict(),
-         "training": {k: v for k, v in result.items() if k not in ("model", "labels")}},
-    )
-    return result
+    write_json(sidecar_path(out), sidecar)
 
 
 GAP_WARNING = 0.15  # last epoch's accuracy minus the final model's on the same images, above which train warns

@@ -11,16 +11,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
-from edgekit.atomic import check_output_dir, copy_file, write_json
-from edgekit.errors import UsageError
 from edgekit.host.archs import get_arch
 from edgekit.host.detection_data import read_detection_set
-from edgekit.host.train import MODEL_SUFFIXES, sidecar_path
+from edgekit.host.train import check_training_output, save_model
 from edgekit.images import ImageReader
 from edgekit.nms import NmsParams
 
@@ -48,12 +44,7 @@ def train_detector(
     the val recall and precision figures (see :func:`recall_precision`)."""
     from edgekit.host.detector import build_detector, check_image_size, grid_of, losses
 
-    out = Path(out)
-    if out.suffix not in MODEL_SUFFIXES:
-        raise UsageError(f"model output must end in {' or '.join(MODEL_SUFFIXES)}, got {out.name}")
-    if epochs < 1 or batch_size < 1:
-        raise UsageError("--epochs and --batch-size must be at least 1")
-    check_output_dir(out, force)
+    out = check_training_output(out, epochs, batch_size, force)
     spec = get_arch(arch)
     check_image_size(spec, image_size)
     prep = dataclasses.replace(spec.preprocess(image_size), resize="letterbox")
@@ -103,16 +94,11 @@ def train_detector(
         "val_precision": val_precision,
         "score_threshold": params.score_threshold,
     }
-    with tempfile.TemporaryDirectory(prefix="edgekit-train-") as tmp:
-        saved = Path(tmp) / f"model{out.suffix}"
-        model.save(saved)
-        copy_file(saved, out)
-    write_json(
-        sidecar_path(out),
-        {"task": "detection", "labels": list(dataset.classes), "preprocess": prep.to_dict(),
-         "outputs": [{"name": "boxes", "meaning": "boxes"}, {"name": "scores", "meaning": "scores"}],
-         "training": {k: v for k, v in result.items() if k not in ("model", "labels", "task")}},
-    )
+    save_model(model, out, {
+        "task": "detection", "labels": list(dataset.classes), "preprocess": prep.to_dict(),
+        "outputs": [{"name": "boxes", "meaning": "boxes"}, {"name": "scores", "meaning": "scores"}],
+        "training": {k: v for k, v in result.items() if k not in ("model", "labels", "task")},
+    })
     return result
 
 
