@@ -284,7 +284,7 @@ def test_nms_options_are_refused_for_a_classifier(cli, trained_model, tmp_path):
 
 
 @pytest.mark.tensorrt
-@pytest.mark.skipif(not tensorrt_available(), reason="needs the tensorrt Python bindings, pycuda and an NVIDIA GPU (none here)")
+@pytest.mark.skipif(not tensorrt_available(), reason="needs the tensorrt Python bindings, pycuda or cuda-python, and an NVIDIA GPU (none here)")
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_tensorrt_plugin_detections_match_the_cpu(native_bundle, scene_batch, precision):
     """On hardware: the engine built from model.trt.onnx (EfficientNMS_TRT) returns ONNX Runtime's detections."""
