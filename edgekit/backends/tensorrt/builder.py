@@ -454,8 +454,6 @@ def load_engine(bundle: Bundle, options: BuildOptions):
     onnx_path = bundle.path / plugin_model["path"] if plugin_model else bundle.model_path(rec.model_key)
     if not onnx_path.is_file():
         raise BundleError(f"bundle {bundle.path} lacks its {rec.model_key} model {onnx_path.name}")
-    if plugin_model:  # the parser and the runtime find EfficientNMS_TRT in the plugin registry
-        trt.init_libnvinfer_plugins(logger(), "")
     shapes = profile_shapes(bundle.input["shape"], options.batch)
     sha = plugin_model["sha256"] if plugin_model else bundle.model_sha256(rec.model_key)
     cache = EngineCache(options.cache_dir)
