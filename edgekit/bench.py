@@ -129,5 +129,7 @@ def bench_bundle(
     options.setdefault("batch", batch)  # the TensorRT profile (1..batch, or static with DLA); ONNX Runtime ignores it
     inputs = sample_batch(bundle, batch)
     with open_runner(bundle, backend, precision, **options) as runner:
-        chosen = runner.choice.key if runner.choice is not None else precision
+        choice = runner.choice
+        # the model that ran: int8_cpu is named as such; fp16 built from the fp32 model (TensorRT < 11) as fp16
+        chosen = precision if choice is None else (choice.precision if choice.key == "fp32" else choice.key)
         return bench(runner, inputs, warmup, iterations, duration, chosen)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgekit.atomic import copy_file, sha256_file, write_json
-from edgekit.errors import BundleError
+from edgekit.errors import BundleError, UsageError
 from edgekit.preprocess import Preprocess
 
 SCHEMA_VERSION = 1
@@ -47,6 +47,14 @@ TASKS = ("classification", "detection")
 PRECISIONS = ("fp32", "fp16", "int8")
 MODEL_KEYS = ("fp32", "fp16", "int8", "int8_cpu")
 METRIC_NAMES = {"top1": "top-1 %", "map50": "mAP@0.5"}
+
+
+def gate_basis(metric: str | None, labelled: bool) -> str:
+    """What a gate compared: accuracy on labelled images, else agreement with FP32 (top-1, or mAP@0.5
+    against FP32's detections for a detector)."""
+    if metric == "map50":
+        return "mAP@0.5" if labelled else "mAP@0.5 against FP32's detections"
+    return "top-1 accuracy" if labelled else "top-1 agreement with FP32"
 CLASS_OUTPUTS = ("probabilities", "logits", "scores")  # outputs whose last dimension is the class count
 SCHEMA_FILE = Path(__file__).parent / "schema" / "manifest.schema.json"
 
@@ -97,6 +105,13 @@ class Bundle:
         if m["task"] not in TASKS:
             raise BundleError(f"{where}: unknown task {m['task']!r}")
         Preprocess.from_dict(m["preprocess"])  # raises BundleError on a bad spec
+        if "nms" in m:  # what the schema cannot say: eval threshold <= run threshold
+            from edgekit.nms import NmsParams
+
+            try:
+                NmsParams.from_dict(m["nms"])
+            except UsageError as exc:
+                raise BundleError(f"corrupt manifest {where}: nms: {exc}") from exc
         classes = self.class_count()
         if classes is not None and classes != len(m["labels"]):
             raise BundleError(
@@ -194,7 +209,7 @@ class Bundle:
                 f"(max {_num(v.get('max_drop'))}) on {v.get('images', '?')} images"
             )
         if isinstance(g, dict):
-            basis = "top-1 accuracy" if g.get("labelled") else "top-1 agreement with fp32"
+            basis = gate_basis(g.get("metric"), bool(g.get("labelled")))
             return (
                 f"{key} failed the quantize accuracy gate: {basis} dropped {_num(g.get('drop'))} points "
                 f"(max {_num(g.get('max_drop'))}) on {g.get('images', '?')} held-out images"

@@ -67,7 +67,7 @@ class Report:
         have = {c.name for c in self.checks if c.ok}
         if not self.ok:
             return f"NOT READY: missing what is required: {', '.join(self.missing_required)}"
-        if {"TensorRT", "pycuda", "GPU"} <= have:
+        if {"TensorRT", "CUDA layer", "GPU"} <= have:
             return ("ready: TensorRT on the GPU (prove it with `edgekit doctor --selftest`); "
                     "ONNX Runtime on the CPU as the fallback")
         return "ready on the CPU: `edgekit run` works with ONNX Runtime; TensorRT is not usable here (see optional)"
@@ -98,7 +98,7 @@ MEANING = {
     "OpenCV GUI": "no --display window (--serve shows the stream over HTTP)",
     "cameras": "no local camera now; files, image folders and network streams still work",
     "TensorRT": "no TensorRT engines: run, bench and build fall back to, or need, ONNX Runtime on the CPU",
-    "pycuda": "TensorRT engines cannot be fed from Python: run and bench use ONNX Runtime on the CPU",
+    "CUDA layer": "TensorRT engines cannot be fed from Python (pycuda or cuda-python): run and bench use ONNX Runtime on the CPU",
     "CUDA": "no GPU inference: ONNX Runtime on the CPU",
     "cuDNN": "some TensorRT tactics are unavailable (TensorRT still builds)",
     "GPU": "no GPU inference: ONNX Runtime on the CPU",

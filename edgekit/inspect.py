@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 
 from edgekit.atomic import sha256_file
-from edgekit.bundle import Bundle
+from edgekit.bundle import Bundle, gate_basis
+from edgekit.nms import NmsParams
 
 ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64"}
 
@@ -58,7 +59,7 @@ def inspect_bundle(path: str | os.PathLike, target: str | None = None, nodes: bo
         "path": str(bundle.path),
         "schema_version": m["schema_version"],
         "task": m["task"],
-        **({"nms": m["nms"]} if "nms" in m else {}),
+        **({"nms": NmsParams.from_dict(m["nms"]).to_dict()} if "nms" in m else {}),  # defaults filled in
         **({"nms_cut": m["nms_cut"]} if "nms_cut" in m else {}),
         "labels": m["labels"],
         "input": m["input"],
@@ -111,12 +112,13 @@ def _verdict_lines(info: dict) -> list[str]:
     lines = []
     g, v = info.get("gate"), info.get("validation")
     if isinstance(g, dict) and isinstance(g.get("drop"), (int, float)):
-        basis = "top-1" if g.get("labelled") else "agreement with fp32"
+        basis = gate_basis(g.get("metric"), bool(g.get("labelled")))
         lines.append(f"          gate: {basis} drop {g['drop']:.2f} points (max {g.get('max_drop') or 0:g}) "
                      f"on {g.get('images', '?')} held-out images")
     if isinstance(v, dict):
         result = "pass" if v.get("passed") else "FAIL"
-        lines.append(f"          validate: {result}, top-1 {v.get('value') or 0:.2f}% vs {v.get('reference') or 0:.2f}% "
+        metric = "mAP@0.5" if v.get("metric") == "map50" else "top-1"
+        lines.append(f"          validate: {result}, {metric} {v.get('value') or 0:.2f}% vs {v.get('reference') or 0:.2f}% "
                      f"fp32, drop {v.get('drop') or 0:.2f} points (max {v.get('max_drop') or 0:g}) "
                      f"on {v.get('images', '?')} images, {v.get('at', '?')}")
     if info.get("verdict"):

@@ -24,7 +24,7 @@ class Predictor:
     :func:`~edgekit.backends.select.open_runner` (``cache_dir``, ``intra_op_threads`` …).
     """
 
-    def __init__(self, bundle: Bundle | str | os.PathLike, backend: str = "auto", precision: str = "fp32",
+    def __init__(self, bundle: Bundle | str | os.PathLike, backend: str = "auto", precision: str = "auto",
                  top_k: int = 1, **runner_options):
         from edgekit.backends.select import open_runner
         from edgekit.stream import postprocess
@@ -44,4 +44,4 @@ class Predictor:
     def predict(self, frame: np.ndarray) -> list[dict]:
         """The results for one uint8 BGR frame of any size (resized as the bundle says)."""
         outputs = self.runner.infer(self.preprocess(frame)[None])
-        return self.postprocess(outputs)
+        return self.postprocess(outputs, frame.shape[:2])

@@ -125,3 +125,16 @@ def test_selftest_comparison_on_onnxruntime(monkeypatch):
     assert results[0].max_error == 0.0 and 0 < results[2].max_error < doctor.TOLERANCE["int8"]
     monkeypatch.setitem(doctor.TOLERANCE, "int8", 1e-9)  # the Q/DQ model's real error must now fail
     assert doctor.selftest("onnxruntime", precisions=("int8",))[0].status == "fail"
+
+
+def test_verdict_names_the_checks_environment_makes():
+    """The verdict's TensorRT condition uses the names environment() gives its checks (a renamed check
+    made a healthy Jetson read 'ready on the CPU')."""
+    names = {c.name for c in doctor.environment().checks}
+    needed = {"TensorRT", "CUDA layer", "GPU"}
+    assert needed <= names
+    gpu_ready = doctor.Report([doctor.Check(n, True, required=n == "Python") for n in names])
+    assert gpu_ready.verdict().startswith("ready: TensorRT on the GPU")
+    no_layer = doctor.Report([doctor.Check(n, n != "CUDA layer", required=n == "Python") for n in names])
+    assert no_layer.verdict().startswith("ready on the CPU")
+    assert all(n in doctor.MEANING for n in needed)  # each absent one says what it means

@@ -192,7 +192,7 @@ def test_quantize_gate_verdict_is_named(tmp_path):
     bundle = write_tiny_bundle(tmp_path / "q", variants=True)
     bundle.models["int8"].update(usable=False, gate={"images": 200, "labelled": False, "drop": 3.5, "max_drop": 1.0,
                                                      "agreement": 96.5})
-    assert bundle.verdict("int8") == ("int8 failed the quantize accuracy gate: top-1 agreement with fp32 dropped "
+    assert bundle.verdict("int8") == ("int8 failed the quantize accuracy gate: top-1 agreement with FP32 dropped "
                                       "3.5 points (max 1) on 200 held-out images")
     assert bundle.verdict("fp16") is None and bundle.usable("fp16")
 

@@ -20,10 +20,10 @@ log = logging.getLogger(__name__)
 
 
 class DetectionRunner(Runner):
-    """Wraps the runner of a detection model; ``nms_in_graph`` when that model already ends in the plugin."""
+    """Wraps the runner of a detection model: one ending in the plugin (its four outputs) or the
+    pre-plugin graph (``boxes``, ``scores``); which, it learns from the model's outputs on activation."""
 
-    def __init__(self, inner: Runner, params: NmsParams, score_threshold: float | None = None,
-                 nms_in_graph: bool = False):
+    def __init__(self, inner: Runner, params: NmsParams, score_threshold: float | None = None):
         super().__init__()
         self.inner = inner
         self.name = inner.name
@@ -31,19 +31,23 @@ class DetectionRunner(Runner):
         self.score_threshold = params.score_threshold if score_threshold is None else float(score_threshold)
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ModelError(f"score threshold must be within [0, 1], got {self.score_threshold:g}")
-        self.nms_in_graph = nms_in_graph
-        if nms_in_graph and self.score_threshold < params.eval_score_threshold:
-            log.warning("score threshold %g is below the TensorRT plugin's %g (the bundle's eval threshold): "
-                        "detections below %g are not reported", self.score_threshold, params.eval_score_threshold,
-                        params.eval_score_threshold)
+        self.nms_in_graph = None
 
     def activate_impl(self) -> None:
         self.inner.activate()
         names = {s.name for s in self.inner.output_specs}
-        need = set(OUTPUTS) if self.nms_in_graph else {"boxes", "scores"}
-        if not need <= names:
+        if set(OUTPUTS) <= names:
+            self.nms_in_graph = True
+            if self.score_threshold < self.params.eval_score_threshold:
+                log.warning("score threshold %g is below the TensorRT plugin's %g (the bundle's eval threshold): "
+                            "detections below %g are not reported", self.score_threshold,
+                            self.params.eval_score_threshold, self.params.eval_score_threshold)
+        elif {"boxes", "scores"} <= names:
+            self.nms_in_graph = False
+        else:
             self.inner.deactivate()
-            raise ModelError(f"detection model lacks output(s) {', '.join(sorted(need - names))}")
+            raise ModelError(f"detection model has outputs {', '.join(sorted(names))}: neither the NMS plugin's "
+                             f"({', '.join(OUTPUTS)}) nor boxes and scores")
 
     def deactivate_impl(self) -> None:
         self.inner.deactivate()

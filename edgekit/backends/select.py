@@ -73,16 +73,6 @@ def tensorrt_key(bundle: Bundle, precision: str) -> str | None:
     return precision if bundle.has_model(precision) else None
 
 
-def device_supports(precision: str, compute_capability: str | None) -> bool:
-    """True when a GPU of ``compute_capability`` has fast ``precision`` (unknown capability: assume so)."""
-    from edgekit.backends.tensorrt.builder import MIN_CC
-
-    if not compute_capability:
-        return True
-    cc = tuple(int(v) for v in compute_capability.split(".")[:2])
-    return cc >= MIN_CC[precision]
-
-
 def choose_model(
     bundle: Bundle,
     backend: str,
@@ -131,6 +121,8 @@ def choose_model(
 
 
 def _auto(bundle, backend, cpu, dla, compute_capability) -> Choice:
+    from edgekit.backends.tensorrt.builder import fast_on
+
     skipped = []
     if backend == "onnxruntime":
         if not cpu:
@@ -143,7 +135,7 @@ def _auto(bundle, backend, cpu, dla, compute_capability) -> Choice:
             skipped.append("no int8_cpu model (edgekit quantize --cpu-variant)")
         return Choice(backend, "fp32", "fp32", "auto: " + "; ".join(skipped))
     for precision in ("int8", "fp16") if dla else ("int8", "fp16", "fp32"):
-        if not device_supports(precision, compute_capability):
+        if not fast_on(precision, compute_capability):
             skipped.append(f"the GPU (sm {compute_capability}) has no fast {precision}")
             continue
         key = tensorrt_key(bundle, precision)
@@ -229,7 +221,7 @@ def open_runner(bundle: Bundle, backend: str = "auto", precision: str = "auto", 
         choice = choose_here(bundle, backend, precision, allow_failed_gate, providers=providers)
         log_choice(choice, "; ".join(providers) + "; ")
         runner = OnnxRuntimeRunner(bundle.model_path(choice.key), providers=providers, **ort_options)
-    runner = _detection(bundle, runner, chosen, backend == "tensorrt")
+    runner = _detection(bundle, runner, chosen)
     runner.choice = choice
     return runner
 
@@ -255,15 +247,15 @@ def choose_providers() -> list[str]:
     return onnxruntime_providers(available_providers())
 
 
-def _detection(bundle: Bundle, runner: Runner, options: dict, nms_in_graph: bool = False) -> Runner:
+def _detection(bundle: Bundle, runner: Runner, options: dict) -> Runner:
     """``runner`` itself for a classifier; for a detector, wrapped to return the NMS plugin's outputs."""
     if bundle.task != "detection":
         return runner
     from edgekit.backends.detection import DetectionRunner
     from edgekit.nms import NmsParams
 
-    params = NmsParams.from_dict(bundle.manifest.get("nms") or {})
-    return DetectionRunner(runner, params, options.get("score_threshold"), nms_in_graph)
+    params = NmsParams.from_dict(bundle.manifest.get("nms") or {})  # checked when the bundle was loaded
+    return DetectionRunner(runner, params, options.get("score_threshold"))
 
 
 def onnxruntime_providers(available: list[str]) -> list[str]:

@@ -41,7 +41,7 @@ def command(data_dir, out, task, arch, weights, image_size, epochs, batch_size, 
     given = {"image_size": image_size, "epochs": epochs, "batch_size": batch_size}
     opts = {k: DEFAULTS[task][k] if v is None else v for k, v in given.items()}
     common = dict(arch=arch, weights=weights, seed=seed, augment=not no_augment, learning_rate=learning_rate,
-                  force=force, **opts)
+                  force=force, verbose=0 if is_quiet() else None, **opts)
     if task == "detect":
         if val_split is not None:
             raise UsageError("--val-split is for --task classify; a detection dataset brings its own val split")
@@ -59,8 +59,7 @@ def command(data_dir, out, task, arch, weights, image_size, epochs, batch_size, 
     else:
         from edgekit.host.train import train
 
-        r = train(data_dir, out, val_split=0.2 if val_split is None else val_split,
-                  verbose=0 if is_quiet() else None, **common)
+        r = train(data_dir, out, val_split=0.2 if val_split is None else val_split, **common)
         val = "n/a" if r["val_accuracy"] is None else f"{r['val_accuracy']:.4f}"
         skipped = f", {r['skipped']} unreadable skipped" if r["skipped"] else ""
         say(

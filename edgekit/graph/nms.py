@@ -197,7 +197,7 @@ def attach_plugin_model(bundle, key: str) -> dict:
     src = bundle.model_path(key)
     target = get_target(bundle.manifest.get("target", {}).get("name") or "jetpack-6.1")
     graph = gs.import_onnx(onnx.load(str(src)))
-    append_efficient_nms(graph, NmsParams.from_dict(bundle.manifest["nms"]), trt_version(target))
+    append_efficient_nms(graph, NmsParams.from_dict(bundle.manifest.get("nms") or {}), trt_version(target))
     model = gs.export_onnx(graph)
     name = src.name[: -len(".onnx")] + ".trt.onnx" if src.name.endswith(".onnx") else src.name + ".trt.onnx"
     with atomic_path(src.with_name(name)) as tmp:

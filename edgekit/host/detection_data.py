@@ -71,15 +71,16 @@ def describe(counts: Counter) -> str:
     return ", ".join(parts)
 
 
-def read_detection_set(data_dir: str | os.PathLike) -> DetectionSet:
-    """Read a YOLO (``data.yaml``) or COCO (``annotations/``) folder; InputError when it is unusable."""
+def read_detection_set(data_dir: str | os.PathLike, splits: tuple = SPLITS) -> DetectionSet:
+    """Read ``splits`` of a YOLO (``data.yaml``) or COCO (``annotations/``) folder; InputError when it is
+    unusable (``validate`` reads only the val split)."""
     root = Path(data_dir)
     if not root.is_dir():
         raise InputError(f"{root} is not a folder" if root.exists() else f"{root} does not exist")
     if (root / "data.yaml").is_file() or (root / "data.yml").is_file():
-        dataset = read_yolo(root)
+        dataset = read_yolo(root, splits)
     elif (root / "annotations").is_dir():
-        dataset = read_coco(root)
+        dataset = read_coco(root, splits)
     else:
         raise InputError(
             f"{root} is neither a YOLO dataset (data.yaml, images/, labels/) "
@@ -126,7 +127,7 @@ def _check_boxes(boxes: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray |
 
 
 # ---- YOLO -------------------------------------------------------------------------------------
-def read_yolo(root: Path) -> DetectionSet:
+def read_yolo(root: Path, names: tuple = SPLITS) -> DetectionSet:
     """Read a YOLO-layout folder (see the module docstring)."""
     import yaml
 
@@ -141,7 +142,7 @@ def read_yolo(root: Path) -> DetectionSet:
     base = Path(spec["path"]) if isinstance(spec.get("path"), str) else root
     base = base if base.is_absolute() else root / base
     splits, skipped = {}, {}
-    for split in SPLITS:
+    for split in names:
         images_dir = _yolo_split_dir(spec, split, base, root, spec_path)
         splits[split], skipped[split] = _read_yolo_split(images_dir, _labels_dir(images_dir), classes, split)
     return DetectionSet(root, "yolo", classes, splits, skipped)
@@ -239,11 +240,11 @@ def _yolo_rows(label_file: Path, n_classes: int) -> tuple[np.ndarray, str | None
 
 
 # ---- COCO -------------------------------------------------------------------------------------
-def read_coco(root: Path) -> DetectionSet:
+def read_coco(root: Path, names: tuple = SPLITS) -> DetectionSet:
     """Read a COCO-layout folder (see the module docstring); classes are the train categories by id."""
     classes, category_index = None, None
     splits, skipped = {}, {}
-    for split in SPLITS:
+    for split in names:
         ann_path = _coco_annotations(root, split)
         doc = _coco_json(ann_path)
         cats = sorted(doc["categories"], key=lambda c: c["id"])

@@ -168,8 +168,7 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
         log.warning("%s; writing the bundle anyway (--allow-unsupported)", report.summary())
 
     if detection:
-        error, samples = det.parity(source, onnx_model, prep, batch, samples, seed, cut)
-        spread = float("inf")  # detection parity compares detections, not a single output
+        error, spread, samples = det.parity(source, onnx_model, prep, batch, samples, seed, cut)
     else:
         error, spread, samples = _parity(source, onnx_model, prep, batch, samples, seed)
     if not error <= tolerance:

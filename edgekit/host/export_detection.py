@@ -18,7 +18,6 @@ from edgekit.nms import NmsParams, efficient_nms
 
 log = logging.getLogger(__name__)
 
-TRT_FILE = "model.trt.onnx"
 
 
 def has_tf_nms(model) -> bool:
@@ -95,8 +94,10 @@ def nms_params(cut, overrides: dict | None) -> NmsParams:
     return NmsParams(**values)
 
 
-def parity(source, model, prep, batch, samples: int, seed: int, cut) -> tuple[float, int]:
-    """Max abs difference between TensorFlow and ONNX Runtime (+ edgekit's NMS for a cut model), and the count.
+def parity(source, model, prep, batch, samples: int, seed: int, cut) -> tuple[float, float, int]:
+    """Max abs difference between TensorFlow and ONNX Runtime (+ edgekit's NMS for a cut model), the
+    spread of the class scores across the random frames (max - min, largest over scores; 0: the model
+    ignores its input), and the frame count.
 
     A native detector is compared output by output (boxes, scores). A model with TensorFlow NMS is
     compared on detections: ONNX Runtime's boxes/scores through :func:`edgekit.nms.efficient_nms`
@@ -111,6 +112,7 @@ def parity(source, model, prep, batch, samples: int, seed: int, cut) -> tuple[fl
     n = len(nhwc)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     boxes, scores = session.run(["boxes", "scores"], {session.get_inputs()[0].name: nchw})
+    spread = float(np.max(np.ptp(scores.reshape(n, -1), axis=0))) if n > 1 else float("inf")
     want = source.run(nhwc)
     want = want if isinstance(want, list) else [want]
     if cut is None:
@@ -118,11 +120,11 @@ def parity(source, model, prep, batch, samples: int, seed: int, cut) -> tuple[fl
         tf_scores = next((o for o in want if o is not tf_boxes), None)
         if tf_boxes is None or tf_boxes.shape != boxes.shape or tf_scores.shape != scores.shape:
             raise ModelError("ONNX detector outputs differ in shape from TensorFlow's")
-        return float(max(np.abs(boxes - tf_boxes).max(), np.abs(scores - tf_scores).max())), n
+        return float(max(np.abs(boxes - tf_boxes).max(), np.abs(scores - tf_scores).max())), spread, n
     tf = tf_nms_outputs(want)
     dets = efficient_nms(boxes, scores, score_threshold=cut.score_threshold or 0.0,
                          iou_threshold=cut.iou_threshold or 0.5, max_output_boxes=tf["detection_boxes"].shape[1])
-    return detection_difference(dets, tf), n
+    return detection_difference(dets, tf), spread, n
 
 
 def tf_nms_outputs(outputs: list) -> dict[str, np.ndarray]:

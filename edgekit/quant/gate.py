@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.atomic import lock
-from edgekit.bundle import Bundle
+from edgekit.bundle import Bundle, gate_basis
 from edgekit.errors import EdgekitError, GateError, InputError, UsageError
 
 log = logging.getLogger(__name__)
@@ -84,10 +84,10 @@ class Report:
         return "\n".join(lines)
 
     def check(self) -> None:
-        """Raise GateError naming the models whose top-1 dropped more than ``max_drop`` points."""
+        """Raise GateError naming the models whose top-1 (detectors: mAP@0.5) dropped more than ``max_drop`` points."""
         if self.failures:
             what = ", ".join(f"{r.name} on {r.backend} by {r.drop:.2f} points" for r in self.failures)
-            basis = "top-1 accuracy" if self.labelled else "top-1 agreement with FP32"
+            basis = gate_basis(getattr(self, "metric", None), self.labelled)
             raise GateError(
                 f"accuracy gate failed on {self.images} images: {basis} dropped {what} (max {self.max_drop:g})"
             )
@@ -346,7 +346,13 @@ def validate(
     report = evaluate(bundle, x, y, max_drop=max_drop, tensorrt=tensorrt, batch_size=batch_size)
     with lock(bundle.path, what=f"bundle {bundle.path}"):  # the bundle's other writers wait
         write_report(report, out if out is not None else bundle.path)
-        record_verdicts(report, bundle)
+        fresh = Bundle.load(bundle.path, verify=False)  # another writer may have replaced it while we judged
+        changed = [k for k, e in bundle.models.items() if fresh.models.get(k, {}).get("sha256") != e.get("sha256")]
+        if changed:
+            log.warning("the %s model(s) of %s changed while they were being validated: no verdict recorded; "
+                        "run `edgekit validate` again", ", ".join(changed), bundle.path)
+        else:
+            record_verdicts(report, fresh)
     if check:
         report.check()
     return report

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from edgekit.atomic import atomic_dir, locked, temp_dir, write_json
-from edgekit.bundle import Bundle
+from edgekit.bundle import Bundle, gate_basis
 from edgekit.errors import GateError, UsageError
 from edgekit.progress import heartbeat
 
@@ -90,7 +90,7 @@ def _quantize(bundle_path, images, *, method, num_images, holdout, gate_images, 
         x, y = labelled_tensors(bundle, gate_images)
     pool = calibration_set(
         images, bundle.preprocess, num_images=num_images, holdout=holdout, every=every, seed=seed,
-        labels=bundle.labels, progress=progress,
+        labels=None if bundle.task == "detection" else bundle.labels, progress=progress,
     )
     cal, held = pool.split()
     if gate_images is None:
@@ -156,6 +156,7 @@ def _quantize(bundle_path, images, *, method, num_images, holdout, gate_images, 
                 if r.name in keys:
                     new.models[r.name]["usable"] = bool(r.passed)
                     new.models[r.name]["gate"] = {"images": report.images, "labelled": report.labelled,
+                                                  "metric": getattr(report, "metric", None) or "top1",
                                                   "drop": r.drop, "max_drop": max_drop, "agreement": r.agreement}
             write_report(report, tmp)
         new.save()
@@ -166,12 +167,7 @@ def _advice(report, tried: list[str], bundle_path) -> str:
     from edgekit.quant.qdq import METHODS
 
     worst = max(report.failures, key=lambda r: r.drop)
-    if getattr(report, "metric", None) == "map50":
-        from edgekit.quant.detection_gate import basis as detection_basis
-
-        basis = detection_basis(report)
-    else:
-        basis = "top-1 accuracy" if report.labelled else "top-1 agreement with FP32"
+    basis = gate_basis(getattr(report, "metric", None), report.labelled)
     others = [m for m in METHODS if m not in tried]
     method = f"--method {' or '.join(others)}, " if others else ""
     return (

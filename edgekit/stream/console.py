@@ -46,10 +46,13 @@ class ConsoleSink:
         self._tokens = float(burst)
         self._last = None
         self._pending = None
+        self._stop = None
+        self._closed = False
 
     def open(self, info) -> None:
         self.stream = self.stream or sys.stdout
         self._last = self.clock()
+        self._stop = getattr(info, "stop", None)
 
     def write(self, result) -> None:
         now = self.clock()
@@ -68,9 +71,19 @@ class ConsoleSink:
         if len(results) > PER_LINE:
             shown += f"; ... {len(results) - PER_LINE} more"
         skipped = f"  (+{self.hidden} not shown)" if self.hidden else ""
-        self.stream.write(f"{where(result)}: {shown}{skipped}\n")
-        self.stream.flush()
         self.hidden, self._pending = 0, None
+        if self._closed:
+            return
+        try:
+            self.stream.write(f"{where(result)}: {shown}{skipped}\n")
+            self.stream.flush()
+        except BrokenPipeError:  # `edgekit run B video.mp4 | head -1`: the reader has what it wanted
+            from edgekit.stream.sinks import _quiet_stdout
+
+            _quiet_stdout()
+            self._closed = True
+            if self._stop is not None:
+                self._stop("stdout closed")
 
     def close(self) -> None:
         if self._pending is not None:

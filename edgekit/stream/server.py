@@ -202,7 +202,7 @@ class _Handler(BaseHTTPRequestHandler):
             if path in ("/", "/index.html"):
                 return self._send(200, "text/html; charset=utf-8", self._page().encode())
             self._send(404, "text/plain", b"not found\n")
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+        except (BrokenPipeError, ConnectionResetError, socket.timeout):  # socket.timeout: TimeoutError from 3.10
             pass
 
     def _stream(self):

@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgekit.atomic import sha256_file
 from edgekit.backends.tensorrt import probe
 from edgekit.backends.tensorrt.cache import EngineCache, EngineKey
 from edgekit.bundle import PRECISIONS, Bundle
@@ -27,7 +28,18 @@ from edgekit.errors import BundleError, DeviceError, ModelError, UsageError
 
 log = logging.getLogger(__name__)
 
-MIN_CC = {"fp32": (3, 0), "fp16": (5, 3), "int8": (6, 1)}  # compute capability each precision needs
+# GPUs with fast FP16/INT8 by compute capability (TensorRT's support matrix): Pascal's 6.1 has INT8 but
+# no fast FP16, 6.0 and 6.2 (TX2) the reverse; Maxwell's 5.3 (Nano, TX1) FP16 only; everything from 7.0 both.
+FAST = {"fp32": lambda cc: cc >= (3, 0),
+        "fp16": lambda cc: cc in ((5, 3), (6, 0), (6, 2)) or cc >= (7, 0),
+        "int8": lambda cc: cc == (6, 1) or cc >= (7, 0)}
+
+
+def fast_on(precision: str, compute_capability: str | None) -> bool:
+    """True when a GPU of ``compute_capability`` runs ``precision`` fast (unknown capability: assume so)."""
+    if not compute_capability:
+        return True
+    return FAST[precision](tuple(int(v) for v in compute_capability.split(".")[:2]))
 OOM_MARKERS = ("out of memory", "outofmemory", "insufficient memory", "cudamalloc", "requested amount of gpu memory")
 # TensorRT's closing summaries of a failed build: they name no cause, the errors before them do.
 GENERIC_ERRORS = ("buildserializednetwork", "engine != nullptr", "network validation failed",
@@ -137,16 +149,15 @@ def recipe(bundle: Bundle, precision: str, major: int, calibrate: Path | None = 
     if calibrate is not None:
         return Recipe("fp32", ("INT8", "FP16"), calibrate=True)
     raise BundleError(
-        f"bundle {bundle.path} has no int8 (Q/DQ) model and no calibration set: run `edgekit quantize` or pass --calibrate DIR"
+        f"bundle {bundle.path} has no int8 (Q/DQ) model and no calibration set: run `edgekit quantize` (or `edgekit build --calibrate DIR`)"
     )
 
 
 def check_precision(precision: str, compute_capability: str | None, fast_fp16=None, fast_int8=None) -> None:
     """Raise DeviceError when the GPU cannot run ``precision`` (TensorRT's own answer wins when given)."""
     fast = {"fp16": fast_fp16, "int8": fast_int8}.get(precision)
-    if fast is None and compute_capability:
-        cc = tuple(int(v) for v in compute_capability.split(".")[:2])
-        fast = cc >= MIN_CC[precision]
+    if fast is None:
+        fast = fast_on(precision, compute_capability)
     if fast is False:
         raise UnsupportedPrecisionError(
             f"this GPU (sm {compute_capability}) has no fast {precision.upper()}; build with --precision fp32"
@@ -341,8 +352,8 @@ def serialize_network(
     if plan is None:
         if oom_hint(log_.errors):
             raise DeviceError(
-                "TensorRT ran out of memory building the engine; pass a smaller --workspace (MiB),"
-                " close other GPU programs or add swap (common on small Jetsons)"
+                "TensorRT ran out of memory building the engine; build it first with a smaller limit"
+                " (`edgekit build BUNDLE --workspace MiB`), close other GPU programs or add swap (common on small Jetsons)"
             )
         raise DeviceError(f"TensorRT failed to build the engine: {root_cause(log_.errors)}")
     from edgekit.atomic import write_bytes
@@ -455,7 +466,7 @@ def load_engine(bundle: Bundle, options: BuildOptions):
     if not onnx_path.is_file():
         raise BundleError(f"bundle {bundle.path} lacks its {rec.model_key} model {onnx_path.name}")
     shapes = profile_shapes(bundle.input["shape"], options.batch)
-    sha = plugin_model["sha256"] if plugin_model else bundle.model_sha256(rec.model_key)
+    sha = (plugin_model.get("sha256") or sha256_file(onnx_path)) if plugin_model else bundle.model_sha256(rec.model_key)
     cache = EngineCache(options.cache_dir)
     calibrator = digest = None
     if major < 11 and rec.calibrate:
