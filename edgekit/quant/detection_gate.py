@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from edgekit.bundle import Bundle, gate_basis
 from edgekit.errors import EdgekitError, InputError
 from edgekit.images import ImageReader
 from edgekit.nms import NmsParams, efficient_nms
-from edgekit.quant.gate import LATENCY_SAMPLES, MODEL_PRECISION, Report, Result
+from edgekit.quant.gate import MODEL_PRECISION, Report, Result, batched_outputs, median_latency_ms
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +66,10 @@ def _fmt(value, width: int, digits: int = 2) -> str:
 # ---- running models -----------------------------------------------------------------------------
 def _raw(runner, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray, float]:
     """``boxes``, ``scores`` of a pre-plugin model on all of ``x``, and the median batch-1 latency (ms)."""
-    fixed = runner.input_spec.shape[0]
-    step = fixed if isinstance(fixed, int) else batch_size
-    parts = [runner.infer(x[i : i + step]) for i in range(0, len(x), step)]
+    parts = batched_outputs(runner, x, batch_size)
     boxes = np.concatenate([p["boxes"] for p in parts]).astype(np.float32)
     scores = np.concatenate([p["scores"] for p in parts]).astype(np.float32)
-    return boxes, scores, _latency(runner, x)
-
-
-def _latency(runner, x: np.ndarray) -> float:
-    times = []
-    for i in range(min(len(x), LATENCY_SAMPLES + 3)):
-        t = time.perf_counter()
-        runner.infer(x[i : i + 1])
-        times.append(time.perf_counter() - t)
-    return float(np.median(times[3:] or times) * 1000)
+    return boxes, scores, median_latency_ms(runner, x)
 
 
 def _nms(boxes, scores, params: NmsParams, threshold: float) -> dict:
@@ -215,7 +203,7 @@ def evaluate(
                              score_threshold=params.eval_score_threshold) as runner:
                 parts = [runner.infer(x[i : i + 1]) for i in range(len(x))]
                 dets = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-                ms = _latency(runner, x)
+                ms = median_latency_ms(runner, x)
         except EdgekitError as exc:
             report.results.append(DetectionResult(f"tensorrt:{precision}", precision, "tensorrt", skipped=str(exc)))
             continue

@@ -97,19 +97,27 @@ def _fmt(value, width: int, digits: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
 
 
-def _run(runner, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
-    """First output of ``runner`` on all of ``x``, and the median batch-1 latency in ms."""
+def batched_outputs(runner, x: np.ndarray, batch_size: int) -> list[dict[str, np.ndarray]]:
+    """``runner``'s outputs on all of ``x``, in batches of ``batch_size`` (or the model's fixed batch)."""
     fixed = runner.input_spec.shape[0]
     step = fixed if isinstance(fixed, int) else batch_size
-    outputs = [next(iter(runner.infer(x[i : i + step]).values())) for i in range(0, len(x), step)]
-    out = np.concatenate(outputs).astype(np.float32).reshape(len(x), -1)
+    return [runner.infer(x[i : i + step]) for i in range(0, len(x), step)]
+
+
+def median_latency_ms(runner, x: np.ndarray) -> float:
+    """``runner``'s median batch-1 latency (ms) on the first images of ``x``, after 3 warm-up runs."""
     times = []
-    sample = x[: min(len(x), LATENCY_SAMPLES + 3)]
-    for i in range(len(sample)):
+    for i in range(min(len(x), LATENCY_SAMPLES + 3)):
         t = time.perf_counter()
-        runner.infer(sample[i : i + 1])
+        runner.infer(x[i : i + 1])
         times.append(time.perf_counter() - t)
-    return out, float(np.median(times[3:] or times) * 1000)
+    return float(np.median(times[3:] or times) * 1000)
+
+
+def _run(runner, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
+    """First output of ``runner`` on all of ``x``, and the median batch-1 latency in ms."""
+    outputs = [next(iter(o.values())) for o in batched_outputs(runner, x, batch_size)]
+    return np.concatenate(outputs).astype(np.float32).reshape(len(x), -1), median_latency_ms(runner, x)
 
 
 def fp32_reference(bundle: Bundle, x: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, float]:
