@@ -169,7 +169,8 @@ def test_heartbeat_speaks_during_a_silent_step(caplog):
 
 # ---- the validation chart: honest axis, legend, agreement ----
 def test_validation_chart_has_an_honest_axis_a_legend_and_agreement(tmp_path):
-    from edgekit.quant.gate import Report, Result, _chart
+    from edgekit.quant.gate import _chart
+    from edgekit.quant.report import Report, Result
 
     report = Report("b", 500, True, 1.0, [
         Result("fp32", "fp32", "onnxruntime", accuracy=97.4, agreement=100.0, latency_ms=1.0),

@@ -55,7 +55,7 @@ def make_coco(root, annotations=None):
 
 
 def test_yolo_boxes_in_pixels_and_background_images(tmp_path):
-    from edgekit.host.detection_data import read_detection_set
+    from edgekit.data.detection import read_detection_set
 
     ds = read_detection_set(make_yolo(tmp_path / "yolo"))
     assert ds.format == "yolo" and ds.classes == ["cat", "dog"]
@@ -69,7 +69,7 @@ def test_yolo_boxes_in_pixels_and_background_images(tmp_path):
 
 
 def test_roboflow_layout_with_paths_relative_to_a_split_folder(tmp_path):
-    from edgekit.host.detection_data import read_detection_set
+    from edgekit.data.detection import read_detection_set
 
     root = make_yolo(tmp_path / "yolo")
     for split, name in (("train", "train"), ("val", "valid")):
@@ -83,7 +83,7 @@ def test_roboflow_layout_with_paths_relative_to_a_split_folder(tmp_path):
 
 
 def test_coco_categories_by_id_and_crowd_ignored(tmp_path):
-    from edgekit.host.detection_data import read_detection_set
+    from edgekit.data.detection import read_detection_set
 
     ds = read_detection_set(make_coco(tmp_path / "coco"))
     assert ds.format == "coco" and ds.classes == ["cat", "dog"]  # sorted by category id: 3, 7
@@ -94,7 +94,7 @@ def test_coco_categories_by_id_and_crowd_ignored(tmp_path):
 
 
 def test_bad_images_are_skipped_and_counted(tmp_path, caplog):
-    from edgekit.host.detection_data import read_detection_set
+    from edgekit.data.detection import read_detection_set
 
     root = make_yolo(tmp_path / "yolo", {"d": "5 0.5 0.5 0.1 0.1\n", "e": "0 1.4 0.5 0.2 0.2\n", "f": "0 0.5 x 0.1\n"})
     (root / "images" / "train" / "g.png").write_bytes(b"not a png")
@@ -107,7 +107,7 @@ def test_bad_images_are_skipped_and_counted(tmp_path, caplog):
 
 
 def test_sample_detection_data_reads_the_same_in_both_layouts(detect_data):
-    from edgekit.host.detection_data import read_detection_set
+    from edgekit.data.detection import read_detection_set
 
     yolo, coco = read_detection_set(detect_data / "yolo"), read_detection_set(detect_data / "coco")
     assert yolo.classes == coco.classes == [str(d) for d in range(10)]

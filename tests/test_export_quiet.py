@@ -104,7 +104,7 @@ def test_gate_advice_names_options_both_commands_have():
     import click
 
     from edgekit.cli import export, inspect, quantize
-    from edgekit.quant.gate import Report, Result
+    from edgekit.quant.report import Report, Result
     from edgekit.quant.quantize import _advice
 
     report = Report("b", 200, True, 1.0, [Result("fp32", "fp32", "onnxruntime"),

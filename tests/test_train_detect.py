@@ -101,7 +101,7 @@ def test_outputs_follow_the_contract_with_decoding_in_the_graph(trained_detector
 def test_trained_detector_finds_the_held_out_digits(trained_detector, detect_data):
     """Training progress (not the mAP gate): val objects are located, and their cells outscore the background."""
     from edgekit.host.archs import get_arch
-    from edgekit.host.detection_data import read_detection_set
+    from edgekit.data.detection import read_detection_set
     from edgekit.host.detector import Grid, assign_targets
     from edgekit.host.train_detect import _load as load_frames
     from edgekit.host.train_detect import recall_precision

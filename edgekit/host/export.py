@@ -20,6 +20,7 @@ from edgekit.bundle import SCHEMA_VERSION, Bundle
 from edgekit.errors import InputError, ModelError, UsageError
 from edgekit.graph.targets import DEFAULT_TARGET, get_target
 from edgekit.preprocess import Preprocess
+from edgekit.host.probe import random_inputs
 from edgekit.progress import heartbeat
 
 log = logging.getLogger(__name__)
@@ -290,12 +291,3 @@ def _parity(source, onnx_model, prep: Preprocess, batch: int | None, samples: in
         raise ModelError(f"ONNX output shape {got.shape} differs from TensorFlow's {want.shape}")
     spread = float(np.max(np.ptp(want.reshape(len(want), -1), axis=0))) if n > 1 else float("inf")
     return float(np.max(np.abs(got.astype(np.float64) - want))), spread, n
-
-
-def random_inputs(prep: Preprocess, batch: int | None, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``batch`` (else ``samples``) random uint8 frames of the model's size, preprocessed as TensorFlow's
-    NHWC input and as the bundle's input, for the parity checks."""
-    rng = np.random.default_rng(seed)
-    h, w = prep.size
-    frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(batch or max(1, samples))]
-    return np.stack([prep.hwc(f) for f in frames]).astype(np.float32), prep.batch(frames)

@@ -106,7 +106,7 @@ def parity(source, model, prep, batch, samples: int, seed: int, cut) -> tuple[fl
     """
     import onnxruntime as ort
 
-    from edgekit.host.export import random_inputs
+    from edgekit.host.probe import random_inputs
 
     nhwc, nchw = random_inputs(prep, batch, samples, seed)
     n = len(nhwc)

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from edgekit.host.archs import get_arch
-from edgekit.host.detection_data import read_detection_set
+from edgekit.data.detection import read_detection_set
 from edgekit.host.train import check_training_output, save_model
 from edgekit.images import ImageReader
 from edgekit.nms import NmsParams

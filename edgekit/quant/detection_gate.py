@@ -26,7 +26,7 @@ from edgekit.bundle import Bundle, gate_basis
 from edgekit.errors import EdgekitError, InputError
 from edgekit.images import ImageReader
 from edgekit.nms import NmsParams, efficient_nms
-from edgekit.quant.gate import MODEL_PRECISION, Report, Result, batched_outputs, median_latency_ms
+from edgekit.quant.report import MODEL_PRECISION, Report, Result, batched_outputs, median_latency_ms
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def evaluate(
 def labelled_tensors(bundle: Bundle, images_dir: str | os.PathLike) -> tuple[np.ndarray, list[np.ndarray]]:
     """A labelled detection set as (tensors by the bundle's Preprocess, per-image truth in model-input pixels).
 
-    ``images_dir`` is a YOLO or COCO dataset (:func:`edgekit.host.detection_data.read_detection_set`;
+    ``images_dir`` is a YOLO or COCO dataset (:func:`edgekit.data.detection.read_detection_set`;
     its ``val`` split), or a folder holding one COCO json (``*.json``) with its images beside it or
     under ``images/``, read by pycocotools. Classes match the bundle's labels by name, else by index.
     """
@@ -251,7 +251,7 @@ def _coco_file(root: Path) -> Path | None:
 
 def _dataset(root: Path, labels: list[str]) -> list[tuple[Path, np.ndarray]]:
     """(image path, rows (class, x1, y1, x2, y2) in image pixels) of a YOLO/COCO dataset's val split."""
-    from edgekit.host.detection_data import read_detection_set
+    from edgekit.data.detection import read_detection_set
 
     dataset = read_detection_set(root, splits=("val",))
     to_class = _class_map(dataset.classes, labels, root)
