@@ -192,8 +192,9 @@ class Bundle:
 
     # ---- verdicts --------------------------------------------------------------------------
     def usable(self, key: str) -> bool:
-        """False when model ``key`` failed its latest accuracy gate (quantize's or validate's)."""
-        return self.models.get(key, {}).get("usable", True) is not False
+        """True when model ``key`` has no verdict or its ``usable`` is the boolean True: a failed gate, or
+        anything but a real boolean (``"false"``, 0), makes it unusable."""
+        return self.models.get(key, {}).get("usable", True) is True
 
     def verdict(self, key: str) -> str | None:
         """One line naming the gate result that makes model ``key`` unusable; None when it may be used."""
