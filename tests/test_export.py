@@ -268,7 +268,6 @@ def test_help_does_not_import_tensorflow():
 
 def test_cli_export_int8_adds_qdq_model(cli, trained_model, digits, tmp_path):
     """--int8 hands the fresh bundle to the INT8 quantizer (edgekit.quant, written alongside)."""
-    pytest.importorskip("edgekit.quant.quantize", reason="the INT8 quantizer is not in this tree")
     from edgekit.bundle import Bundle
     from edgekit.graph.support import check
     import onnx
@@ -314,7 +313,6 @@ def test_cli_export_labels_and_preprocess_override(cli, trained_model, tmp_path)
 
 
 def test_cli_calibration_methods_match_the_quantizer():
-    pytest.importorskip("edgekit.quant.qdq", reason="the INT8 quantizer is not in this tree")
     from edgekit.cli.options import CALIB_METHODS
     from edgekit.quant.qdq import METHODS
 

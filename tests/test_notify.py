@@ -15,8 +15,6 @@ import pytest
 
 from edgekit.service.notify import Notifier
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture
 def notify_socket(tmp_path):
@@ -115,7 +113,6 @@ def _write_video(path: Path, frames: int = 24) -> Path:
     return path
 
 
-@pytest.mark.skipif(not (REPO / "edgekit" / "cli" / "run.py").exists(), reason="`edgekit run` is not in this tree")
 def test_edgekit_run_notifies_ready_watchdog_and_fps(notify_socket, tiny_bundle, tmp_path):
     """What systemd sees from the service: READY=1 after the first frame, WATCHDOG=1, STATUS with FPS."""
     path, sock = notify_socket

@@ -136,9 +136,14 @@ def test_build_errors_name_the_root_cause():
     assert root_cause([]) == "unknown error"
 
 
-def test_auto_and_failed_gates_in_build_options():
-    assert BuildOptions(precision="auto").precision == "auto"
-    assert BuildOptions(allow_failed_gate=True, device=1).device == 1
+def test_build_options_take_auto_and_refuse_what_they_cannot_build():
+    """What __post_init__ checks: auto and every precision pass, anything else is one UsageError."""
+    for precision in ("auto", "fp32", "fp16", "int8"):
+        BuildOptions(precision=precision)
+    for bad, message in ((dict(precision="int4"), "unknown precision 'int4'"),
+                         (dict(workspace_mib=0), "--workspace"), (dict(dla_core=-1), "--dla")):
+        with pytest.raises(UsageError, match=message):
+            BuildOptions(**bad)
 
 
 def test_device_key_identifies_the_gpu_by_index_sms_and_memory(monkeypatch):
