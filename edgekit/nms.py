@@ -4,7 +4,7 @@ ONNX Runtime runs a detection bundle's pre-plugin graph (``boxes`` [B, N, 4] cor
 [B, N, C] probabilities); :func:`efficient_nms` turns them into what TensorRT's plugin returns, with
 the plugin's semantics: (box, class) pairs scoring at least ``score_threshold`` are ranked by score
 (the best 4096 per image, as the plugin keeps), greedily suppressed per class (or across classes)
-when their IoU with a kept box exceeds ``iou_threshold``, and the best ``max_output_boxes`` are
+when their IoU with a kept box is at least ``iou_threshold`` (the plugin's ``>=``; ONNX's op uses ``>``), and the best ``max_output_boxes`` are
 returned sorted by score, zero-padded. The greedy loop runs once per *kept* detection (at most
 ``max_output_boxes`` times), each step vectorised over every remaining candidate.
 """
@@ -107,7 +107,7 @@ def _nms_image(corners, scores, score_threshold, iou_threshold, k, class_agnosti
         inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
         union = area[rest] + area[i] - inter
         iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0)
-        hit = iou > iou_threshold
+        hit = iou >= iou_threshold  # the plugin suppresses at IoU >= threshold
         if not class_agnostic:
             hit &= cls_idx[rest] == cls_idx[i]
         alive[rest[hit]] = False
