@@ -27,7 +27,11 @@ from edgekit.errors import EdgekitError, first_line
 NV_TEGRA_RELEASE = "/etc/nv_tegra_release"
 # L4T release -> JetPack (tensorrt-facts.md)
 JETPACK = {"32.6": "4.6", "32.7": "4.6.x", "35": "5.1.x", "36.2": "6.0", "36.3": "6.0", "36.4": "6.1/6.2", "38": "7.x"}
-TOLERANCE = {"fp32": 1e-3, "fp16": 1e-2, "int8": 5e-2}  # max |TensorRT - ONNX Runtime fp32| on probabilities
+# max |TensorRT - ONNX Runtime fp32| on the probabilities of the self-test's natural frames. INT8: on
+# the host, ONNX Runtime running the same Q/DQ model (the quantization TensorRT applies) differs from
+# FP32 by at most 1.4e-3 on those frames; 1e-2 leaves room for TensorRT's FP16 float layers, while a
+# wrong engine errs by far more (one-hot vectors by 0.62). tests/test_selftest_judge.py re-measures both.
+TOLERANCE = {"fp32": 1e-3, "fp16": 1e-2, "int8": 1e-2}
 
 
 @dataclass
@@ -241,22 +245,34 @@ class SelftestResult:
         return f"{self.status:12s}{self.precision:6s}{err} {self.detail}".rstrip()
 
 
+def judge(precision: str, probs: np.ndarray, reference: np.ndarray) -> SelftestResult:
+    """Pass when every probability of every frame is within TOLERANCE of ONNX Runtime FP32's and every top-1 agrees."""
+    probs = np.asarray(probs, np.float32)
+    if probs.shape != reference.shape:
+        return SelftestResult(precision, "fail", detail=f"output shape {probs.shape}, expected {reference.shape}")
+    err = float(np.abs(probs - reference).max())
+    agree = bool((probs.argmax(axis=1) == reference.argmax(axis=1)).all())
+    ok = err <= TOLERANCE[precision] and agree
+    return SelftestResult(precision, "pass" if ok else "fail", err, "" if agree else "top-1 differs")
+
+
 def selftest(backend: str = "tensorrt", precisions=PRECISIONS, cache_dir: str | None = None) -> list[SelftestResult]:
     """Build edgekit.tiny's model at each precision on ``backend`` and compare with ONNX Runtime FP32.
 
-    A precision passes when its max absolute error on the probabilities is within TOLERANCE and every
-    top-1 agrees; one the device cannot do (a DeviceError) is ``unsupported``, not failed. Engines go
-    to a fresh temporary cache unless ``cache_dir`` is given, so the build path is always exercised.
+    The inputs are :func:`edgekit.tiny.natural_frames`, on which the probabilities are spread, so
+    :func:`judge` compares whole probability vectors; one precision the device cannot do (a
+    DeviceError) is ``unsupported``, not failed. Engines go to a fresh temporary cache unless
+    ``cache_dir`` is given, so the build path is always exercised.
     """
     from edgekit.backends.onnxruntime import OnnxRuntimeRunner
     from edgekit.backends.select import open_runner
     from edgekit.backends.tensorrt.builder import UnsupportedPrecisionError
-    from edgekit.tiny import colour_frames, write_tiny_bundle
+    from edgekit.tiny import natural_frames, write_tiny_bundle
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         bundle = write_tiny_bundle(Path(tmp) / "tiny", variants=True)
-        inputs = bundle.preprocess.batch(colour_frames())
+        inputs = bundle.preprocess.batch(natural_frames())
         with OnnxRuntimeRunner(bundle.model_path("fp32")) as ref_runner:
             reference = ref_runner.infer(inputs)["probs"]
         for precision in precisions:
@@ -270,8 +286,5 @@ def selftest(backend: str = "tensorrt", precisions=PRECISIONS, cache_dir: str | 
             except EdgekitError as exc:
                 results.append(SelftestResult(precision, "fail", detail=str(exc)))
                 continue
-            err = float(np.abs(probs.astype(np.float32) - reference).max())
-            agree = bool((probs.argmax(axis=1) == reference.argmax(axis=1)).all())
-            ok = err <= TOLERANCE[precision] and agree
-            results.append(SelftestResult(precision, "pass" if ok else "fail", err, "" if agree else "top-1 differs"))
+            results.append(judge(precision, probs, reference))
     return results

@@ -159,3 +159,24 @@ def write_tiny_bundle(
             bundle.add_model("int8", tmp / "model.int8.onnx", "model.int8.onnx", quantization="qdq-s8s8")
         bundle.save()
     return Bundle.load(Path(path))
+
+
+def natural_frames(size: int = SIZE, count: int = 12, seed: int = 0) -> np.ndarray:
+    """Frames (uint8 BGR) like a camera's: smooth mixed-colour shading plus sensor noise. The self-test's inputs.
+
+    Unlike :func:`colour_frames`, where every probability but the top one is below 0.015, these give
+    the classifier spread probabilities (top class 0.38-0.79 at the default seed), so an engine that
+    returns the wrong vectors (one-hot, uniform, permuted, badly quantized) errs by far more than
+    a correct INT8 engine does.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    frames = np.empty((count, size, size, 3))
+    for frame in frames:
+        for c in range(3):
+            fx, fy = rng.uniform(0.5, 3, 2)
+            px, py = rng.uniform(0, 2 * np.pi, 2)
+            shade = np.sin(2 * np.pi * fx * xx + px) * np.cos(2 * np.pi * fy * yy + py)
+            frame[..., c] = rng.uniform(60, 170) + rng.uniform(20, 80) * shade
+        frame += rng.normal(0, 10, frame.shape)
+    return np.clip(frames, 0, 255).astype(np.uint8)
