@@ -6,12 +6,20 @@ names of each class and enum of the Python bindings (derived from NVIDIA/TensorR
 ``derive.py`` there: 8.5.3 for JetPack 5, 8.6.1, 10.3.0 for JetPack 6, 10.13.3, 11.1), and
 ``<version>.txt.gz`` every identifier inside the compiled bindings of 8.6.1, 10.3.0, 10.13.3.9 and 11.4.0.106.
 
-The code is parsed with ``ast``. The class of each receiver is inferred statically: ``trt.X(...)`` is an
-``X``; a method or property of a known class returns the class in :data:`RETURNS`; an assignment carries
-its value's class to the variable (or ``self`` attribute); a variable or ``self`` attribute whose class
-is not inferred falls back to edgekit's naming convention (:data:`CONVENTIONAL`). Methods of a subclass
-of ``trt.X`` must be names of ``X``. A use is reachable on a release unless an enclosing ``if``/``else``
-on ``major`` (TensorRT's major version) excludes it, also through the call sites of the function holding it.
+``signatures-<release>.json`` (also by ``derive.py``) says per name whether it is a property or a method
+and, from pybind11's argument annotations, how many arguments a method takes.
+
+The code is parsed with ``ast``. ``tensorrt`` is followed under any import name (``import tensorrt``,
+``import tensorrt as t``, ``from tensorrt import X``) and ``trt`` by convention. The class of each
+receiver is inferred statically: ``trt.X(...)`` is an ``X``; a method or property of a known class
+returns the class in :data:`RETURNS`; an assignment (also to tuple targets, ``with ... as``, ``:=``)
+carries its value's class to the variable (or ``self`` attribute); an annotated parameter
+(``e: "trt.ICudaEngine"``) has its annotation's class; a variable or ``self`` attribute whose class is
+not inferred falls back to edgekit's naming convention (:data:`CONVENTIONAL`). A TensorRT-only name
+(:data:`DISTINCTIVE`) on a receiver whose class is still unknown is reported, not skipped. Methods of a
+subclass of ``trt.X`` must be names of ``X``. A use is reachable on a release unless an enclosing
+``if``/``else`` on ``major`` (TensorRT's major version) excludes it, also through the call sites of the
+function holding it. The modules are found by glob (``edgekit/backends/tensorrt/**/*.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = Path(__file__).parent / "data" / "tensorrt-python-names"
-SOURCES = sorted((REPO / "edgekit" / "backends" / "tensorrt").glob("*.py"))
+SOURCES = sorted((REPO / "edgekit" / "backends" / "tensorrt").rglob("*.py"))  # every module, however split
 # Variables (or self attributes) of these names hold these classes unless an assignment says otherwise.
 CONVENTIONAL = {
     "builder": "Builder", "network": "INetworkDefinition", "parser": "OnnxParser", "config": "IBuilderConfig",
@@ -76,12 +84,6 @@ def flat_names(version: str) -> frozenset:
 PYTHON_LEVEL = frozenset(n for v in RELEASES for n in api(v)["python"])
 
 
-def in_flat(version: str, name: str) -> bool:
-    """``name`` is in the compiled bindings (short names may be stored as the tail of a longer string)."""
-    names = flat_names(version)
-    return name in names or any(n.endswith(name) for n in names)
-
-
 def lineage(version: str, cls: str) -> list[str]:
     """``cls`` and its bases, nearest first (empty when the release has no such class)."""
     classes = api(version)["classes"]
@@ -116,13 +118,39 @@ def nested_class(owner: str, name: str) -> str | None:
 
 
 # ---- the analysis -----------------------------------------------------------------------------
-def _chain(node) -> list[str] | None:
-    """``trt.A.B`` -> ["A", "B"]; None when not rooted at ``trt``."""
-    parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    return parts[::-1] if isinstance(node, ast.Name) and node.id == "trt" else None
+@lru_cache(maxsize=None)
+def signatures(version: str) -> dict:
+    """Per class, ``"property"``, ``[min, max]`` method arguments or None (unknown), from derive.py."""
+    return json.loads((NAMES / f"signatures-{version}.json").read_text())["classes"]
+
+
+def kind(version: str, owner: str, name: str):
+    """What ``owner.name`` is in ``version``: "property", [min, max], or None (unknown or absent)."""
+    for c in lineage(version, owner):
+        found = signatures(version).get(c, {})
+        if name in found:
+            return found[name]
+    return None
+
+
+def _generic_names() -> frozenset:
+    """Attribute names of everyday Python objects: on an untyped receiver they say nothing of TensorRT."""
+    import logging
+    import threading
+
+    import numpy as np
+
+    objects = (object, str, bytes, list, dict, set, tuple, int, float, Path, np.ndarray, np.dtype,
+               logging.Logger, threading.Thread, threading.Event, memoryview, type(iter([])))
+    words = {"name", "shape", "dtype", "size", "log", "read", "write", "precision", "free"}  # edgekit's objects have them too
+    return frozenset(n for o in objects for n in dir(o)) | words
+
+
+# Names that only TensorRT's API has: such an attribute on a receiver whose class is not inferred is
+# reported (a use the checker cannot verify), not skipped.
+DISTINCTIVE = frozenset(
+    n for v in RELEASES for c in api(v)["classes"].values() for n in c["names"] if not n.startswith("__")
+) - _generic_names()
 
 
 def _resolve(chain: list[str]) -> list[tuple[str, str]]:
@@ -136,8 +164,16 @@ def _resolve(chain: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def _class_of_chain(chain: list[str]) -> str | None:
+    owner = ""
+    for part in chain:
+        owner = nested_class(owner, part) if owner is not None else None
+    return owner
+
+
 class Module:
-    """Every TensorRT (owner class, name) looked up in a module, with its node; parents of all nodes."""
+    """Every TensorRT (owner class, name) looked up in a module, with its node; calls on typed receivers;
+    TensorRT-looking names on receivers whose class is not inferred (``untyped``)."""
 
     def __init__(self, tree):
         self.parents = {}
@@ -145,23 +181,86 @@ class Module:
             for child in ast.iter_child_nodes(parent):
                 self.parents[child] = parent
         self.module = tree
+        self.aliases = {"trt"}  # names bound to the tensorrt module (``trt`` also by convention)
+        self.imported: dict = {}  # name -> tensorrt module-level name (``from tensorrt import X as name``)
+        self.other_modules: set = set()  # names bound to other modules (numpy, cuda ...): not TensorRT receivers
+        self.uses = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name == "tensorrt":
+                        self.aliases.add(a.asname or "tensorrt")
+                    else:
+                        self.other_modules.add(a.asname or a.name.split(".")[0])
+            elif isinstance(node, ast.ImportFrom):
+                for a in node.names:
+                    if node.module == "tensorrt":
+                        self.imported[a.asname or a.name] = a.name
+                        self.uses.append(("", a.name, node))
+                    else:
+                        self.other_modules.add(a.asname or a.name)
         self.env: dict = {}  # (scope node, variable) -> class
         self.self_env: dict = {}  # self attribute -> class
         for _ in range(3):  # assignments may use classes inferred from later lines
             for node in ast.walk(tree):
-                if isinstance(node, ast.Assign) and len(node.targets) == 1:
-                    cls = self.class_of(node.value)
-                    target = node.targets[0]
+                for target, value in self._bindings(node):
+                    cls = value if isinstance(value, str) else self.class_of(value)
                     if cls and isinstance(target, ast.Name):
-                        self.env[(self.scope(node), target.id)] = cls
+                        self.env[(self.scope(target), target.id)] = cls
                     elif cls and self._self_attr(target):
                         self.self_env[target.attr] = cls
-        self.uses = []
+        self.calls = []  # (owner, name, argument count or None with */**, node)
+        self.untyped = []  # (name, node)
         for node in ast.walk(tree):
             self._collect(node)
 
+    def _bindings(self, node):
+        """(target, value expression or class name) pairs a statement binds."""
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple):
+                    yield from zip(target.elts, node.value.elts)
+                else:
+                    yield target, node.value
+        elif isinstance(node, (ast.AnnAssign, ast.NamedExpr)) and node.value is not None:
+            yield node.target, node.value
+        elif isinstance(node, (ast.With, ast.AsyncWith)):
+            for item in node.items:
+                if item.optional_vars is not None:
+                    yield item.optional_vars, item.context_expr
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):  # annotated parameters: ``e: trt.ICudaEngine``
+            for arg in node.args.posonlyargs + node.args.args + node.args.kwonlyargs:
+                cls = self._annotation(arg.annotation)
+                if cls:
+                    name = ast.Name(arg.arg, ast.Load())
+                    self.parents[name] = node.body[0]  # scoped to the function
+                    yield name, cls
+
+    def _annotation(self, node) -> str | None:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            try:
+                node = ast.parse(node.value, mode="eval").body
+            except SyntaxError:
+                return None
+        chain = self.chain(node) if node is not None else None
+        return _class_of_chain(chain) if chain else None
+
+    def chain(self, node) -> list[str] | None:
+        """``trt.A.B`` (any alias of tensorrt, or a name imported from it) -> ["A", "B"]; None otherwise."""
+        parts = []
+        while isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        if not isinstance(node, ast.Name):
+            return None
+        if node.id in self.aliases:
+            return parts[::-1]
+        if node.id in self.imported:
+            return [self.imported[node.id]] + parts[::-1]
+        return None
+
     def scope(self, node):
-        while node is not None and not isinstance(node, (ast.FunctionDef, ast.Lambda, ast.Module)):
+        while node is not None and not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.Module)):
             node = self.parents.get(node)
         return node
 
@@ -171,18 +270,15 @@ class Module:
 
     def class_of(self, node) -> str | None:
         """The TensorRT class of expression ``node``, or None."""
-        if isinstance(node, ast.Name):
+        if isinstance(node, ast.Name) and node.id not in self.imported:
             scope = self.scope(node)
             return self.env.get((scope, node.id)) or self.env.get((self.module, node.id)) or CONVENTIONAL.get(node.id)
         if self._self_attr(node):
             return self.self_env.get(node.attr) or CONVENTIONAL.get(node.attr)
         if isinstance(node, ast.Call):
-            chain = _chain(node.func)
-            if chain is not None:
-                owner = ""
-                for part in chain:
-                    owner = nested_class(owner, part) if owner is not None else None
-                return owner
+            chain = self.chain(node.func)
+            if chain:
+                return _class_of_chain(chain)
             if isinstance(node.func, ast.Attribute):
                 return RETURNS.get((self.class_of(node.func.value), node.func.attr))
         if isinstance(node, ast.Attribute):
@@ -191,24 +287,42 @@ class Module:
 
     def _collect(self, node) -> None:
         if isinstance(node, ast.Attribute):
-            chain = _chain(node)
+            chain = self.chain(node)
             if chain is not None:
                 parent = self.parents.get(node)
-                if not (isinstance(parent, ast.Attribute) and _chain(parent) is not None):
-                    self.uses += [(owner, name, node) for owner, name in _resolve(chain)]
-            elif not (isinstance(node.value, ast.Name) and node.value.id == "trt"):
-                owner = self.class_of(node.value)
+                if not (isinstance(parent, ast.Attribute) and self.chain(parent) is not None):
+                    root = self._root(node)
+                    lookups = _resolve(chain)
+                    if root in self.imported:  # ``X.y`` after ``from tensorrt import X``: X is checked at the import
+                        lookups = lookups[1:]
+                    self.uses += [(owner, name, node) for owner, name in lookups]
+                return
+            owner = self.class_of(node.value)
+            if owner:
+                self.uses.append((owner, node.attr, node))
+            elif (node.attr in DISTINCTIVE and self._root(node) not in self.other_modules
+                  and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+                self.untyped.append((node.attr, node))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if self.chain(node.func) is None:
+                owner = self.class_of(node.func.value)
                 if owner:
-                    self.uses.append((owner, node.attr, node))
+                    starred = any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords)
+                    self.calls.append((owner, node.func.attr, None if starred else len(node.args) + len(node.keywords),
+                                       node.func))
         elif isinstance(node, ast.ClassDef):
             # Methods of a subclass of a TensorRT class override that class's methods (log, get_batch ...).
             for base in node.bases:
-                chain = _chain(base)
-                cls = None
-                for part in chain or ():
-                    cls = nested_class(cls or "", part)
+                chain = self.chain(base)
+                cls = _class_of_chain(chain) if chain else None
                 if cls:
                     self.uses += [(cls, item.name, item) for item in node.body if isinstance(item, ast.FunctionDef)]
+
+    @staticmethod
+    def _root(node):
+        while isinstance(node, (ast.Attribute, ast.Call, ast.Subscript)):
+            node = node.value if not isinstance(node, ast.Call) else node.func
+        return node.id if isinstance(node, ast.Name) else None
 
 
 def _gate(test, branch_true: bool, majors: set) -> set:
@@ -228,11 +342,8 @@ def _gate(test, branch_true: bool, majors: set) -> set:
 ALL_MAJORS = frozenset(major_of(v) for v in RELEASES + FLAT_RELEASES)
 
 
-def analyse(source: str) -> list[tuple[str, int, set]]:
-    """(``Owner.name``, line, majors where that line can run) for every TensorRT lookup in ``source``.
-
-    The owner of a module-level name is ``trt``.
-    """
+def _analysis(source: str):
+    """The module's analysis and ``reachable(node)``: the majors where ``node`` can run."""
     tree = ast.parse(source)
     mod = Module(tree)
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
@@ -254,15 +365,40 @@ def analyse(source: str) -> list[tuple[str, int, set]]:
             child, parent = parent, mod.parents.get(parent)
         return majors
 
+    return mod, reachable
+
+
+def analyse(source: str) -> list[tuple[str, int, set]]:
+    """(``Owner.name``, line, majors where that line can run) for every TensorRT lookup in ``source``.
+
+    The owner of a module-level name is ``trt``.
+    """
+    mod, reachable = _analysis(source)
     return [(f"{owner or 'trt'}.{name}", node.lineno, reachable(node)) for owner, name, node in mod.uses]
 
 
+def in_flat(version: str, name: str) -> bool:
+    """``name`` is in the compiled bindings of ``version``: as a whole line, or, only where the newest
+    derived release of the same major has it, as the tail of a longer string (the compiler stores a short
+    string inside a longer one ending with it). A tail alone never proves a name: ``io_tensors`` is not
+    a name because ``num_io_tensors`` is."""
+    names = flat_names(version)
+    if name in names:
+        return True
+    derived = [v for v in RELEASES if major_of(v) == major_of(version)]
+    known = bool(derived) and any(name in c["names"] or name in api(derived[-1])["module"]
+                                  for c in api(derived[-1])["classes"].values())
+    return known and any(n.endswith(name) for n in names)
+
+
 def problems(source: str) -> list[str]:
-    """One line per (use, release) where the name is missing from its class (or the class is missing)."""
+    """One line per (use, release) where the name is missing from its class (or the class is missing), a
+    property is called, or a method gets a wrong number of arguments; one line per TensorRT-looking name
+    on a receiver whose class the checker cannot infer (annotate it, e.g. ``engine: "trt.ICudaEngine"``)."""
+    mod, reachable = _analysis(source)
     found = []
-    for qualified, line, majors in analyse(source):
-        owner, _, name = qualified.rpartition(".")
-        owner = "" if owner == "trt" else owner
+    for owner, name, node in mod.uses:
+        majors, qualified, line = reachable(node), f"{owner or 'trt'}.{name}", node.lineno
         for version in RELEASES:
             if major_of(version) not in majors:
                 continue
@@ -273,6 +409,21 @@ def problems(source: str) -> list[str]:
         for version in FLAT_RELEASES:  # 11.4 is newer than the binding sources: its compiled module's names
             if major_of(version) in majors and name not in PYTHON_LEVEL and not in_flat(version, name):
                 found.append(f"line {line}: {qualified} is not in TensorRT {version}'s bindings")
+    for owner, name, count, node in mod.calls:
+        majors = reachable(node)
+        for version in RELEASES:
+            if major_of(version) not in majors or not has(version, owner, name):
+                continue  # a missing name is reported above
+            what = kind(version, owner, name)
+            if what == "property":
+                found.append(f"line {node.lineno}: {owner}.{name} is a property in TensorRT {version}, called as a method")
+            elif isinstance(what, list) and count is not None and not what[0] <= count <= what[1]:
+                takes = f"{what[0]}" if what[0] == what[1] else f"{what[0]}-{what[1]}"
+                found.append(f"line {node.lineno}: {owner}.{name} takes {takes} argument(s) in TensorRT {version}, "
+                             f"given {count}")
+    for name, node in mod.untyped:
+        found.append(f"line {node.lineno}: cannot infer the TensorRT class of the receiver of .{name} "
+                     f"({ast.unparse(node.value)}); annotate it or use a conventional name")
     return found
 
 
@@ -364,3 +515,81 @@ def test_checker_accepts_right_classes_and_gated_uses():
     via_call = "def g(trt):\n    return trt.IProgressMonitor\n\ndef f(major, trt):\n    if major >= 10:\n        g(trt)\n"
     assert problems(via_call) == []
     assert problems(via_call.replace("major >= 10", "True")) != []
+
+
+# Issue 18 item 8 and issue 21: each snippet hides a wrong TensorRT use the checker once let through.
+BLIND_SPOTS = [
+    ("untyped alias from an untyped parameter",
+     "def f(rt, p):\n    eng = rt.deserialize_cuda_engine(p)\n    return eng.get_binding_shape(0)\n",
+     "line 3: cannot infer the TensorRT class of the receiver of .get_binding_shape (eng)"),
+    ("wrong class through an untyped helper parameter",
+     "def helper(x):\n    x.set_input_shape('input', (1, 3, 8, 8))\n",
+     "line 2: cannot infer the TensorRT class of the receiver of .set_input_shape (x)"),
+    ("tuple target",
+     "def f(trt, logger):\n    builder, runtime = trt.Builder(logger), trt.Runtime(logger)\n    return runtime.num_io_tensors\n",
+     "line 3: Runtime.num_io_tensors is not in TensorRT 10.3.0"),
+    ("tuple target from a call",
+     "def f(make):\n    engine_, ctx = make()\n    ctx.execute_async_v2([], 0)\n",
+     "line 3: cannot infer the TensorRT class of the receiver of .execute_async_v2 (ctx)"),
+    ("import tensorrt",
+     "import tensorrt\n\ndef f(logger):\n    return tensorrt.Runtime(logger).num_io_tensors\n",
+     "line 4: Runtime.num_io_tensors is not in TensorRT 10.3.0"),
+    ("import tensorrt under another name",
+     "import tensorrt as t\n\ndef f(config):\n    config.set_flag(t.BuilderFlag.FP16)\n",
+     "line 4: BuilderFlag.FP16 is not in TensorRT 11.1"),
+    ("from tensorrt import a class",
+     "from tensorrt import Runtime\n\ndef f(logger):\n    r = Runtime(logger)\n    return r.num_io_tensors\n",
+     "line 5: Runtime.num_io_tensors is not in TensorRT 10.3.0"),
+    ("from tensorrt import a removed name",
+     "from tensorrt import IInt8EntropyCalibrator2\n",
+     "line 1: trt.IInt8EntropyCalibrator2 is not in TensorRT 11.1"),
+    ("set_timing_cache without ignore_mismatch (it has no default)",
+     "def f(config, cache):\n    config.set_timing_cache(cache)\n",
+     "line 2: IBuilderConfig.set_timing_cache takes 2 argument(s) in TensorRT 10.3.0, given 1"),
+    ("execute_async_v3 without its stream",
+     "def f(context):\n    context.execute_async_v3()\n",
+     "line 2: IExecutionContext.execute_async_v3 takes 1 argument(s) in TensorRT 10.3.0, given 0"),
+    ("a property called as a method",
+     "def f(engine):\n    return engine.num_io_tensors()\n",
+     "line 2: ICudaEngine.num_io_tensors is a property in TensorRT 10.3.0, called as a method"),
+    ("a with-bound builder",
+     "def f(trt, logger):\n    with trt.Builder(logger) as b:\n        return b.max_batch_size\n",
+     "line 3: Builder.max_batch_size is not in TensorRT 10.3.0"),
+]
+
+
+@pytest.mark.parametrize("snippet, finding", [c[1:] for c in BLIND_SPOTS], ids=[c[0] for c in BLIND_SPOTS])
+def test_checker_fails_on_each_blind_spot(snippet, finding):
+    found = problems(snippet)
+    assert any(p.startswith(finding) for p in found), found
+
+
+def test_checker_accepts_the_right_forms_of_the_blind_spots():
+    assert problems("def f(config, cache):\n    config.set_timing_cache(cache, False)\n") == []
+    assert problems("def f(config, cache):\n    config.set_timing_cache(cache=cache, ignore_mismatch=True)\n") == []
+    assert problems("def f(context, stream):\n    context.execute_async_v3(stream)\n") == []
+    assert problems("def f(e: 'trt.ICudaEngine'):\n    return e.num_io_tensors\n") == []  # typed by annotation
+    assert problems("import tensorrt as t\n\ndef f(eng: t.ICudaEngine):\n    return eng.get_tensor_name(0)\n") == []
+    assert problems("def f(rt: 'trt.Runtime', p):\n    eng = rt.deserialize_cuda_engine(p)\n"
+                    "    return eng.num_io_tensors\n") == []
+    assert problems("def f(trt, logger):\n    with trt.Builder(logger) as b:\n        return b.create_builder_config()\n") == []
+    assert problems("def f(args):\n    return args.num_io_tensors\n") != []  # an untyped receiver is never skipped
+
+
+def test_compiled_names_fallback_does_not_match_by_suffix():
+    """A tail of a longer string proves nothing by itself: ``io_tensors`` is only the end of ``num_io_tensors``."""
+    flat = "11.4.0.106"
+    assert any(n.endswith("io_tensors") and n != "io_tensors" for n in flat_names(flat))
+    assert not in_flat(flat, "io_tensors") and not in_flat(flat, "ensor_name")
+    assert in_flat(flat, "num_io_tensors")
+    assert in_flat(flat, "INPUT")  # stored only as a tail, but a TensorIOMode member in 11.1's sources
+
+
+def test_signature_data_says_what_the_bindings_declare():
+    """derive.py's signatures: properties, and argument counts from pybind11's annotations."""
+    for version in RELEASES:
+        assert kind(version, "ICudaEngine", "num_io_tensors") == "property", version
+        assert kind(version, "IBuilderConfig", "set_timing_cache") == [2, 2], version
+        assert kind(version, "IExecutionContext", "set_tensor_address") == [2, 2], version
+    assert kind("10.3.0", "IExecutionContext", "execute_async_v3") == [1, 1]
+    assert kind("11.1", "Logger", "ERROR") == "property"  # an enum member, exported onto ILogger, inherited

@@ -23,6 +23,13 @@ or ``py::class_<...> var{scope, "Name", ...}``, then ``.def/.def_property*/.def_
 puts the members on the enclosing class; ``m.def("function", ...)``. A base is a later template
 argument that is itself a bound C++ type (trampolines and holders are not). Preprocessor branches are all
 read (a name behind ``#if`` counts as present). Only names are kept: none of NVIDIA's code is copied.
+
+Beside each ``classes-RELEASE.json`` it writes ``signatures-RELEASE.json``: per class, what each name is,
+``"property"`` (``def_property*``/``def_readwrite``/``def_readonly``, enum members) or
+``[min, max]`` positional-or-keyword arguments of a method (``.def``), counted from its ``"name"_a`` /
+``py::arg("name")`` annotations (those with ``= default`` are optional; pybind11 requires one per
+parameter when any is given); ``null`` for a method bound without annotations (arity unknown).
+Overloads merge to the widest range, and to ``null`` when any is unknown.
 """
 
 from __future__ import annotations
@@ -115,6 +122,7 @@ class Bindings:
         self.pending_bases: dict[str, list[str]] = {}
         self.module: set[str] = set()
         self.python: set[str] = set()
+        self.kinds: dict[str, dict] = {}  # python qualified class -> name -> "property" | [min, max] | None
 
     def read(self, text: str) -> None:
         text = strip_comments(text)
@@ -160,15 +168,30 @@ class Bindings:
             first = literal(args[0]) if args else None
             if method in DEF_METHODS and first:
                 names.add(first)
+                if qualified:
+                    kind = arity(args[1:]) if method in ("def", "def_static") else "property"
+                    self._kind(qualified, first, kind)
             elif method == "def" and args and args[0].startswith("py::init"):
                 names.add("__init__")
             elif method == "value" and first:
                 names.add(first)
                 members.append(first)
+                self._kind(qualified, first, "property")
             elif method == "export_values" and scope is not None:
                 target = self.classes[scope]["names"] if scope else self.module
                 target.update(members)
+                for member in members if scope else ():
+                    self._kind(scope, member, "property")
             at = close_at
+
+    def _kind(self, qualified: str, name: str, kind) -> None:
+        kinds = self.kinds.setdefault(qualified, {})
+        if name not in kinds:
+            kinds[name] = kind
+        elif kinds[name] != kind:  # an overload (or a name bound twice): the widest range, or unknown
+            old = kinds[name]
+            lists = isinstance(old, list) and isinstance(kind, list)
+            kinds[name] = [min(old[0], kind[0]), max(old[1], kind[1])] if lists else None
 
     def read_python_init(self, text: str) -> None:
         for m in re.finditer(r"^(?:def|class)\s+(\w+)|^(\w+)\s*=", text, re.M):
@@ -185,6 +208,15 @@ class Bindings:
         return sorted(self.module), sorted(self.python), classes
 
 
+def arity(args: list[str]) -> list[int] | None:
+    """[min, max] arguments of a ``.def("name", function, extras...)`` from its argument annotations."""
+    annotated = [a for a in args[1:] if re.match(r'"\w+"_a\b|py::arg\s*\(', a.strip())]
+    if not annotated:
+        return None
+    optional = sum("=" in a for a in annotated)
+    return [len(annotated) - optional, len(annotated)]
+
+
 def derive(repo: str, ref: str) -> dict:
     b = Bindings()
     files = [f for f in git(repo, "ls-tree", "-r", "--name-only", ref, "python/src").split() if f.endswith(".cpp")]
@@ -197,7 +229,8 @@ def derive(repo: str, ref: str) -> dict:
         except subprocess.CalledProcessError:
             continue
     module, python, classes = b.result()
-    return {"ref": ref, "module": module, "python": python, "classes": classes}
+    kinds = {c: dict(sorted(k.items())) for c, k in sorted(b.kinds.items())}
+    return {"ref": ref, "module": module, "python": python, "classes": classes, "signatures": kinds}
 
 
 def compact_json(data: dict) -> str:
@@ -212,8 +245,10 @@ def main(argv: list[str]) -> None:
     for pair in pairs:
         ref, _, release = pair.partition("=")
         data = {"release": release, **derive(repo, ref)}
+        signatures = {"release": release, "ref": ref, "classes": data.pop("signatures")}
         out = HERE / f"classes-{release}.json"
         out.write_text(compact_json(data))
+        (HERE / f"signatures-{release}.json").write_text(compact_json(signatures))
         print(f"{out.name}: {len(data['classes'])} classes/enums, {len(data['module'])} module names")
 
 
