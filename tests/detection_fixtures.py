@@ -133,3 +133,31 @@ def digit_scenes(out: Path, n: int = 24, seed: int = 0) -> Path:
         coco["images"].append({"id": i, "file_name": name, "width": SIZE, "height": SIZE})
     (out / "annotations.json").write_text(json.dumps(coco))
     return out
+
+
+def labels_from_fp32(bundle, images: Path, out: Path) -> Path:
+    """``out/images`` + ``out/annotations.json``: ``images`` labelled (COCO) with the bundle's FP32 detections
+    at its run threshold, so FP32 scores ~100 % mAP@0.5 on them and a model that detects differently
+    scores less: a labelled set on which a random-weight detector's INT8 gate has something to lose."""
+    import shutil
+
+    import cv2
+
+    from edgekit.backends.select import open_runner
+
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    coco = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for i, n in enumerate(bundle.labels)]}
+    with open_runner(bundle, "onnxruntime", "fp32") as runner:
+        for i, file in enumerate(sorted(images.glob("*.png"))):
+            image = cv2.imread(str(file))
+            shutil.copy(file, out / "images" / file.name)
+            dets = runner.infer(bundle.preprocess.batch([image]))
+            h, w = image.shape[:2]
+            coco["images"].append({"id": i, "file_name": file.name, "width": w, "height": h})
+            n = int(dets["num_detections"][0, 0])
+            for (x1, y1, x2, y2), c in zip(dets["detection_boxes"][0, :n] * [w, h, w, h], dets["detection_classes"][0, :n]):
+                coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i, "iscrowd": 0,
+                                            "category_id": int(c), "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                                            "area": float((x2 - x1) * (y2 - y1))})
+    (out / "annotations.json").write_text(json.dumps(coco))
+    return out

@@ -239,8 +239,10 @@ def test_cli_export_int8_detector(cli, tmp_path, scenes):
     model = build_detector(tmp_path / "det.keras", seed=2)
     out = tmp_path / "bundle"
     r = cli("export", model, "-o", out, "--int8", "--calib-images", scenes / "images", "--calib-count", 40,
-            "--iou-threshold", 0.45, "--max-detections", 30, "--target", TARGET)
-    assert r.code in (0, 3), r  # 3: a random-weight detector may fail the agreement gate; the models are written
+            "--iou-threshold", 0.45, "--max-detections", 30, "--target", TARGET, "--max-drop", 5)
+    # 8 held-out images of a random-weight detector: one moved box is ~1 point, hence --max-drop 5 here;
+    # at the default, a really degraded INT8 model is refused in test_detection_gate.py
+    assert r.code == 0, r
     bundle = Bundle.load(out)
     assert bundle.manifest["nms"]["iou_threshold"] == 0.45
     for key in ("fp32", "int8", "fp16"):
@@ -250,14 +252,14 @@ def test_cli_export_int8_detector(cli, tmp_path, scenes):
         report = check(trt, TARGET)
         assert report.verdict == "ok", (key, report.problems)
     assert op_histogram(onnx.load(str(bundle.model_path("int8"))))["QuantizeLinear"] > 0
-    assert "gate" in bundle.models["int8"]
+    assert bundle.models["int8"]["gate"]["max_drop"] == 5 and bundle.usable("int8")
 
     r = cli("inspect", out)
     assert r.code == 0, r
     assert "detection" in r.out and "iou 0.45" in r.out and "max 30 detections" in r.out
     assert "+EfficientNMS_TRT" in r.out
 
-    r = cli("validate", out, "--images", scenes, "--no-tensorrt", "--max-drop", 100)
+    r = cli("validate", out, "--images", scenes, "--no-tensorrt")  # the default --max-drop
     assert r.code == 0, r
     report = json.loads((out / "validation.json").read_text())
     assert report["metric"] == "map50" and report["labelled"] and report["images"] == 40
