@@ -43,10 +43,11 @@ def test_disk_full_is_one_clear_error(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(atomic.os, "replace", full)
+    (tmp_path / "x.bin").write_bytes(b"previous")
+    monkeypatch.setattr(atomic.os, "replace", full)  # the rename fails; test_disk_full_writes.py fails the write
     with pytest.raises(EdgekitError, match="disk full"):
         atomic.write_bytes(tmp_path / "x.bin", b"data")
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["x.bin"] and (tmp_path / "x.bin").read_bytes() == b"previous"
 
 
 def test_atomic_dir_refuses_existing_then_replaces_with_force(tmp_path):
