@@ -139,8 +139,9 @@ def main() -> int:
             finally:
                 path.write_text(original)
             caught = code == 1 and failed
-            rows.append((m.name, ", ".join(f.split("::", 1)[-1] for f in failed) if caught else
-                         f"NOT CAUGHT (pytest exit {code})", seconds))
+            names = [f.split("::", 1)[-1] for f in failed]
+            shown = ", ".join(names[:2]) + (f" (+{len(names) - 2} more)" if len(names) > 2 else "")
+            rows.append((m.name, shown if caught else f"NOT CAUGHT (pytest exit {code})", seconds))
             print(f"  {'caught' if caught else 'SURVIVED'}: {m.name} ({seconds:.0f} s)", flush=True)
     width = max(len(r[0]) for r in rows)
     print(f"\n{'mutation':<{width}}  caught by (failing tests)")
