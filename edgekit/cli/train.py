@@ -15,12 +15,12 @@ DEFAULTS = {"classify": {"image_size": 32, "epochs": 10, "batch_size": 32},
 @click.option("--arch", type=click.Choice(ARCHS), default="small", show_default=True, help="Architecture (backbone).")
 @click.option("--weights", default="none", show_default=True,
               help="none, imagenet, or a weights file (Keras applications only).")
-@click.option("--image-size", type=int, help="Square input side, in pixels [classify 32, detect 160].")
-@click.option("--epochs", type=int, help="Passes over the training set [classify 10, detect 30].")
-@click.option("--batch-size", type=int, help="Images per training step [classify 32, detect 16].")
-@click.option("--val-split", type=float,
+@click.option("--image-size", type=click.IntRange(8, 4096), help="Square input side, in pixels [classify 32, detect 160].")
+@click.option("--epochs", type=click.IntRange(min=1), help="Passes over the training set [classify 10, detect 30].")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per training step [classify 32, detect 16].")
+@click.option("--val-split", type=click.FloatRange(0, 1, max_open=True),
               help="Fraction of each class held out for validation [0.2]; classify only (a detection set has val/).")
-@click.option("--learning-rate", type=float, default=None,
+@click.option("--learning-rate", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Initial Adam learning rate, cosine-decayed [small 3e-3; others 1e-3, 1e-4 pretrained].")
 @click.option("--no-augment", is_flag=True, help="Train without augmentation (random shifts, scale, brightness).")
 @click.option("--seed", default=0, show_default=True)
