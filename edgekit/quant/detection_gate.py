@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.bundle import Bundle, gate_basis
-from edgekit.errors import EdgekitError, InputError
+from edgekit.errors import EdgekitError, InputError, some
 from edgekit.images import ImageReader
 from edgekit.nms import NmsParams, efficient_nms
 from edgekit.quant.report import MODEL_PRECISION, Report, Result, batched_outputs, median_latency_ms
@@ -267,26 +267,31 @@ def _class_map(names: list[str], labels: list[str], where: Path) -> dict:
         return {i: labels.index(n) for i, n in enumerate(names)}
     if len(names) <= len(labels):
         return {i: i for i in range(len(names))}
-    raise InputError(f"{where}: classes {names[:8]} are neither the bundle's labels nor {len(labels)} or fewer")
+    raise InputError(f"{where}: classes {some(names)} are neither the bundle's labels nor {len(labels)} or fewer")
 
 
 def _coco(root: Path, labels: list[str]) -> list[tuple[Path, np.ndarray]]:
     """(image path, rows (class, x1, y1, x2, y2) in image pixels) from one COCO json, loaded by pycocotools."""
     from pycocotools.coco import COCO
 
+    from edgekit.data.detection import coco_json
+
     path = _coco_file(root)
+    doc = coco_json(path)  # ids, file names and duplicates checked: one line, not a pycocotools traceback
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            coco = COCO(str(path))
+            coco = COCO()
+            coco.dataset = doc
+            coco.createIndex()
     except (OSError, ValueError, KeyError, TypeError, AssertionError, json.JSONDecodeError) as exc:
         raise InputError(f"{path} is not a COCO annotation file: {exc}") from exc
     cats = {c["id"]: c.get("name", str(c["id"])) for c in coco.loadCats(coco.getCatIds())}
     if all(name in labels for name in cats.values()):
         to_class = {cid: labels.index(name) for cid, name in cats.items()}
-    elif all(0 <= cid < len(labels) for cid in cats):
+    elif all(isinstance(cid, int) and 0 <= cid < len(labels) for cid in cats):
         to_class = {cid: cid for cid in cats}
     else:
-        raise InputError(f"{path}: categories {sorted(cats.values())[:8]} are neither the bundle's labels "
+        raise InputError(f"{path}: categories {some(sorted(map(str, cats.values())))} are neither the bundle's labels "
                          f"nor ids 0..{len(labels) - 1}")
     samples, unknown = [], 0
     for info in coco.loadImgs(coco.getImgIds()):
