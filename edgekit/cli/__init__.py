@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(exc), exc.exit_code)
     except MemoryError:
         fail("out of memory")
+    except RecursionError:
+        fail("an input is nested too deeply (a corrupt JSON or YAML file?)")
     except OSError as exc:
         if exc.errno == errno.EPIPE:
             sys.exit(0)

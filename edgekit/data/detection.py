@@ -307,6 +307,8 @@ def coco_json(path: Path) -> dict:
         doc = json.loads(path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read {path}: {exc}") from exc
+    except RecursionError:
+        raise InputError(f"cannot read {path}: nested too deeply") from None
     if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list) for k in ("images", "annotations", "categories")):
         raise InputError(f"{path} is not COCO instances JSON (needs images, annotations and categories lists)")
     _check_entries(doc["categories"], "categories", "id", path)
