@@ -77,18 +77,35 @@ def command(model, out, target, batch, opset, allow_unsupported, tolerance, labe
 
     nms = {"score_threshold": score_threshold, "eval_score_threshold": eval_score_threshold,
            "iou_threshold": iou_threshold, "max_detections": max_detections, "class_agnostic": class_agnostic or None}
-    bundle = export_bundle(
-        model, out, target=target, batch=batch, opset=opset, allow_unsupported=allow_unsupported,
-        force=force, tolerance=tolerance, labels=labels, preprocess=preprocess, unsafe_load=unsafe_load,
-        nms={k: v for k, v in nms.items() if v is not None} or None,
-    )
-    m = bundle.manifest
+    options = dict(target=target, batch=batch, opset=opset, allow_unsupported=allow_unsupported, tolerance=tolerance,
+                   labels=labels, preprocess=preprocess, unsafe_load=unsafe_load,
+                   nms={k: v for k, v in nms.items() if v is not None} or None)
+    if not int8:
+        bundle = export_bundle(model, out, force=force, **options)
+        _wrote(bundle.manifest, out)
+        return
+    from edgekit.atomic import atomic_dir
+    from edgekit.errors import GateError
+    from edgekit.quant.quantize import quantize_bundle
+
+    failed = None
+    with atomic_dir(out, force=force) as staging:  # the old bundle stays until the new one is complete
+        bundle = export_bundle(model, staging, force=True, **options)
+        try:
+            quantize_bundle(staging, calib_images, progress=not is_quiet(), bundle_name=str(out),
+                            **int8_kwargs(int8_opts))
+        except GateError as exc:  # a verdict: the bundle is complete, its failed model marked unusable
+            failed = exc
+    _wrote(bundle.manifest, out)
+    if failed is not None:
+        raise failed
+    say(f"added INT8{' and FP16' if int8_opts['fp16'] else ''} models to {out}")
+
+
+def _wrote(m: dict, out) -> None:
+    from edgekit.cli import say
+
     say(
-        f"wrote {bundle.path}: opset {m['opset']}, {m['target']['name']} (TensorRT {m['target']['tensorrt']}) "
+        f"wrote {out}: opset {m['opset']}, {m['target']['name']} (TensorRT {m['target']['tensorrt']}) "
         f"{m['target']['verdict']}, parity max abs error {m['parity']['max_abs_error']:.2g}"
     )
-    if int8:
-        from edgekit.quant.quantize import quantize_bundle
-
-        quantize_bundle(bundle.path, calib_images, progress=not is_quiet(), **int8_kwargs(int8_opts))
-        say(f"added INT8{' and FP16' if int8_opts['fp16'] else ''} models to {bundle.path}")

@@ -52,12 +52,21 @@ def command(bundle, source_arg, camera, source, width, height, fps, backend, pre
     finish the current frame, close every output and exit 0. Under systemd it sends READY=1 after
     the first frame, WATCHDOG=1 while every stage is making progress, and STATUS= with the FPS.
     """
+    import logging
+    import os
+
     from edgekit.cli import is_quiet, say
     from edgekit.stream.loop import run_loop
 
+    given = the_source(source_arg, camera, source)
+    if serve and isinstance(given, str) and os.path.exists(given) and not (realtime and loop):
+        logging.getLogger("edgekit.run").warning(
+            "--serve on a file or folder stops at its end, as fast as it is read; add --realtime --loop to keep "
+            "serving it at its frame rate")
+
     summary = run_loop(
         bundle,
-        the_source(source_arg, camera, source),
+        given,
         width=width, height=height, fps=fps, backend=backend, precision=precision,
         allow_failed_gate=allow_failed_gate, json_path=json_path, record=record, display=display, serve=serve,
         console=not (json_path or record or display or serve or is_quiet()), max_frames=max_frames, duration=duration,
@@ -66,6 +75,10 @@ def command(bundle, source_arg, camera, source, width, height, fps, backend, pre
         score_threshold=score_threshold,
     )
     say(summary["text"], err=True)
+    if summary["frames"] == 0 and summary["stopped_by"] == "end of stream":  # not what was asked: say so
+        from edgekit.errors import InputError
+
+        raise InputError(f"no frame of {given} could be read (see the warnings above)")
 
 
 def _address(value):
