@@ -31,12 +31,14 @@ def command(data_dir, out, task, arch, weights, image_size, epochs, batch_size, 
 
     \b
     --task classify: DATA_DIR holds one subfolder per class (jpg, png, bmp).
-    --task detect:   DATA_DIR is YOLO (data.yaml, images/{train,val}, labels/{train,val})
+    --task detect:   DATA_DIR is YOLO (data.yaml, images/{train,val}, labels/{train,val}; DATA/data.yaml works too)
                      or COCO (annotations/instances_{train,val}.json, {train,val}/).
     Writes the model and, beside it, MODEL.edgekit.json (task, labels, preprocessing) for `edgekit export`.
     """
     from edgekit.cli import is_quiet, say
     from edgekit.errors import UsageError
+
+    task = _task(data_dir, task)
 
     given = {"image_size": image_size, "epochs": epochs, "batch_size": batch_size}
     opts = {k: DEFAULTS[task][k] if v is None else v for k, v in given.items()}
@@ -68,3 +70,21 @@ def command(data_dir, out, task, arch, weights, image_size, epochs, batch_size, 
             f"augmentation; Keras' epoch figures average augmented batches in training mode)"
         )
     say(f"wrote {out}")
+
+
+def _task(data_dir: str, task: str) -> str:
+    """``--task`` as given, or ``detect`` when it was left out and DATA_DIR is a YOLO/COCO set (or its data.yaml)."""
+    import logging
+    from pathlib import Path
+
+    root = Path(data_dir)
+    detection = root.suffix in (".yaml", ".yml") or any((root / n).exists() for n in ("data.yaml", "data.yml", "annotations"))
+    ctx = click.get_current_context()
+    if not detection or task == "detect":
+        return task
+    if ctx.get_parameter_source("task") is not click.core.ParameterSource.DEFAULT:
+        from edgekit.errors import UsageError
+
+        raise UsageError(f"{data_dir} is a detection dataset (YOLO/COCO); train a detector with --task detect")
+    logging.getLogger("edgekit.train").info("%s is a detection dataset: training a detector (--task detect)", data_dir)
+    return "detect"

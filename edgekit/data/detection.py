@@ -1,6 +1,6 @@
 """Detection datasets: a YOLO or COCO folder -> one list of (image, pixel boxes, class ids) per split.
 
-* YOLO (Ultralytics/Roboflow): ``DATA/data.yaml`` with ``names`` (and optionally ``path``, ``train``,
+* YOLO (Ultralytics/Roboflow): ``DATA/data.yaml`` (or the YAML file itself) with ``names`` (and optionally ``path``, ``train``,
   ``val``), ``images/{train,val}/*`` and ``labels/{train,val}/*.txt`` (``class cx cy w h``, normalised).
   An image without a label file is background.
 * COCO: ``DATA/annotations/instances_{train,val}*.json`` with the images in ``DATA/{train,val}*/``.
@@ -91,9 +91,11 @@ def read_detection_set(data_dir: str | os.PathLike, splits: tuple = SPLITS) -> D
     """Read ``splits`` of a YOLO (``data.yaml``) or COCO (``annotations/``) folder; InputError when it is
     unusable (``validate`` reads only the val split)."""
     root = Path(data_dir)
-    if not root.is_dir():
+    if root.is_file() and root.suffix in (".yaml", ".yml"):  # Ultralytics style: DATA/data.yaml
+        dataset = read_yolo(root.parent, splits, root)
+    elif not root.is_dir():
         raise InputError(f"{root} is not a folder" if root.exists() else f"{root} does not exist")
-    if (root / "data.yaml").is_file() or (root / "data.yml").is_file():
+    elif (root / "data.yaml").is_file() or (root / "data.yml").is_file():
         dataset = read_yolo(root, splits)
     elif (root / "annotations").is_dir():
         dataset = read_coco(root, splits)
@@ -149,11 +151,12 @@ def _check_boxes(boxes: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray |
 
 
 # ---- YOLO -------------------------------------------------------------------------------------
-def read_yolo(root: Path, names: tuple = SPLITS) -> DetectionSet:
-    """Read a YOLO-layout folder (see the module docstring)."""
+def read_yolo(root: Path, names: tuple = SPLITS, spec_path: Path | None = None) -> DetectionSet:
+    """Read a YOLO-layout folder (see the module docstring), described by ``spec_path`` (default its data.yaml)."""
     import yaml
 
-    spec_path = root / "data.yaml" if (root / "data.yaml").is_file() else root / "data.yml"
+    if spec_path is None:
+        spec_path = root / "data.yaml" if (root / "data.yaml").is_file() else root / "data.yml"
     try:
         spec = yaml.safe_load(spec_path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:

@@ -48,14 +48,19 @@ class DetectionReport(Report):
     results: list = field(default_factory=list)
 
     def summary(self) -> str:
-        lines = [f"{'model':<16}{'backend':<13}{'mAP50 %':>8}{'mAP %':>8}{'agree %':>9}{'ms':>8}  gate"]
+        """The table: mAP on labels, or (no labels: a quantize hold-out) mAP@0.5 against FP32's detections."""
+        if self.labelled:
+            lines = [f"{'model':<16}{'backend':<13}{'mAP50 %':>8}{'mAP %':>8}{'agree %':>9}{'ms':>8}  gate"]
+        else:
+            lines = [f"{'model':<16}{'backend':<13}{'mAP50 % vs FP32 detections':>27}{'ms':>8}  gate"]
         for r in self.results:
             if r.skipped:
                 lines.append(f"{r.name:<16}{r.backend:<13}  skipped: {r.skipped}")
                 continue
             gate = "ref" if r.passed is None else ("pass" if r.passed else f"FAIL (-{r.drop:.2f} pts)")
-            lines.append(f"{r.name:<16}{r.backend:<13}{_fmt(r.accuracy, 8)}{_fmt(r.map, 8)}{_fmt(r.agreement, 9)}"
-                         f"{_fmt(r.latency_ms, 8, 3)}  {gate}")
+            figures = (f"{_fmt(r.accuracy, 8)}{_fmt(r.map, 8)}{_fmt(r.agreement, 9)}" if self.labelled
+                       else _fmt(r.agreement, 27))
+            lines.append(f"{r.name:<16}{r.backend:<13}{figures}{_fmt(r.latency_ms, 8, 3)}  {gate}")
         return "\n".join(lines)
 
 

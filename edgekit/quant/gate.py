@@ -165,6 +165,10 @@ def labelled_tensors(bundle: Bundle, images_dir: str | os.PathLike) -> tuple[np.
     from edgekit.images import labelled_folder
     from edgekit.quant.calibration import CalibrationSet, Item
 
+    root = Path(images_dir)
+    if any((root / name).exists() for name in ("data.yaml", "data.yml", "annotations")) or root.suffix in (".yaml", ".yml"):
+        raise InputError(f"{images_dir} is a detection dataset (YOLO/COCO), and {bundle.path} is a classifier: "
+                         "validate it on one subfolder of images per label")
     folder = labelled_folder(images_dir)
     labels = bundle.labels
     unknown = [c for c in folder.classes if c not in labels]
