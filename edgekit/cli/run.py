@@ -84,13 +84,9 @@ def command(bundle, source_arg, camera, source, width, height, fps, backend, pre
 def _address(value):
     """``--serve``'s value, refused at parsing unless [HOST:]PORT (``service install`` checks it so)."""
     if value is not None:
-        from edgekit.errors import UsageError
         from edgekit.stream.server import parse_address
 
-        try:
-            parse_address(value)
-        except UsageError as exc:
-            raise click.BadParameter(str(exc).replace("--serve needs", "needs")) from None
+        parse_address(value)  # UsageError: --serve needs HOST:PORT or PORT
     return value
 
 
