@@ -225,9 +225,10 @@ def labelled_tensors(bundle: Bundle, images_dir: str | os.PathLike) -> tuple[np.
     under ``images/``, read by pycocotools. Classes match the bundle's labels by name, else by index.
     """
     root = Path(images_dir)
-    if not root.is_dir():
+    yaml_file = root.is_file() and root.suffix in (".yaml", ".yml")  # Ultralytics style: DATA/data.yaml
+    if not (root.is_dir() or yaml_file):
         raise InputError(f"labelled images {root} do not exist (a YOLO/COCO dataset or a folder with a COCO json)")
-    samples = _coco(root, bundle.labels) if _coco_file(root) else _dataset(root, bundle.labels)
+    samples = _coco(root, bundle.labels) if not yaml_file and _coco_file(root) else _dataset(root, bundle.labels)
     if not samples:
         raise InputError(f"no labelled images in {root}")
     prep = bundle.preprocess
