@@ -1,8 +1,8 @@
 """Issue 19's fault families for benchmarks/fault_sweep.py: each sweep returns (cases tried, cases clean).
 
 * option numbers: nan, inf, negative, zero and out-of-range values; clean = one ``edgekit: error:`` line.
-* output paths: --json/--record onto a device (mknod), a FIFO (with and without a reader), a symlink,
-  /dev/full, the source, each other; clean = the node stays what it was (a device, FIFO, link), a reader
+* output paths: --json/--record onto a device (mknod: like /dev/null, like /dev/full), a FIFO (with and
+  without a reader), a symlink, the source, each other; clean = the node stays what it was (a device, FIFO, link), a reader
   gets the lines, an input is never touched, and a refusal is one line.
 * dataset values: YOLO/COCO files with non-finite, wrong-kind, null, nested or repeated values; clean =
   a counted skip or one InputError as expected for the value, never another exception.
@@ -71,7 +71,7 @@ def option_numbers(bundle: Path, tmp: Path) -> tuple[int, int]:
         ["--fps", "-5"], ["--fps", "0", "--realtime"], ["--fps", "nan"], ["--fps", "inf"], ["--duration", "nan"],
         ["--duration", "-1"], ["--log-every", "nan"], ["--log-every", "0"], ["--timeout", "nan"], ["--timeout", "inf"],
         ["--threads", "-1"], ["--threads", "0"], ["--threads", "100000"], ["--serve", "notaport"],
-        ["--serve", "1:99999"], ["--max-frames", "0"], ["--top-k", "0"], ["--score-threshold", "nan"])}
+        ["--serve", "1:99999"], ["--max-frames", "0"], ["--top-k", "0"], ["--score-threshold", "nan"], ["--score-threshold", "inf"])}
     cases.update({
         "validate --max-drop nan": ["validate", bundle, "--images", tmp, "--max-drop", "nan"],
         "validate --max-drop -1": ["validate", bundle, "--images", tmp, "--max-drop", "-1"],
@@ -86,6 +86,9 @@ def option_numbers(bundle: Path, tmp: Path) -> tuple[int, int]:
                                              "--serve", "notaport"],
         "train --val-split nan": ["train", tmp, "-o", tmp / "m.keras", "--val-split", "nan"],
         "train --epochs 0": ["train", tmp, "-o", tmp / "m.keras", "--epochs", "0"],
+        "export --iou-threshold nan": ["export", tmp / "m.keras", "-o", tmp / "o", "--iou-threshold", "nan"],
+        "export --tolerance nan": ["export", tmp / "m.keras", "-o", tmp / "o", "--tolerance", "nan"],
+        "sample-data --val-split nan": ["sample-data", tmp / "s", "--val-split", "nan"],
     })
     clean = 0
     for name, args in cases.items():
@@ -101,9 +104,9 @@ def output_paths(bundle: Path, tmp: Path) -> tuple[int, int]:
     base = ["run", bundle, video, "--max-frames", "3"]
     results = {}
 
-    def device(name):
+    def device(name, minor=3):
         path = tmp / name
-        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, minor))
         return path
 
     dev = device("null")
@@ -127,9 +130,9 @@ def output_paths(bundle: Path, tmp: Path) -> tuple[int, int]:
     code, _, err = attempt(base + ["--json", tmp / "link.jsonl"])
     results["--json onto a symlink"] = (code == 0 and os.path.islink(tmp / "link.jsonl")
                                         and len((tmp / "target.jsonl").read_text().splitlines()) == 3, err)
-    if os.path.exists("/dev/full"):
-        code, _, err = attempt(base + ["--json", "/dev/full"])
-        results["--json onto /dev/full"] = (one_line_error(code, err) and stat.S_ISCHR(os.stat("/dev/full").st_mode), err)
+    full = device("full", minor=7)  # like /dev/full, made here: a broken build replaces no system file
+    code, _, err = attempt(base + ["--json", full])
+    results["--json onto a full device"] = (one_line_error(code, err) and stat.S_ISCHR(os.stat(full).st_mode), err)
 
     before = video.read_bytes()
     code, _, err = attempt(base + ["--record", video])

@@ -219,14 +219,23 @@ def output_target(path: str | os.PathLike) -> tuple[Path, bool]:
     return path, stat.S_ISREG(mode)
 
 
+FIFO_WAIT = 5.0  # seconds a FIFO output waits for its reader
+
+
 def open_special(path: Path) -> int:
-    """A write descriptor on a device or FIFO ``path`` (no truncation; a FIFO needs a reader already)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY)
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:
-            raise InputError(f"cannot write {path}: it is a FIFO that nobody reads") from exc
-        raise _explain(exc, path) from exc
+    """A write descriptor on a device or FIFO ``path`` (no truncation; a FIFO waits ``FIFO_WAIT`` s for a reader)."""
+    wait = FIFO_WAIT
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY)
+            break
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise _explain(exc, path) from exc
+            if time.monotonic() >= deadline:
+                raise InputError(f"cannot write {path}: it is a FIFO that nobody reads (waited {wait:g} s)") from exc
+            time.sleep(0.05)
     os.set_blocking(fd, True)
     return fd
 

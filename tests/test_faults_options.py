@@ -17,7 +17,7 @@ from edgekit.cli.options import max_threads
     (["--max-drop", "nan"], "--max-drop"), (["--timeout", "nan"], "--timeout"), (["--duration", "nan"], "--duration"),
     (["--log-every", "nan"], "--log-every"), (["--fps", "-5"], "--fps"), (["--fps", "0", "--realtime"], "--fps"),
     (["--fps", "inf"], "--fps"), (["--threads", "-1"], "--threads"), (["--serve", "notaport"], "--serve"),
-    (["--duration", "-inf"], "--duration"),
+    (["--duration", "-inf"], "--duration"), (["--score-threshold", "nan"], "--score-threshold"),
 ])
 def test_10_bad_numbers_refused_at_parsing_in_one_line(tiny_bundle, tmp_path, cli, args, option):
     command = ["validate", tiny_bundle.path, "--images", tmp_path] if option == "--max-drop" else \

@@ -20,10 +20,11 @@ def video(tmp_path, colour_media):
     return colour_media.video(tmp_path / "v.mp4", colour_media.labels(12))
 
 
-def _device(path):
-    """A character device like /dev/null, made with mknod (skips where not allowed)."""
+def _device(path, minor=3):
+    """A character device like /dev/null (minor 3) or /dev/full (minor 7), made with mknod in a temporary
+    folder, so that a broken build replaces no system file (skips where mknod is not allowed)."""
     try:
-        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, minor))
     except PermissionError:
         pytest.skip("mknod needs root (CAP_MKNOD)")
     return path
@@ -37,12 +38,11 @@ def test_1_json_onto_a_device_writes_to_it_and_leaves_the_device(tiny_bundle, vi
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".null")]  # no temporary beside it
 
 
-def test_1_json_onto_dev_full_is_one_line_and_dev_full_stays(tiny_bundle, video, cli):
-    if not os.path.exists("/dev/full"):
-        pytest.skip("no /dev/full here")
-    assert_one_line_error(cli("run", tiny_bundle.path, video, "--max-frames", "3", "--json", "/dev/full"),
-                          "cannot write /dev/full", "disk is full")
-    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+def test_1_json_onto_a_full_device_is_one_line_and_the_device_stays(tiny_bundle, video, tmp_path, cli):
+    full = _device(tmp_path / "full", minor=7)
+    assert_one_line_error(cli("run", tiny_bundle.path, video, "--max-frames", "3", "--json", full),
+                          f"cannot write {full}", "disk is full")
+    assert stat.S_ISCHR(os.stat(full).st_mode)
 
 
 def test_1_json_onto_a_fifo_reaches_its_reader(tiny_bundle, video, tmp_path, cli):
@@ -57,7 +57,8 @@ def test_1_json_onto_a_fifo_reaches_its_reader(tiny_bundle, video, tmp_path, cli
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
 
 
-def test_1_json_onto_a_fifo_nobody_reads_is_refused_not_a_hang(tiny_bundle, video, tmp_path, cli):
+def test_1_json_onto_a_fifo_nobody_reads_is_refused_not_a_hang(tiny_bundle, video, tmp_path, cli, monkeypatch):
+    monkeypatch.setattr(atomic, "FIFO_WAIT", 0.3)  # how long it waits for a reader (5 s)
     os.mkfifo(tmp_path / "pipe")
     assert_one_line_error(cli("run", tiny_bundle.path, video, "--json", tmp_path / "pipe"), "FIFO that nobody reads")
 

@@ -1,6 +1,6 @@
 import click
 
-from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, int8_kwargs, int8_options
+from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, Number, int8_kwargs, int8_options, positive
 
 
 @click.command("export")
@@ -10,7 +10,7 @@ from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, int8_kwa
 @click.option("--batch", type=int, default=None, help="Fix the batch size [default: dynamic, named 'batch'].")
 @click.option("--opset", type=int, default=None, help="ONNX opset [default: 17, or the target's maximum if lower].")
 @click.option("--allow-unsupported", is_flag=True, help="Write the bundle even if the target cannot run it.")
-@click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Max abs TF vs ONNX Runtime difference.")
+@click.option("--tolerance", type=positive(), default=1e-4, show_default=True, help="Max abs TF vs ONNX Runtime difference.")
 @click.option("--labels", "labels_arg", default=None,
               help="Labels for a model without a sidecar: a file (one per line) or a comma-separated list.")
 @click.option("--preprocess", "preprocess_arg", default=None,
@@ -19,12 +19,12 @@ from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, int8_kwa
 @click.option("--unsafe-load", is_flag=True,
               help="Load a .keras model with Lambda layers (runs code stored in the file: only for files you trust).")
 @click.option("--force", is_flag=True, help="Replace the bundle folder if it exists.")
-@click.option("--score-threshold", type=click.FloatRange(0, 1), default=None,
+@click.option("--score-threshold", type=Number(0, 1), default=None,
               help="Detectors: NMS score threshold `run` uses [default: the TensorFlow NMS's, else 0.25].")
-@click.option("--eval-score-threshold", type=click.FloatRange(0, 1), default=None,
+@click.option("--eval-score-threshold", type=Number(0, 1), default=None,
               help="Detectors: NMS score threshold for mAP (validate, the INT8 gate) and the TensorRT plugin "
                    "[default: 0.001].")
-@click.option("--iou-threshold", type=click.FloatRange(0, 1), default=None,
+@click.option("--iou-threshold", type=Number(0, 1), default=None,
               help="Detectors: NMS IoU threshold [default: the TensorFlow NMS's, else 0.5].")
 @click.option("--max-detections", type=click.IntRange(min=1), default=None,
               help="Detectors: detections kept per image [default: the TensorFlow NMS's, else 100].")

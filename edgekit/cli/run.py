@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import click
 
-from edgekit.cli.options import positive, threads_option
+from edgekit.cli.options import Number, positive, threads_option
 
 SOURCE_HELP = "0 or /dev/videoN, csi://N, rtsp://..., http(s)://... (MJPEG), gst:PIPELINE, a video file, an image folder."
 
@@ -33,7 +33,7 @@ SOURCE_HELP = "0 or /dev/videoN, csi://N, rtsp://..., http(s)://... (MJPEG), gst
               metavar="SECONDS", help="Log FPS and latency this often.")
 @click.option("--timeout", type=positive(), default=10.0, show_default=True,
               metavar="SECONDS", help="Opening/reading timeout of network sources.")
-@click.option("--score-threshold", type=click.FloatRange(0, 1), default=None,
+@click.option("--score-threshold", type=Number(0, 1), default=None,
               help="Detection bundles: keep detections scoring at least this [default: the bundle's nms.score_threshold].")
 @threads_option()
 @click.option("--cache-dir", type=click.Path(), help="TensorRT engine cache (default ~/.cache/edgekit).")

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import click
 
+from edgekit.cli.options import Number
+
 ARCHS = ("small", "mobilenetv2", "resnet50", "efficientnetb0")  # edgekit.host.archs.ARCHS, without importing it
 DEFAULTS = {"classify": {"image_size": 32, "epochs": 10, "batch_size": 32},
             "detect": {"image_size": 160, "epochs": 30, "batch_size": 16}}
@@ -18,9 +20,9 @@ DEFAULTS = {"classify": {"image_size": 32, "epochs": 10, "batch_size": 32},
 @click.option("--image-size", type=click.IntRange(8, 4096), help="Square input side, in pixels [classify 32, detect 160].")
 @click.option("--epochs", type=click.IntRange(min=1), help="Passes over the training set [classify 10, detect 30].")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per training step [classify 32, detect 16].")
-@click.option("--val-split", type=click.FloatRange(0, 1, max_open=True),
+@click.option("--val-split", type=Number(0, 1, max_open=True),
               help="Fraction of each class held out for validation [0.2]; classify only (a detection set has val/).")
-@click.option("--learning-rate", type=click.FloatRange(0, 1, min_open=True), default=None,
+@click.option("--learning-rate", type=Number(0, 1, min_open=True), default=None,
               help="Initial Adam learning rate, cosine-decayed [small 3e-3; others 1e-3, 1e-4 pretrained].")
 @click.option("--no-augment", is_flag=True, help="Train without augmentation (random shifts, scale, brightness).")
 @click.option("--seed", default=0, show_default=True)
