@@ -143,6 +143,13 @@ def output_paths(bundle: Path, tmp: Path) -> tuple[int, int]:
     code, _, err = attempt(base + ["--record", rec])
     results["--record onto a device"] = (one_line_error(code, err) and stat.S_ISCHR(os.stat(rec).st_mode), err)
 
+    model = tmp / "model.keras"
+    model.write_bytes(b"a model")
+    code, _, err = attempt(["export", model, "-o", model, "--force"])
+    results["export -o onto its MODEL"] = (one_line_error(code, err) and model.read_bytes() == b"a model", err)
+    code, _, err = attempt(["train", tmp, "-o", tmp, "--force"])
+    results["train -o onto its DATA_DIR"] = (one_line_error(code, err) and model.read_bytes() == b"a model", err)
+
     from edgekit import atomic
 
     dev2 = device("null2")

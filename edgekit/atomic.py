@@ -254,24 +254,24 @@ def write_special(path: Path, data: bytes) -> None:
 
 
 def _identity(path: str) -> tuple | str | None:
-    """A regular file's (device, inode), a new name's real path; None for a device, FIFO or folder."""
+    """A file's or folder's (device, inode), a new name's real path; None for a device or FIFO."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return os.path.realpath(path)
     except OSError:
         return None
-    return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+    return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) else None
 
 
 def refuse_inputs(outputs: dict, inputs: dict) -> None:
     """UsageError when an output is an input of the same run or another output (``/dev/null`` twice is fine).
 
-    Both map an option name (``--json``) to a path; None, ``-`` and inputs that are no file are skipped.
+    Both map an option name (``--json``) to a path; None, ``-`` and inputs that do not exist are skipped.
     """
     seen: dict = {}
     for role, value in [*inputs.items(), *outputs.items()]:
-        if value is None or str(value) == "-" or (role in inputs and not os.path.isfile(str(value))):
+        if value is None or str(value) == "-" or (role in inputs and not os.path.exists(str(value))):
             continue
         key = _identity(str(value))
         if key is None:
@@ -279,7 +279,7 @@ def refuse_inputs(outputs: dict, inputs: dict) -> None:
         if key in seen:
             first, where = seen[key]
             why = "it would destroy the input" if first in inputs else "give each output its own file"
-            raise UsageError(f"{role} {value} is the same file as {first} {where}; {why}")
+            raise UsageError(f"{role} {value} is the same path as {first} {where}; {why}")
         seen[key] = (role, value)
 
 

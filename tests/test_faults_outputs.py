@@ -95,7 +95,7 @@ def test_1_record_onto_a_device_is_refused(tiny_bundle, video, tmp_path, cli):
 def test_2_record_onto_the_source_is_refused_and_the_source_kept(tiny_bundle, video, cli):
     before = video.read_bytes()
     assert_one_line_error(cli("run", tiny_bundle.path, video, "--max-frames", "3", "--record", video),
-                          "same file as SOURCE", "destroy the input")
+                          "same path as SOURCE", "destroy the input")
     assert video.read_bytes() == before
 
 
@@ -104,7 +104,7 @@ def test_2_json_and_record_onto_one_file_refused_up_front(tiny_bundle, video, tm
     os.symlink(tmp_path / "x.mkv", link)  # the same file under another name too
     for json_path in (tmp_path / "x.mkv", link):
         result = cli("run", tiny_bundle.path, video, "--json", json_path, "--record", tmp_path / "x.mkv")
-        assert_one_line_error(result, "same file as --json")
+        assert_one_line_error(result, "same path as --json")
         assert "disk full" not in result.err
 
 
@@ -218,3 +218,11 @@ def test_3_export_force_int8_interrupted_in_quantize_leaves_the_old_bundle(tmp_p
     result = cli("export", tmp_path / "m.keras", "-o", out, "--force", "--int8", "--calib-images", colour_set)
     assert_one_line_error(result, "interrupted")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_2_export_and_train_outputs_onto_their_inputs_are_refused(tmp_path, cli):
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"a model")
+    assert_one_line_error(cli("export", model, "-o", model, "--force"), "same path as MODEL")
+    assert_one_line_error(cli("train", tmp_path, "-o", tmp_path, "--force"), "same path as DATA_DIR")
+    assert model.read_bytes() == b"a model"

@@ -45,6 +45,9 @@ def command(model, out, target, batch, opset, allow_unsupported, tolerance, labe
     from edgekit.cli import is_quiet, say
     from edgekit.errors import InputError, UsageError
 
+    from edgekit.atomic import refuse_inputs
+
+    refuse_inputs({"-o": out}, {"MODEL": model, "--calib-images": calib_images})  # --force would replace them
     if int8 and not calib_images:
         raise UsageError("--int8 needs --calib-images DIR_OR_VIDEO")
     ctx = click.get_current_context()

@@ -40,6 +40,9 @@ def command(data_dir, out, task, arch, weights, image_size, epochs, batch_size, 
     from edgekit.cli import is_quiet, say
     from edgekit.errors import UsageError
 
+    from edgekit.atomic import refuse_inputs
+
+    refuse_inputs({"-o": out}, {"DATA_DIR": data_dir, "--weights": weights})  # --force would replace them
     task = _task(data_dir, task)
 
     given = {"image_size": image_size, "epochs": epochs, "batch_size": batch_size}
