@@ -68,7 +68,7 @@ def quantize_bundle(
     else:
         log.info("gate on %d images:\n%s", report.images, report.summary())
         if report.failures:
-            raise GateError(_advice(report, tried, bundle_path))
+            raise GateError(_advice(report, tried, bundle_name or bundle_path))
     return report
 
 
