@@ -224,8 +224,7 @@ FIFO_WAIT = 5.0  # seconds a FIFO output waits for its reader
 
 def open_special(path: Path) -> int:
     """A write descriptor on a device or FIFO ``path`` (no truncation; a FIFO waits ``FIFO_WAIT`` s for a reader)."""
-    wait = FIFO_WAIT
-    deadline = time.monotonic() + wait
+    deadline = time.monotonic() + FIFO_WAIT
     while True:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY)
@@ -234,7 +233,7 @@ def open_special(path: Path) -> int:
             if exc.errno != errno.ENXIO:
                 raise _explain(exc, path) from exc
             if time.monotonic() >= deadline:
-                raise InputError(f"cannot write {path}: it is a FIFO that nobody reads (waited {wait:g} s)") from exc
+                raise InputError(f"cannot write {path}: it is a FIFO that nobody reads (waited {FIFO_WAIT:g} s)") from exc
             time.sleep(0.05)
     os.set_blocking(fd, True)
     return fd

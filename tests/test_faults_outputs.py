@@ -226,3 +226,21 @@ def test_2_export_and_train_outputs_onto_their_inputs_are_refused(tmp_path, cli)
     assert_one_line_error(cli("export", model, "-o", model, "--force"), "same path as MODEL")
     assert_one_line_error(cli("train", tmp_path, "-o", tmp_path, "--force"), "same path as DATA_DIR")
     assert model.read_bytes() == b"a model"
+
+
+def test_1_a_fifo_reader_that_goes_away_ends_the_run_cleanly(tiny_bundle, tmp_path, cli, colour_media):
+    video = colour_media.video(tmp_path / "long.mp4", colour_media.labels(200))
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+
+    def read_one_line():
+        with open(fifo) as f:
+            got.append(f.readline())
+
+    reader = threading.Thread(target=read_one_line, daemon=True)
+    reader.start()
+    result = cli("run", tiny_bundle.path, video, "--json", fifo)
+    reader.join(10)
+    assert result.code == 0 and "closed by its reader" in result.err, result
+    assert json.loads(got[0])["frame"] == 0

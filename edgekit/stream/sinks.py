@@ -133,10 +133,10 @@ class JsonSink:
             raise InputError(f"cannot write {path}: {exc.strerror}") from exc
 
     def write(self, result) -> None:
+        if self._failed:
+            return
         line = json.dumps(result.to_json(self._clock), separators=(",", ":")) + "\n"
         if self._stdout:
-            if self._failed:
-                return
             try:
                 sys.stdout.write(line)
                 sys.stdout.flush()
@@ -150,6 +150,10 @@ class JsonSink:
             done = 0
             while done < len(data):
                 done += os.write(self._fd, data[done:])
+        except BrokenPipeError:  # a FIFO's reader went away, as `--json -` under `| head`
+            self._failed = True
+            self._stop(f"{self.path} closed by its reader")
+            return
         except OSError as exc:
             self._failed = True
             with contextlib.suppress(OSError):
