@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import threading
+import time
 
 import pytest
 
@@ -244,3 +245,46 @@ def test_1_a_fifo_reader_that_goes_away_ends_the_run_cleanly(tiny_bundle, tmp_pa
     reader.join(10)
     assert result.code == 0 and "closed by its reader" in result.err, result
     assert json.loads(got[0])["frame"] == 0
+
+
+KILLED_EXPORT = """
+import sys, time
+from pathlib import Path
+from edgekit.host import export
+from edgekit.quant import quantize
+from edgekit.tiny import write_tiny_bundle
+export.export_bundle = lambda model, out, force=False, **kw: write_tiny_bundle(out, force=force)
+def quantizing(path, *args, **kwargs):
+    Path(sys.argv[1]).write_text(str(path))
+    time.sleep(60)
+quantize.quantize_bundle = quantizing
+from edgekit.cli import main
+main(["export", "m.keras", "-o", sys.argv[2], "--force", "--int8", "--calib-images", sys.argv[3]])
+"""
+
+
+def test_3_export_force_int8_killed_in_quantize_leaves_the_old_bundle(tmp_path, colour_set):
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from edgekit.tiny import write_tiny_bundle
+
+    out = write_tiny_bundle(tmp_path / "bundle", variants=True).path
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    marker = tmp_path / "quantizing"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_EXPORT, marker, out, colour_set],
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path)
+    try:
+        for _ in range(600):
+            if marker.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert marker.exists(), "the export never reached quantization"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        proc.kill()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert marker.read_text() != str(out)  # it was quantizing a staged copy, not the bundle
