@@ -3,17 +3,18 @@
 A case is *clean* when the command exits non-zero with exactly one ``edgekit: error:`` line on
 stderr and no traceback (the house rule for errors a user can cause); ``inspect`` may instead
 report a missing model file as MISSING, as it is meant to. Each manifest fault (a wrong
-type, a missing key, a wrong length, a label count that does not match the model, a model path
-outside the bundle) is tried on inspect, run, bench, build, validate and quantize, in process.
+type, a missing key, a wrong length, a non-finite or absurd value, a label count that does not
+match the model, a model path outside the bundle) is tried on inspect, run, bench, build, validate
+and quantize, in process. Issue 19's families follow (benchmarks/fault_families.py): option
+numbers, output paths (devices, FIFOs, symlinks, outputs onto inputs), dataset values, and HTTP
+(slow clients, HEAD); each has its own meaning of clean, given there.
 
-    python benchmarks/fault_sweep.py            # prints each unclean case, then the tally
+    python benchmarks/fault_sweep.py            # prints each unclean case, then the tally per family
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import json
 import shutil
 import sys
@@ -23,8 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgekit.cli import main
 from edgekit.tiny import write_tiny_bundle
+from fault_families import attempt, one_line_error
 
 
 def _set(path: str, value):
@@ -69,6 +70,12 @@ FAULTS = {
     "models.int4: unknown key": _set("models.int4", {"path": "model.onnx"}),
     "schema_version: 2": _set("schema_version", 2),
     "task: detection without nms": _set("task", "detection"),
+    "preprocess.scale: NaN": _set("preprocess.scale", float("nan")),
+    "preprocess.mean: an inf": _set("preprocess.mean", [0, float("inf"), 0]),
+    "preprocess.size: [100000, 100000]": _set("preprocess.size", [100000, 100000]),
+    "outputs: a detector's, task classification": _set("outputs", [{"name": "boxes", "meaning": "boxes"},
+                                                                    {"name": "scores", "meaning": "scores"}]),
+    "the whole manifest: 100k-deep JSON": "[" * 100000 + "]" * 100000,
 }
 
 
@@ -83,24 +90,10 @@ def commands(bundle: Path, images: Path, tmp: Path):
     }
 
 
-def attempt(args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException as exc:  # a traceback the CLI let through
-            return 1, "", f"Traceback: {type(exc).__name__}: {exc}"
-    return code, out.getvalue(), err.getvalue()
-
-
 def clean(command: str, code: int, out: str, err: str) -> bool:
     if command == "inspect" and code == 0 and "MISSING" in out:
         return True  # inspect reports a missing model file rather than failing (by design)
-    errors = [line for line in err.splitlines() if line.startswith("edgekit: error:")]
-    return code != 0 and len(errors) == 1 and "Traceback" not in err
+    return one_line_error(code, err)
 
 
 def main_() -> None:
@@ -118,9 +111,12 @@ def main_() -> None:
             bundle = tmp / "case"
             shutil.rmtree(bundle, ignore_errors=True)
             shutil.copytree(good, bundle)
-            m = copy.deepcopy(manifest)
-            fault(m)
-            (bundle / "edgekit.json").write_text(json.dumps(m))
+            if isinstance(fault, str):
+                (bundle / "edgekit.json").write_text(fault)
+            else:
+                m = copy.deepcopy(manifest)
+                fault(m)
+                (bundle / "edgekit.json").write_text(json.dumps(m))
             for command, args in commands(bundle, images, tmp).items():
                 code, out, err = attempt(args)
                 tried += 1
@@ -130,6 +126,13 @@ def main_() -> None:
                     print(f"NOT CLEAN  {name:32s} {command:9s} exit {code}: {err.strip().splitlines()[-1:]}")
         print(f"manifest faults: {len(FAULTS)} x {len(commands(good, images, tmp))} commands = {tried} cases, "
               f"{passed} clean, {tried - passed} not")
+        from fault_families import FAMILIES
+
+        for family, sweep in FAMILIES.items():
+            n, ok = sweep(good, tmp / family.replace(" ", "-"))
+            print(f"{family}: {n} cases, {ok} clean, {n - ok} not")
+            tried, passed = tried + n, passed + ok
+        print(f"all: {tried} cases tried, {passed} clean ({100 * passed / tried:.0f} %)")
     sys.exit(0 if passed == tried else 1)
 
 

@@ -1,5 +1,9 @@
 """Atomic file and folder writes: a crash or a full disk leaves the old file or nothing, never half a file.
 
+An output path is written atomically only when it is (or will be) a regular file: a symlink is
+followed and its target replaced (the link stays), a device, FIFO or socket is written straight to
+(:func:`output_target`), and :func:`refuse_inputs` refuses an output that is an input of the same run.
+
 Temporaries carry their writer's PID (``.NAME.PID.*.tmp``); a later writer beside them removes
 those whose process is gone (a ``kill -9`` leaves them). Writers of one folder serialize on
 :func:`lock`, an ``fcntl.flock`` on ``.NAME.lock`` beside it.
@@ -16,13 +20,14 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
-from edgekit.errors import EdgekitError, InputError
+from edgekit.errors import EdgekitError, InputError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -193,10 +198,100 @@ def _read_pid(fd: int) -> int | None:
         return None
 
 
+def output_target(path: str | os.PathLike) -> tuple[Path, bool]:
+    """Where output ``path`` is written and whether atomically (a temporary renamed over it).
+
+    A symlink is followed (its target is written, the link kept); an existing device, FIFO or
+    socket is written straight to (``False``); a regular file or a new name atomically (``True``).
+    InputError for a folder.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return path, True
+    except OSError as exc:
+        raise _explain(exc, path) from exc
+    if stat.S_ISDIR(mode):
+        raise InputError(f"cannot write {path}: it is a folder")
+    return path, stat.S_ISREG(mode)
+
+
+FIFO_WAIT = 5.0  # seconds a FIFO output waits for its reader
+
+
+def open_special(path: Path) -> int:
+    """A write descriptor on a device or FIFO ``path`` (no truncation; a FIFO waits ``FIFO_WAIT`` s for a reader)."""
+    deadline = time.monotonic() + FIFO_WAIT
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY)
+            break
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise _explain(exc, path) from exc
+            if time.monotonic() >= deadline:
+                raise InputError(f"cannot write {path}: it is a FIFO that nobody reads (waited {FIFO_WAIT:g} s)") from exc
+            time.sleep(0.05)
+    os.set_blocking(fd, True)
+    return fd
+
+
+def write_special(path: Path, data: bytes) -> None:
+    """Write ``data`` straight to the device or FIFO ``path``."""
+    fd = open_special(path)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as exc:
+        raise _explain(exc, path) from exc
+    finally:
+        os.close(fd)
+
+
+def _identity(path: str) -> tuple | str | None:
+    """A file's or folder's (device, inode), a new name's real path; None for a device or FIFO."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return os.path.realpath(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) else None
+
+
+def refuse_inputs(outputs: dict, inputs: dict) -> None:
+    """UsageError when an output is an input of the same run or another output (``/dev/null`` twice is fine).
+
+    Both map an option name (``--json``) to a path; None, ``-`` and inputs that do not exist are skipped.
+    """
+    seen: dict = {}
+    for role, value in [*inputs.items(), *outputs.items()]:
+        if value is None or str(value) == "-" or (role in inputs and not os.path.exists(str(value))):
+            continue
+        key = _identity(str(value))
+        if key is None:
+            continue
+        if key in seen:
+            first, where = seen[key]
+            why = "it would destroy the input" if first in inputs else "give each output its own file"
+            raise UsageError(f"{role} {value} is the same path as {first} {where}; {why}")
+        seen[key] = (role, value)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, mode: int | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
-    path = Path(path)
+    """Yield a temporary path; on success it replaces ``path`` in one rename (see :func:`output_target`:
+    a symlink's target is replaced, a device or FIFO is written straight to from the temporary)."""
+    path, atomic = output_target(path)
+    if not atomic:
+        with temp_dir("edgekit-out") as tmp:
+            yield tmp / path.name
+            write_special(path, (tmp / path.name).read_bytes() if (tmp / path.name).exists() else b"")
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _clean_beside(path)
@@ -253,7 +348,9 @@ def check_output_dir(path: str | os.PathLike, force: bool) -> Path:
 
 def check_writable(path: str | os.PathLike) -> Path:
     """Raise now (before a long job) unless a file can be written at ``path``: its folder is made and probed."""
-    path = Path(path)
+    path, atomic = output_target(path)
+    if not atomic:
+        return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)

@@ -80,6 +80,8 @@ class Bundle:
             manifest = json.loads(mpath.read_text("utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BundleError(f"corrupt manifest {mpath}: {exc}") from exc
+        except RecursionError:
+            raise BundleError(f"corrupt manifest {mpath}: nested too deeply") from None
         bundle = cls(path, manifest)
         bundle.validate()
         if verify:
@@ -104,6 +106,10 @@ class Bundle:
             raise BundleError(f"corrupt manifest {where}: {problem}")
         if m["task"] not in TASKS:
             raise BundleError(f"{where}: unknown task {m['task']!r}")
+        meanings = [o.get("meaning") for o in m["outputs"]]
+        if m["task"] == "classification" and ("boxes" in meanings or len(meanings) != 1):
+            raise BundleError(f"corrupt manifest {where}: task classification, but the outputs are "
+                              f"{', '.join(o['name'] for o in m['outputs'])} (a classifier has one; boxes are a detector's)")
         Preprocess.from_dict(m["preprocess"])  # raises BundleError on a bad spec
         if "nms" in m:  # what the schema cannot say: eval threshold <= run threshold
             from edgekit.nms import NmsParams

@@ -41,6 +41,12 @@ class GateError(EdgekitError):
     exit_code = 3
 
 
+def some(items, n: int = 8) -> str:
+    """The first ``n`` of ``items``, comma-separated, with the count when there are more: ``a, b, … (20 in all)``."""
+    items = [str(i) for i in items]
+    return ", ".join(items[:n]) + (f", … ({len(items)} in all)" if len(items) > n else "")
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first non-empty line of ``exc``'s message (at most ``limit`` characters), else its type name."""
     text = str(exc).strip()

@@ -16,6 +16,7 @@ RESIZE_MODES = ("stretch", "letterbox", "center_crop")
 COLOR_ORDERS = ("RGB", "BGR")
 LAYOUTS = ("NCHW", "NHWC")
 LETTERBOX_FILL = 114
+MAX_SIDE = 8192  # pixels: a larger model input is a corrupt manifest, not a model
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,8 @@ class Preprocess:
 
     def __post_init__(self):
         h, w = (int(v) for v in self.size)
-        if h <= 0 or w <= 0:
-            raise BundleError(f"preprocess size must be positive, got {self.size}")
+        if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
+            raise BundleError(f"preprocess size must be 1 to {MAX_SIDE} pixels a side, got {list(self.size)}")
         for name, value, allowed in (
             ("resize", self.resize, RESIZE_MODES),
             ("color", self.color, COLOR_ORDERS),
@@ -44,6 +45,10 @@ class Preprocess:
                 raise BundleError(f"preprocess {name} must be one of {', '.join(allowed)}, got {value!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s == 0 for s in self.std):
             raise BundleError("preprocess mean and std need 3 values each, std non-zero")
+        values = (self.scale, *self.mean, *self.std)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values):
+            raise BundleError(f"preprocess scale, mean and std must be finite numbers, got scale {self.scale!r}, "
+                              f"mean {list(self.mean)}, std {list(self.std)}")
         object.__setattr__(self, "size", (h, w))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))

@@ -112,7 +112,7 @@ def test_bad_inputs(case, tiny_bundle, tmp_path, cli):
         args = ["--max-drop", -1]
     result = cli("validate", bundle, "--images", images, *args)
     fragment = {"one-class": "at least 2", "empty": "holds no images", "no-fp32": "no fp32 model",
-                "negative-drop": "must not be negative"}[case]
+                "negative-drop": "--max-drop': -1.0 is not in the range x>=0"}[case]
     assert_one_line_error(result, fragment)
     assert not (bundle / REPORT_JSON).exists()
 

@@ -141,6 +141,29 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+# other tools' option names (Ultralytics, ...) -> what edgekit calls the same thing, per command's options
+FIELD_NAMES = {
+    "--conf": ("--score-threshold", "--threshold"), "--confidence": ("--score-threshold",),
+    "--iou": ("--iou-threshold",), "--imgsz": ("--image-size",), "--img-size": ("--image-size",),
+    "--device": ("--backend",), "--show": ("--display",), "--data": ("--images", "--calib-images"),
+    "--batch-size": ("--batch",), "--batch": ("--batch-size",), "--half": ("--precision",),
+}
+DEVICE_HINT = " (--backend onnxruntime runs on the CPU, --backend tensorrt on the GPU)"
+
+
+def _field_name(exc: click.ClickException, ctx) -> str | None:
+    """For an unknown option another tool spells so (``--conf``), the message naming edgekit's option, if
+    this command has one; else None (click's own message and suggestion)."""
+    if not isinstance(exc, click.NoSuchOption) or ctx is None:
+        return None
+    name = exc.option_name.split("=", 1)[0]
+    have = {opt for p in ctx.command.params for opt in p.opts}
+    ours = next((o for o in FIELD_NAMES.get(name, ()) if o in have), None)
+    if ours is None:
+        return None
+    return f"no such option: {name}; edgekit calls it {ours}" + (DEVICE_HINT if name == "--device" else "")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and an exit code."""
     try:
@@ -150,13 +173,15 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         ctx = getattr(exc, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        fail(exc.format_message().replace("\n", " ") + hint, exc.exit_code)
+        fail((_field_name(exc, ctx) or exc.format_message().replace("\n", " ")) + hint, exc.exit_code)
     except (click.Abort, KeyboardInterrupt):
         fail("interrupted", 130)
     except EdgekitError as exc:
         fail(str(exc), exc.exit_code)
     except MemoryError:
         fail("out of memory")
+    except RecursionError:
+        fail("an input is nested too deeply (a corrupt JSON or YAML file?)")
     except OSError as exc:
         if exc.errno == errno.EPIPE:
             sys.exit(0)

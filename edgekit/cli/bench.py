@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import click
 
+from edgekit.cli.options import positive, threads_option
+
 
 @click.command("bench")
 @click.argument("bundle", type=click.Path())
@@ -10,12 +12,12 @@ import click
               help="auto: the fastest model that passed its accuracy gate (TensorRT: int8, fp16, fp32; "
                    "ONNX Runtime on the CPU: int8_cpu, fp32).")
 @click.option("--allow-failed-gate", is_flag=True, help="Use a model that failed its accuracy gate (with a warning).")
-@click.option("--batch", default=1, show_default=True, help="Images per inference.")
-@click.option("--warmup", default=10, show_default=True, help="Untimed inferences first.")
-@click.option("--iterations", type=int, help="Timed inferences (default 100).")
-@click.option("--duration", type=float, help="Run timed inferences for this many seconds instead.")
-@click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: its choice).")
-@click.option("--inter-threads", type=int, help="ONNX Runtime inter-op threads.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Images per inference.")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed inferences first.")
+@click.option("--iterations", type=click.IntRange(min=1), help="Timed inferences (default 100).")
+@click.option("--duration", type=positive(), help="Run timed inferences for this many seconds instead.")
+@threads_option()
+@threads_option("ONNX Runtime inter-op threads.", "--inter-threads")
 @click.option("--cache-dir", type=click.Path(), help="TensorRT engine cache (default ~/.cache/edgekit).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def command(bundle, backend, precision, allow_failed_gate, batch, warmup, iterations, duration, threads, inter_threads, cache_dir, as_json):

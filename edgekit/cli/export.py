@@ -1,6 +1,6 @@
 import click
 
-from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, int8_kwargs, int8_options
+from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, Number, int8_kwargs, int8_options, positive
 
 
 @click.command("export")
@@ -10,7 +10,7 @@ from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, int8_kwa
 @click.option("--batch", type=int, default=None, help="Fix the batch size [default: dynamic, named 'batch'].")
 @click.option("--opset", type=int, default=None, help="ONNX opset [default: 17, or the target's maximum if lower].")
 @click.option("--allow-unsupported", is_flag=True, help="Write the bundle even if the target cannot run it.")
-@click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Max abs TF vs ONNX Runtime difference.")
+@click.option("--tolerance", type=positive(), default=1e-4, show_default=True, help="Max abs TF vs ONNX Runtime difference.")
 @click.option("--labels", "labels_arg", default=None,
               help="Labels for a model without a sidecar: a file (one per line) or a comma-separated list.")
 @click.option("--preprocess", "preprocess_arg", default=None,
@@ -19,12 +19,12 @@ from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, int8_kwa
 @click.option("--unsafe-load", is_flag=True,
               help="Load a .keras model with Lambda layers (runs code stored in the file: only for files you trust).")
 @click.option("--force", is_flag=True, help="Replace the bundle folder if it exists.")
-@click.option("--score-threshold", type=click.FloatRange(0, 1), default=None,
+@click.option("--score-threshold", type=Number(0, 1), default=None,
               help="Detectors: NMS score threshold `run` uses [default: the TensorFlow NMS's, else 0.25].")
-@click.option("--eval-score-threshold", type=click.FloatRange(0, 1), default=None,
+@click.option("--eval-score-threshold", type=Number(0, 1), default=None,
               help="Detectors: NMS score threshold for mAP (validate, the INT8 gate) and the TensorRT plugin "
                    "[default: 0.001].")
-@click.option("--iou-threshold", type=click.FloatRange(0, 1), default=None,
+@click.option("--iou-threshold", type=Number(0, 1), default=None,
               help="Detectors: NMS IoU threshold [default: the TensorFlow NMS's, else 0.5].")
 @click.option("--max-detections", type=click.IntRange(min=1), default=None,
               help="Detectors: detections kept per image [default: the TensorFlow NMS's, else 100].")
@@ -45,6 +45,9 @@ def command(model, out, target, batch, opset, allow_unsupported, tolerance, labe
     from edgekit.cli import is_quiet, say
     from edgekit.errors import InputError, UsageError
 
+    from edgekit.atomic import refuse_inputs
+
+    refuse_inputs({"-o": out}, {"MODEL": model, "--calib-images": calib_images})  # --force would replace them
     if int8 and not calib_images:
         raise UsageError("--int8 needs --calib-images DIR_OR_VIDEO")
     ctx = click.get_current_context()
@@ -77,18 +80,35 @@ def command(model, out, target, batch, opset, allow_unsupported, tolerance, labe
 
     nms = {"score_threshold": score_threshold, "eval_score_threshold": eval_score_threshold,
            "iou_threshold": iou_threshold, "max_detections": max_detections, "class_agnostic": class_agnostic or None}
-    bundle = export_bundle(
-        model, out, target=target, batch=batch, opset=opset, allow_unsupported=allow_unsupported,
-        force=force, tolerance=tolerance, labels=labels, preprocess=preprocess, unsafe_load=unsafe_load,
-        nms={k: v for k, v in nms.items() if v is not None} or None,
-    )
-    m = bundle.manifest
+    options = dict(target=target, batch=batch, opset=opset, allow_unsupported=allow_unsupported, tolerance=tolerance,
+                   labels=labels, preprocess=preprocess, unsafe_load=unsafe_load,
+                   nms={k: v for k, v in nms.items() if v is not None} or None)
+    if not int8:
+        bundle = export_bundle(model, out, force=force, **options)
+        _wrote(bundle.manifest, out)
+        return
+    from edgekit.atomic import atomic_dir
+    from edgekit.errors import GateError
+    from edgekit.quant.quantize import quantize_bundle
+
+    failed = None
+    with atomic_dir(out, force=force) as staging:  # the old bundle stays until the new one is complete
+        bundle = export_bundle(model, staging, force=True, **options)
+        try:
+            quantize_bundle(staging, calib_images, progress=not is_quiet(), bundle_name=str(out),
+                            **int8_kwargs(int8_opts))
+        except GateError as exc:  # a verdict: the bundle is complete, its failed model marked unusable
+            failed = exc
+    _wrote(bundle.manifest, out)
+    if failed is not None:
+        raise failed
+    say(f"added INT8{' and FP16' if int8_opts['fp16'] else ''} models to {out}")
+
+
+def _wrote(m: dict, out) -> None:
+    from edgekit.cli import say
+
     say(
-        f"wrote {bundle.path}: opset {m['opset']}, {m['target']['name']} (TensorRT {m['target']['tensorrt']}) "
+        f"wrote {out}: opset {m['opset']}, {m['target']['name']} (TensorRT {m['target']['tensorrt']}) "
         f"{m['target']['verdict']}, parity max abs error {m['parity']['max_abs_error']:.2g}"
     )
-    if int8:
-        from edgekit.quant.quantize import quantize_bundle
-
-        quantize_bundle(bundle.path, calib_images, progress=not is_quiet(), **int8_kwargs(int8_opts))
-        say(f"added INT8{' and FP16' if int8_opts['fp16'] else ''} models to {bundle.path}")

@@ -1,12 +1,15 @@
 """Options shared by several commands, so one concept has one name everywhere.
 
 ``export --int8`` and ``quantize`` take the same INT8 options (:func:`int8_options`); the spellings
-an older release used are kept as hidden aliases.
+an older release used are kept as hidden aliases. Numbers are checked at parsing: :class:`Number` refuses
+``nan``/``inf`` and values out of range, ``--threads`` is bounded by the CPU count.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import os
 
 import click
 
@@ -18,21 +21,53 @@ TARGET_HELP = (
 )
 CALIB_METHODS = ("auto", "entropy", "percentile", "minmax")  # edgekit.quant.qdq.METHODS, and auto
 
+
+class Number(click.FloatRange):
+    """A finite float within a range (click's FloatRange lets ``nan`` through every bound)."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
+def positive() -> Number:
+    """A finite number > 0 (seconds, frame rates)."""
+    return Number(min=0, min_open=True)
+
+
+def max_threads() -> int:
+    """The most ``--threads`` accepts: 4 per CPU this process may use (more only thrash)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return 4 * max(1, cpus)
+
+
+def threads_option(help_: str = "ONNX Runtime intra-op threads (default: its choice).", flag: str = "--threads"):
+    """``--threads N`` (or ``flag``), 1 to 4 per CPU."""
+    return click.option(flag, type=click.IntRange(1, max_threads()), help=f"{help_[:-1]}; 1-{max_threads()}.")
+
+
 INT8_OPTIONS = (
     click.option("--calib-images", type=click.Path(), default=None,
                  help="Calibration images: a folder (searched recursively; jpg, png, bmp) or a video file."),
     click.option("--method", type=click.Choice(CALIB_METHODS), default="auto", show_default=True,
                  help="How activation ranges are chosen (auto: the one closest to FP32)."),
-    click.option("--num-images", type=int, default=500, show_default=True,
+    click.option("--num-images", type=click.IntRange(min=1), default=500, show_default=True,
                  help="Calibration images to use (warns below 100)."),
-    click.option("--holdout", type=int, default=200, show_default=True,
+    click.option("--holdout", type=click.IntRange(min=0), default=200, show_default=True,
                  help="Images held out of calibration to gate the result (0: no gate)."),
     click.option("--gate-images", type=click.Path(), default=None,
                  help="A labelled folder (one subfolder per label; for a detector a YOLO/COCO dataset) to gate on "
                       "instead of held-out images."),
-    click.option("--max-drop", type=float, default=1.0, show_default=True,
+    click.option("--max-drop", type=Number(min=0), default=1.0, show_default=True,
                  help="Largest allowed top-1 (detectors: mAP@0.5) drop, in points."),
-    click.option("--every", type=int, default=10, show_default=True, help="Sample a video every N frames."),
+    click.option("--every", type=click.IntRange(min=1), default=10, show_default=True, help="Sample a video every N frames."),
     click.option("--seed", type=int, default=0, show_default=True, help="Shuffling seed."),
     click.option("--keep-float", multiple=True, metavar="NODE",
                  help="Leave this node in float (repeatable; `edgekit inspect BUNDLE --nodes` lists them)."),
@@ -47,7 +82,7 @@ INT8_OPTIONS = (
 INT8_ALIASES = {
     "--images": ("calib_images", click.Path()),  # quantize before 0.2
     "--calib-method": ("method", click.Choice(CALIB_METHODS)),  # export before 0.2
-    "--calib-count": ("num_images", int),  # export before 0.2
+    "--calib-count": ("num_images", click.IntRange(min=1)),  # export before 0.2
 }
 
 

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import click
 
+from edgekit.cli.options import Number, positive, threads_option
+
 SOURCE_HELP = "0 or /dev/videoN, csi://N, rtsp://..., http(s)://... (MJPEG), gst:PIPELINE, a video file, an image folder."
 
 
@@ -12,7 +14,7 @@ SOURCE_HELP = "0 or /dev/videoN, csi://N, rtsp://..., http(s)://... (MJPEG), gst
 @click.option("--source", metavar="URI", help="The SOURCE, as an option: " + SOURCE_HELP)
 @click.option("--width", type=int, help="Camera frame width (V4L2/CSI).")
 @click.option("--height", type=int, help="Camera frame height (V4L2/CSI).")
-@click.option("--fps", type=float, help="Camera frame rate; with --realtime, the pace a file is played at.")
+@click.option("--fps", type=positive(), help="Camera frame rate; with --realtime, the pace a file is played at.")
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
               help="auto: the fastest model that passed its accuracy gate (TensorRT: int8, fp16, fp32; "
@@ -21,19 +23,19 @@ SOURCE_HELP = "0 or /dev/videoN, csi://N, rtsp://..., http(s)://... (MJPEG), gst
 @click.option("--json", "json_path", metavar="PATH|-", help="Write one JSON line per frame (- for stdout).")
 @click.option("--record", type=click.Path(dir_okay=False), help="Record the annotated frames (.mp4, .avi, .mkv, .mov).")
 @click.option("--display", is_flag=True, help="Show the annotated frames in a window.")
-@click.option("--serve", metavar="[HOST:]PORT", help="Serve an MJPEG stream, status page and /metrics (host 127.0.0.1 unless given).")
+@click.option("--serve", metavar="[HOST:]PORT", callback=lambda ctx, param, value: _address(value), help="Serve an MJPEG stream, status page and /metrics (host 127.0.0.1 unless given).")
 @click.option("--max-frames", type=click.IntRange(min=1), help="Stop after this many frames.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after this many seconds.")
+@click.option("--duration", type=positive(), help="Stop after this many seconds.")
 @click.option("--realtime", is_flag=True, help="Play a file at its frame rate, dropping frames the model cannot keep up with.")
 @click.option("--loop", is_flag=True, help="Replay a file or image folder forever.")
 @click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True, help="Classes reported per frame.")
-@click.option("--log-every", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+@click.option("--log-every", type=positive(), default=10.0, show_default=True,
               metavar="SECONDS", help="Log FPS and latency this often.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+@click.option("--timeout", type=positive(), default=10.0, show_default=True,
               metavar="SECONDS", help="Opening/reading timeout of network sources.")
-@click.option("--score-threshold", type=click.FloatRange(0, 1), default=None,
+@click.option("--score-threshold", type=Number(0, 1), default=None,
               help="Detection bundles: keep detections scoring at least this [default: the bundle's nms.score_threshold].")
-@click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: its choice).")
+@threads_option()
 @click.option("--cache-dir", type=click.Path(), help="TensorRT engine cache (default ~/.cache/edgekit).")
 def command(bundle, source_arg, camera, source, width, height, fps, backend, precision, allow_failed_gate, json_path,
             record, display, serve,
@@ -50,12 +52,21 @@ def command(bundle, source_arg, camera, source, width, height, fps, backend, pre
     finish the current frame, close every output and exit 0. Under systemd it sends READY=1 after
     the first frame, WATCHDOG=1 while every stage is making progress, and STATUS= with the FPS.
     """
+    import logging
+    import os
+
     from edgekit.cli import is_quiet, say
     from edgekit.stream.loop import run_loop
 
+    given = the_source(source_arg, camera, source)
+    if serve and isinstance(given, str) and os.path.exists(given) and not (realtime and loop):
+        logging.getLogger("edgekit.run").warning(
+            "--serve on a file or folder stops at its end, as fast as it is read; add --realtime --loop to keep "
+            "serving it at its frame rate")
+
     summary = run_loop(
         bundle,
-        the_source(source_arg, camera, source),
+        given,
         width=width, height=height, fps=fps, backend=backend, precision=precision,
         allow_failed_gate=allow_failed_gate, json_path=json_path, record=record, display=display, serve=serve,
         console=not (json_path or record or display or serve or is_quiet()), max_frames=max_frames, duration=duration,
@@ -64,6 +75,19 @@ def command(bundle, source_arg, camera, source, width, height, fps, backend, pre
         score_threshold=score_threshold,
     )
     say(summary["text"], err=True)
+    if summary["frames"] == 0 and summary["stopped_by"] == "end of stream":  # not what was asked: say so
+        from edgekit.errors import InputError
+
+        raise InputError(f"no frame of {given} could be read (see the warnings above)")
+
+
+def _address(value):
+    """``--serve``'s value, refused at parsing unless [HOST:]PORT (``service install`` checks it so)."""
+    if value is not None:
+        from edgekit.stream.server import parse_address
+
+        parse_address(value)  # UsageError: --serve needs HOST:PORT or PORT
+    return value
 
 
 def the_source(source_arg, camera, source):

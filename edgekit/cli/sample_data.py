@@ -2,13 +2,15 @@ from __future__ import annotations
 
 import click
 
+from edgekit.cli.options import Number
+
 
 @click.command("sample-data")
 @click.argument("out", type=click.Path())
 @click.option("--task", type=click.Choice(["classify", "detect"]), default="classify", show_default=True,
               help="classify: digits in class folders; detect: digits pasted on real photos, with boxes.")
 @click.option("--image-size", type=int, help="Side of the written images, in pixels [classify 32; detect 320 wide, 4:3].")
-@click.option("--val-split", type=float, help="Fraction held out in val/ (and val.mp4) [0.2]; classify only.")
+@click.option("--val-split", type=Number(0, 1, max_open=True), help="Fraction held out in val/ (and val.mp4) [0.2]; classify only.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def command(out, task, image_size, val_split, force):
     """Write a sample image set made from scikit-learn's real handwritten digits to OUT.

@@ -41,7 +41,8 @@ def install_cmd(bundle, run_options, root, dry_run, force, exec_):
     from edgekit.cli.run import check_run_options
     from edgekit.service.install import install
 
-    check_run_options(run_options)  # refuse what `edgekit run` would refuse, before writing anything
+    params = check_run_options(run_options)  # refuse what `edgekit run` would refuse, before writing anything
+    _warn_private_tmp(params)
     command = tuple(exec_.split()) if exec_ else None
     install(bundle, run_options, root=root, dry_run=dry_run, force=force, command=command, out=_out(dry_run))
 
@@ -77,3 +78,16 @@ def status_cmd(root):
     for key, value in status(root=root).items():
         if value not in (None, ""):
             click.echo(f"{key}: {' '.join(value) if isinstance(value, list) else value}")
+
+
+def _warn_private_tmp(params: dict) -> None:
+    """Warn of a source or output under /tmp: the unit has PrivateTmp=yes, so the service sees an empty /tmp."""
+    import logging
+    import os
+
+    for option, value in (("SOURCE", params["source_arg"] or params["source"]), ("--json", params["json_path"]),
+                          ("--record", params["record"])):
+        if isinstance(value, str) and os.path.abspath(value).startswith(("/tmp/", "/var/tmp/")):
+            logging.getLogger("edgekit.service").warning(
+                "%s %s is under /tmp, which the service does not see (its unit has PrivateTmp=yes); "
+                "use a path outside /tmp", option, value)

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import click
 
+from edgekit.cli.options import Number
+
 ARCHS = ("small", "mobilenetv2", "resnet50", "efficientnetb0")  # edgekit.host.archs.ARCHS, without importing it
 DEFAULTS = {"classify": {"image_size": 32, "epochs": 10, "batch_size": 32},
             "detect": {"image_size": 160, "epochs": 30, "batch_size": 16}}
@@ -15,12 +17,12 @@ DEFAULTS = {"classify": {"image_size": 32, "epochs": 10, "batch_size": 32},
 @click.option("--arch", type=click.Choice(ARCHS), default="small", show_default=True, help="Architecture (backbone).")
 @click.option("--weights", default="none", show_default=True,
               help="none, imagenet, or a weights file (Keras applications only).")
-@click.option("--image-size", type=int, help="Square input side, in pixels [classify 32, detect 160].")
-@click.option("--epochs", type=int, help="Passes over the training set [classify 10, detect 30].")
-@click.option("--batch-size", type=int, help="Images per training step [classify 32, detect 16].")
-@click.option("--val-split", type=float,
+@click.option("--image-size", type=click.IntRange(8, 4096), help="Square input side, in pixels [classify 32, detect 160].")
+@click.option("--epochs", type=click.IntRange(min=1), help="Passes over the training set [classify 10, detect 30].")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per training step [classify 32, detect 16].")
+@click.option("--val-split", type=Number(0, 1, max_open=True),
               help="Fraction of each class held out for validation [0.2]; classify only (a detection set has val/).")
-@click.option("--learning-rate", type=float, default=None,
+@click.option("--learning-rate", type=Number(0, 1, min_open=True), default=None,
               help="Initial Adam learning rate, cosine-decayed [small 3e-3; others 1e-3, 1e-4 pretrained].")
 @click.option("--no-augment", is_flag=True, help="Train without augmentation (random shifts, scale, brightness).")
 @click.option("--seed", default=0, show_default=True)
@@ -31,12 +33,17 @@ def command(data_dir, out, task, arch, weights, image_size, epochs, batch_size, 
 
     \b
     --task classify: DATA_DIR holds one subfolder per class (jpg, png, bmp).
-    --task detect:   DATA_DIR is YOLO (data.yaml, images/{train,val}, labels/{train,val})
+    --task detect:   DATA_DIR is YOLO (data.yaml, images/{train,val}, labels/{train,val}; DATA/data.yaml works too)
                      or COCO (annotations/instances_{train,val}.json, {train,val}/).
     Writes the model and, beside it, MODEL.edgekit.json (task, labels, preprocessing) for `edgekit export`.
     """
     from edgekit.cli import is_quiet, say
     from edgekit.errors import UsageError
+
+    from edgekit.atomic import refuse_inputs
+
+    refuse_inputs({"-o": out}, {"DATA_DIR": data_dir, "--weights": weights})  # --force would replace them
+    task = _task(data_dir, task)
 
     given = {"image_size": image_size, "epochs": epochs, "batch_size": batch_size}
     opts = {k: DEFAULTS[task][k] if v is None else v for k, v in given.items()}
@@ -68,3 +75,21 @@ def command(data_dir, out, task, arch, weights, image_size, epochs, batch_size, 
             f"augmentation; Keras' epoch figures average augmented batches in training mode)"
         )
     say(f"wrote {out}")
+
+
+def _task(data_dir: str, task: str) -> str:
+    """``--task`` as given, or ``detect`` when it was left out and DATA_DIR is a YOLO/COCO set (or its data.yaml)."""
+    import logging
+    from pathlib import Path
+
+    root = Path(data_dir)
+    detection = root.suffix in (".yaml", ".yml") or any((root / n).exists() for n in ("data.yaml", "data.yml", "annotations"))
+    ctx = click.get_current_context()
+    if not detection or task == "detect":
+        return task
+    if ctx.get_parameter_source("task") is not click.core.ParameterSource.DEFAULT:
+        from edgekit.errors import UsageError
+
+        raise UsageError(f"{data_dir} is a detection dataset (YOLO/COCO); train a detector with --task detect")
+    logging.getLogger("edgekit.train").info("%s is a detection dataset: training a detector (--task detect)", data_dir)
+    return "detect"

@@ -1,12 +1,14 @@
 import click
 
+from edgekit.cli.options import Number
+
 
 @click.command("validate")
 @click.argument("bundle", type=click.Path())
 @click.option("--images", "images", required=True, type=click.Path(),
               help="Labelled images: one subfolder per class, named by the bundle's labels; for a detector, a YOLO/COCO "
                    "dataset (its val split) or a folder with one COCO json.")
-@click.option("--max-drop", default=1.0, show_default=True,
+@click.option("--max-drop", type=Number(min=0), default=1.0, show_default=True,
               help="Largest allowed top-1 (detectors: mAP@0.5) drop of FP16/INT8 below FP32, in points; exit code 3 beyond it.")
 @click.option("--out", type=click.Path(), default=None,
               help="Folder for validation.json and validation.png [default: the bundle].")

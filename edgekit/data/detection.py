@@ -1,6 +1,6 @@
 """Detection datasets: a YOLO or COCO folder -> one list of (image, pixel boxes, class ids) per split.
 
-* YOLO (Ultralytics/Roboflow): ``DATA/data.yaml`` with ``names`` (and optionally ``path``, ``train``,
+* YOLO (Ultralytics/Roboflow): ``DATA/data.yaml`` (or the YAML file itself) with ``names`` (and optionally ``path``, ``train``,
   ``val``), ``images/{train,val}/*`` and ``labels/{train,val}/*.txt`` (``class cx cy w h``, normalised).
   An image without a label file is background.
 * COCO: ``DATA/annotations/instances_{train,val}*.json`` with the images in ``DATA/{train,val}*/``.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import InputError
+from edgekit.errors import InputError, some
 from edgekit.images import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,21 @@ class DetectionSet:
         return "\n".join(lines)
 
 
+class Skips(Counter):
+    """Skipped images counted by reason, with their file names in order (``files``: (name, reason))."""
+
+    def __init__(self):
+        super().__init__()
+        self.files: list[tuple[str, str]] = []
+
+    def add(self, why: str, path: Path) -> None:
+        self[why] += 1
+        self.files.append((path.name, why))
+
+
+SHOWN = 5  # skipped files named in the warning; all of them with -v
+
+
 def describe(counts: Counter) -> str:
     """``Counter({"unknown class id": 2, ...})`` -> ``"2 images with unknown class ids, ..."``."""
     parts = [f"{n} image{'s' if n != 1 else ''} ({reason})" for reason, n in counts.most_common()]
@@ -75,9 +91,11 @@ def read_detection_set(data_dir: str | os.PathLike, splits: tuple = SPLITS) -> D
     """Read ``splits`` of a YOLO (``data.yaml``) or COCO (``annotations/``) folder; InputError when it is
     unusable (``validate`` reads only the val split)."""
     root = Path(data_dir)
-    if not root.is_dir():
+    if root.is_file() and root.suffix in (".yaml", ".yml"):  # Ultralytics style: DATA/data.yaml
+        dataset = read_yolo(root.parent, splits, root)
+    elif not root.is_dir():
         raise InputError(f"{root} is not a folder" if root.exists() else f"{root} does not exist")
-    if (root / "data.yaml").is_file() or (root / "data.yml").is_file():
+    elif (root / "data.yaml").is_file() or (root / "data.yml").is_file():
         dataset = read_yolo(root, splits)
     elif (root / "annotations").is_dir():
         dataset = read_coco(root, splits)
@@ -99,14 +117,20 @@ def _check_usable(dataset: DetectionSet) -> None:
         raise InputError(f"{dataset.root}: the {split} split is unusable ({len(samples)} images kept; {why})")
     for split, skipped in dataset.skipped.items():
         if skipped:
-            log.warning("%s %s: skipped %s", dataset.root.name, split, describe(skipped))
+            files = getattr(skipped, "files", [])
+            named = ", ".join(f"{name} ({why})" for name, why in files[:SHOWN])
+            more = f" and {len(files) - SHOWN} more (-v names all)" if len(files) > SHOWN else ""
+            log.warning("%s %s: skipped %s%s", dataset.root.name, split, describe(skipped),
+                        f": {named}{more}" if named else "")
+            for name, why in files[SHOWN:]:
+                log.debug("%s %s: skipped %s (%s)", dataset.root.name, split, name, why)
 
 
-def _readable_size(path: Path, skipped: Counter) -> tuple[int, int] | None:
+def _readable_size(path: Path, skipped: Skips) -> tuple[int, int] | None:
     try:
         return read_image(path).shape[:2]
     except ImageReadError:
-        skipped["unreadable image"] += 1
+        skipped.add("unreadable image", path)
         return None
 
 
@@ -127,11 +151,12 @@ def _check_boxes(boxes: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray |
 
 
 # ---- YOLO -------------------------------------------------------------------------------------
-def read_yolo(root: Path, names: tuple = SPLITS) -> DetectionSet:
-    """Read a YOLO-layout folder (see the module docstring)."""
+def read_yolo(root: Path, names: tuple = SPLITS, spec_path: Path | None = None) -> DetectionSet:
+    """Read a YOLO-layout folder (see the module docstring), described by ``spec_path`` (default its data.yaml)."""
     import yaml
 
-    spec_path = root / "data.yaml" if (root / "data.yaml").is_file() else root / "data.yml"
+    if spec_path is None:
+        spec_path = root / "data.yaml" if (root / "data.yaml").is_file() else root / "data.yml"
     try:
         spec = yaml.safe_load(spec_path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -159,6 +184,12 @@ def _yolo_names(names, where: Path) -> list[str]:
         names = [names[k] if k in names else names[str(k)] for k in keys]
     if not isinstance(names, list) or not names:
         raise InputError(f"{where} has no class names (a 'names:' list)")
+    bad = [i for i, n in enumerate(names) if isinstance(n, bool) or not isinstance(n, (str, int)) or str(n).strip() == ""]
+    if bad:
+        raise InputError(f"{where}: names[{bad[0]}] is {names[bad[0]]!r}, not a class name (a list of strings)")
+    if len(set(map(str, names))) != len(names):
+        twice = sorted({str(n) for n in names if list(map(str, names)).count(str(n)) > 1})
+        raise InputError(f"{where}: class names given twice: {some(twice)}")
     return [str(n) for n in names]
 
 
@@ -192,7 +223,7 @@ def _read_yolo_split(images_dir: Path, labels_dir: Path, classes: list[str], spl
     label_files = [labels_dir / p.relative_to(images_dir).with_suffix(".txt") for p in images]
     if not any(f.is_file() for f in label_files):
         raise InputError(f"the {split} split has no labels: no .txt label files in {labels_dir} for {images_dir}")
-    samples, skipped = [], Counter()
+    samples, skipped = [], Skips()
     for path, label_file in zip(images, label_files):
         size = _readable_size(path, skipped)
         if size is None:
@@ -204,7 +235,7 @@ def _read_yolo_split(images_dir: Path, labels_dir: Path, classes: list[str], spl
             boxes = np.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], 1)
             boxes, why = _check_boxes(boxes, size)
         if why is not None:
-            skipped[why] += 1
+            skipped.add(why, path)
             continue
         samples.append(Sample(path, size, boxes.astype(np.float32), rows[:, 0].astype(np.int64)))
     return samples, skipped
@@ -226,7 +257,7 @@ def _yolo_rows(label_file: Path, n_classes: int) -> tuple[np.ndarray, str | None
         except ValueError:
             return np.zeros((0, 5)), "malformed label line"
         cls = values[0]
-        if cls != int(cls) or not 0 <= cls < n_classes:
+        if not math.isfinite(cls) or cls != int(cls) or not 0 <= cls < n_classes:
             return np.zeros((0, 5)), "unknown class id"
         if len(values) == 5:
             rows.append(values)
@@ -246,10 +277,13 @@ def read_coco(root: Path, names: tuple = SPLITS) -> DetectionSet:
     splits, skipped = {}, {}
     for split in names:
         ann_path = _coco_annotations(root, split)
-        doc = _coco_json(ann_path)
+        doc = coco_json(ann_path)
         cats = sorted(doc["categories"], key=lambda c: c["id"])
         if classes is None:
-            classes = [str(c.get("name", c["id"])) for c in cats]
+            classes = [c["name"] if isinstance(c.get("name"), str) and c["name"].strip() else str(c["id"]) for c in cats]
+            twice = sorted({n for n in classes if classes.count(n) > 1})
+            if twice:
+                raise InputError(f"{ann_path}: category names given twice: {some(twice)}")
             category_index = {c["id"]: i for i, c in enumerate(cats)}
             if not classes:
                 raise InputError(f"{ann_path} has no categories")
@@ -270,21 +304,42 @@ def _coco_annotations(root: Path, split: str) -> Path:
     return found[0]
 
 
-def _coco_json(path: Path) -> dict:
+def coco_json(path: Path) -> dict:
+    """A COCO instances file, its categories and images checked (id kinds, duplicates, file names)."""
     try:
         doc = json.loads(path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read {path}: {exc}") from exc
+    except RecursionError:
+        raise InputError(f"cannot read {path}: nested too deeply") from None
     if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list) for k in ("images", "annotations", "categories")):
         raise InputError(f"{path} is not COCO instances JSON (needs images, annotations and categories lists)")
-    try:
-        for c in doc["categories"]:
-            hash(c["id"])
-        for im in doc["images"]:
-            str(im["file_name"]), hash(im["id"])
-    except (KeyError, TypeError) as exc:
-        raise InputError(f"{path}: a category or image entry lacks {exc}") from exc
+    _check_entries(doc["categories"], "categories", "id", path)
+    _check_entries(doc["images"], "images", "id", path)
+    for i, im in enumerate(doc["images"]):
+        name = im.get("file_name")
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(f"{path}: images[{i}].file_name is {name!r}, not a file name")
     return doc
+
+
+def _check_entries(entries: list, what: str, key: str, path: Path) -> None:
+    """Each entry a dict whose ``key`` is an int or a string, all of one type and none twice; else one line."""
+    kinds, seen = set(), {}
+    for i, entry in enumerate(entries):
+        value = entry.get(key) if isinstance(entry, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise InputError(f"{path}: {what}[{i}].{key} is {value!r}; ids are numbers or strings")
+        kinds.add(type(value))
+        if value in seen:
+            raise InputError(f"{path}: {what}[{i}] repeats {key} {value!r} of {what}[{seen[value]}]; ids must be unique")
+        seen[value] = i
+    if len(kinds) > 1:
+        raise InputError(f"{path}: {what} mix number and string ids; use one kind")
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
 
 
 def _read_coco_split(doc: dict, images_dir: Path, category_index: dict, split: str, ann_path: Path):
@@ -294,14 +349,14 @@ def _read_coco_split(doc: dict, images_dir: Path, category_index: dict, split: s
     bad: dict = {}
     orphans = 0
     for ann in doc["annotations"]:
-        if not isinstance(ann, dict) or ann.get("image_id") not in per_image:
+        if not isinstance(ann, dict) or not _is_id(ann.get("image_id")) or ann["image_id"] not in per_image:
             orphans += 1
             continue
         if ann.get("iscrowd"):
             continue  # crowd regions are "ignore" areas, not objects
         image_id = ann["image_id"]
         bbox = ann.get("bbox")
-        if ann.get("category_id") not in category_index:
+        if not _is_id(ann.get("category_id")) or ann["category_id"] not in category_index:
             bad.setdefault(image_id, "unknown class id")
         elif not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
             bad.setdefault(image_id, "malformed annotation")
@@ -312,14 +367,14 @@ def _read_coco_split(doc: dict, images_dir: Path, category_index: dict, split: s
         log.warning("%s: %d annotation(s) refer to no listed image; ignored", ann_path.name, orphans)
     if not any(per_image.values()) and not bad:
         raise InputError(f"the {split} split has no labels: {ann_path.name} holds no annotations")
-    samples, skipped = [], Counter()
+    samples, skipped = [], Skips()
     for im in doc["images"]:
         path = images_dir / im["file_name"]
         if im["id"] in bad:
-            skipped[bad[im["id"]]] += 1
+            skipped.add(bad[im["id"]], path)
             continue
         if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
-            skipped["missing image"] += 1
+            skipped.add("missing image", path)
             continue
         size = _readable_size(path, skipped)
         if size is None:
@@ -328,7 +383,7 @@ def _read_coco_split(doc: dict, images_dir: Path, category_index: dict, split: s
         boxes = np.asarray([a[0] for a in anns], np.float64).reshape(-1, 4)
         boxes, why = _check_boxes(boxes, size)
         if why is not None:
-            skipped[why] += 1
+            skipped.add(why, path)
             continue
         samples.append(Sample(path, size, boxes, np.asarray([a[1] for a in anns], np.int64)))
     return samples, skipped

@@ -155,7 +155,8 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
         n_out = _output_width(onnx_model)
     if labels is None:
         labels = [str(i) for i in range(n_out)]
-        log.warning("no labels recorded for %s; using 0..%d", model.name, n_out - 1)
+        log.warning("no labels recorded for %s (no sidecar from `edgekit train`); using 0..%d: pass --labels "
+                    "FILE_OR_LIST to name them", model.name, n_out - 1)
     if len(labels) != n_out:
         raise ModelError(f"{model} has {n_out} {'classes' if detection else 'outputs'} but {len(labels)} labels")
 

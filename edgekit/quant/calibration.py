@@ -143,15 +143,17 @@ def calibration_set(
         holdout = max(0, min(holdout, len(pool) // 5, len(pool) - MIN_IMAGES))
     chosen = [pool[i] for i in order[: num_images + holdout]]
     n_cal = len(chosen) - holdout
+    more = (f"; a video gives more with a smaller --every (now {every}: one frame in {every})"
+            if source.is_file() and every > 1 else "")
     if n_cal < MIN_IMAGES:
         raise InputError(
             f"{source} gives only {max(n_cal, 0)} calibration images after holding out {holdout}; "
-            f"at least {MIN_IMAGES} are needed ({num_images} asked, {RECOMMENDED_IMAGES}+ recommended)"
+            f"at least {MIN_IMAGES} are needed ({num_images} asked, {RECOMMENDED_IMAGES}+ recommended){more}"
         )
     if n_cal < min(num_images, RECOMMENDED_IMAGES):
         log.warning(
-            "only %d calibration images (%d+ recommended): INT8 ranges may not cover what the camera sees",
-            n_cal, RECOMMENDED_IMAGES,
+            "only %d calibration images (%d+ recommended): INT8 ranges may not cover what the camera sees%s",
+            n_cal, RECOMMENDED_IMAGES, more,
         )
     return CalibrationSet(source, chosen, preprocess, progress, holdout)
 

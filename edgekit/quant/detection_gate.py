@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.bundle import Bundle, gate_basis
-from edgekit.errors import EdgekitError, InputError
+from edgekit.errors import EdgekitError, InputError, some
 from edgekit.images import ImageReader
 from edgekit.nms import NmsParams, efficient_nms
 from edgekit.quant.report import MODEL_PRECISION, Report, Result, batched_outputs, median_latency_ms
@@ -48,14 +48,19 @@ class DetectionReport(Report):
     results: list = field(default_factory=list)
 
     def summary(self) -> str:
-        lines = [f"{'model':<16}{'backend':<13}{'mAP50 %':>8}{'mAP %':>8}{'agree %':>9}{'ms':>8}  gate"]
+        """The table: mAP on labels, or (no labels: a quantize hold-out) mAP@0.5 against FP32's detections."""
+        if self.labelled:
+            lines = [f"{'model':<16}{'backend':<13}{'mAP50 %':>8}{'mAP %':>8}{'agree %':>9}{'ms':>8}  gate"]
+        else:
+            lines = [f"{'model':<16}{'backend':<13}{'mAP50 % vs FP32 detections':>27}{'ms':>8}  gate"]
         for r in self.results:
             if r.skipped:
                 lines.append(f"{r.name:<16}{r.backend:<13}  skipped: {r.skipped}")
                 continue
             gate = "ref" if r.passed is None else ("pass" if r.passed else f"FAIL (-{r.drop:.2f} pts)")
-            lines.append(f"{r.name:<16}{r.backend:<13}{_fmt(r.accuracy, 8)}{_fmt(r.map, 8)}{_fmt(r.agreement, 9)}"
-                         f"{_fmt(r.latency_ms, 8, 3)}  {gate}")
+            figures = (f"{_fmt(r.accuracy, 8)}{_fmt(r.map, 8)}{_fmt(r.agreement, 9)}" if self.labelled
+                       else _fmt(r.agreement, 27))
+            lines.append(f"{r.name:<16}{r.backend:<13}{figures}{_fmt(r.latency_ms, 8, 3)}  {gate}")
         return "\n".join(lines)
 
 
@@ -220,9 +225,10 @@ def labelled_tensors(bundle: Bundle, images_dir: str | os.PathLike) -> tuple[np.
     under ``images/``, read by pycocotools. Classes match the bundle's labels by name, else by index.
     """
     root = Path(images_dir)
-    if not root.is_dir():
+    yaml_file = root.is_file() and root.suffix in (".yaml", ".yml")  # Ultralytics style: DATA/data.yaml
+    if not (root.is_dir() or yaml_file):
         raise InputError(f"labelled images {root} do not exist (a YOLO/COCO dataset or a folder with a COCO json)")
-    samples = _coco(root, bundle.labels) if _coco_file(root) else _dataset(root, bundle.labels)
+    samples = _coco(root, bundle.labels) if not yaml_file and _coco_file(root) else _dataset(root, bundle.labels)
     if not samples:
         raise InputError(f"no labelled images in {root}")
     prep = bundle.preprocess
@@ -267,26 +273,31 @@ def _class_map(names: list[str], labels: list[str], where: Path) -> dict:
         return {i: labels.index(n) for i, n in enumerate(names)}
     if len(names) <= len(labels):
         return {i: i for i in range(len(names))}
-    raise InputError(f"{where}: classes {names[:8]} are neither the bundle's labels nor {len(labels)} or fewer")
+    raise InputError(f"{where}: classes {some(names)} are neither the bundle's labels nor {len(labels)} or fewer")
 
 
 def _coco(root: Path, labels: list[str]) -> list[tuple[Path, np.ndarray]]:
     """(image path, rows (class, x1, y1, x2, y2) in image pixels) from one COCO json, loaded by pycocotools."""
     from pycocotools.coco import COCO
 
+    from edgekit.data.detection import coco_json
+
     path = _coco_file(root)
+    doc = coco_json(path)  # ids, file names and duplicates checked: one line, not a pycocotools traceback
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            coco = COCO(str(path))
+            coco = COCO()
+            coco.dataset = doc
+            coco.createIndex()
     except (OSError, ValueError, KeyError, TypeError, AssertionError, json.JSONDecodeError) as exc:
         raise InputError(f"{path} is not a COCO annotation file: {exc}") from exc
     cats = {c["id"]: c.get("name", str(c["id"])) for c in coco.loadCats(coco.getCatIds())}
     if all(name in labels for name in cats.values()):
         to_class = {cid: labels.index(name) for cid, name in cats.items()}
-    elif all(0 <= cid < len(labels) for cid in cats):
+    elif all(isinstance(cid, int) and 0 <= cid < len(labels) for cid in cats):
         to_class = {cid: cid for cid in cats}
     else:
-        raise InputError(f"{path}: categories {sorted(cats.values())[:8]} are neither the bundle's labels "
+        raise InputError(f"{path}: categories {some(sorted(map(str, cats.values())))} are neither the bundle's labels "
                          f"nor ids 0..{len(labels) - 1}")
     samples, unknown = [], 0
     for info in coco.loadImgs(coco.getImgIds()):

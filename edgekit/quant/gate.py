@@ -165,6 +165,10 @@ def labelled_tensors(bundle: Bundle, images_dir: str | os.PathLike) -> tuple[np.
     from edgekit.images import labelled_folder
     from edgekit.quant.calibration import CalibrationSet, Item
 
+    root = Path(images_dir)
+    if any((root / name).exists() for name in ("data.yaml", "data.yml", "annotations")) or root.suffix in (".yaml", ".yml"):
+        raise InputError(f"{images_dir} is a detection dataset (YOLO/COCO), and {bundle.path} is a classifier: "
+                         "validate it on one subfolder of images per label")
     folder = labelled_folder(images_dir)
     labels = bundle.labels
     unknown = [c for c in folder.classes if c not in labels]
@@ -271,9 +275,9 @@ def validate(
         write_report(report, out if out is not None else bundle.path)
         fresh = Bundle.load(bundle.path, verify=False)  # another writer may have replaced it while we judged
         changed = [k for k, e in bundle.models.items() if fresh.models.get(k, {}).get("sha256") != e.get("sha256")]
-        if changed:
-            log.warning("the %s model(s) of %s changed while they were being validated: no verdict recorded; "
-                        "run `edgekit validate` again", ", ".join(changed), bundle.path)
+        if changed:  # an error: `validate && service install` must not go ahead
+            raise EdgekitError(f"the {', '.join(changed)} model(s) of {bundle.path} changed while they were being "
+                               "validated (a quantize ran?): no verdict recorded; run `edgekit validate` again")
         else:
             record_verdicts(report, fresh)
     if check:

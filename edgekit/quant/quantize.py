@@ -42,6 +42,7 @@ def quantize_bundle(
     every: int = 10,
     seed: int = 0,
     progress: bool = True,
+    bundle_name: str | None = None,
 ):
     """Quantize the bundle at ``bundle_path`` with calibration images from ``images`` (folder or video).
 
@@ -52,25 +53,27 @@ def quantize_bundle(
     gate the new models at ``max_drop`` points of top-1 (accuracy when ``images`` is a
     class-per-folder set named by the bundle's labels, else agreement with FP32). Returns the gate's
     Report (None without hold-out); raises GateError, after saving, when a model fails. Third-party
-    warnings are held back (:func:`edgekit.quiet.captured`).
+    warnings are held back (:func:`edgekit.quiet.captured`). ``bundle_name`` is the path validation.json
+    records (export stages a bundle elsewhere first; default ``bundle_path``).
     """
     from edgekit.quiet import captured
 
     with captured():  # a failed gate is a verdict, not a failure of the libraries: raised outside
         report, tried = _quantize(bundle_path, images, method=method, num_images=num_images, holdout=holdout,
                                   gate_images=gate_images, max_drop=max_drop, fp16=fp16, cpu_variant=cpu_variant,
-                                  keep_float=keep_float, every=every, seed=seed, progress=progress)
+                                  keep_float=keep_float, every=every, seed=seed, progress=progress,
+                                  bundle_name=str(bundle_name or bundle_path))
     if report is None:
         log.warning("the new models were not gated (no hold-out): run `edgekit validate` on labelled images")
     else:
         log.info("gate on %d images:\n%s", report.images, report.summary())
         if report.failures:
-            raise GateError(_advice(report, tried, bundle_path))
+            raise GateError(_advice(report, tried, bundle_name or bundle_path))
     return report
 
 
 def _quantize(bundle_path, images, *, method, num_images, holdout, gate_images, max_drop, fp16, cpu_variant,
-              keep_float, every, seed, progress):
+              keep_float, every, seed, progress, bundle_name):
     import onnx
     import onnxruntime
 
@@ -105,9 +108,11 @@ def _quantize(bundle_path, images, *, method, num_images, holdout, gate_images, 
             if not entry.name.startswith("."):
                 (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
         new = Bundle(tmp, copy.deepcopy(bundle.manifest))
-        for key in ("int8", "int8_cpu", "fp16") if fp16 else ("int8", "int8_cpu"):
-            if new.has_model(key):  # replaced below; a kept fp16 (--no-fp16) is gated again
+        for key in ("int8", "fp16" if fp16 else None, "int8_cpu" if cpu_variant else None):
+            if key and new.has_model(key):  # replaced below; a kept fp16 (--no-fp16) is gated again
                 (tmp / new.models.pop(key)["path"]).unlink(missing_ok=True)
+        if new.has_model("int8_cpu") and not cpu_variant:
+            log.info("kept the existing int8_cpu model and its verdict (--cpu-variant makes a new one)")
         with temp_dir("edgekit-quant") as work:
             quantizer = Quantizer(new.model_path("fp32"), work).calibrate(cal)
             if new.task == "detection":  # box-decode and score heads stay float
@@ -150,7 +155,7 @@ def _quantize(bundle_path, images, *, method, num_images, holdout, gate_images, 
                 if new.has_model(key):
                     attach_plugin_model(new, key)
         if x is not None:
-            keys = [k for k in ("int8", "int8_cpu", "fp16") if new.has_model(k)]
+            keys = [k for k in ("int8", "int8_cpu" if cpu_variant else None, "fp16") if k and new.has_model(k)]
             report = evaluate(new, x, y, max_drop=max_drop, models=keys, tensorrt=False, reference=reference)
             for r in report.results:
                 if r.name in keys:
@@ -158,6 +163,7 @@ def _quantize(bundle_path, images, *, method, num_images, holdout, gate_images, 
                     new.models[r.name]["gate"] = {"images": report.images, "labelled": report.labelled,
                                                   "metric": getattr(report, "metric", None) or "top1",
                                                   "drop": r.drop, "max_drop": max_drop, "agreement": r.agreement}
+            report.bundle = bundle_name  # not the temporary folder it was judged in
             write_report(report, tmp)
         new.save()
     return report, list(candidates) or [method]

@@ -107,6 +107,7 @@ def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto
     :func:`~edgekit.backends.select.open_runner` (``allow_failed_gate`` included). The chosen model and
     why are logged and shown in ``/metrics`` and ``/status.json``. ``console`` prints the results on stdout
     (:class:`~edgekit.stream.console.ConsoleSink`)."""
+    from edgekit.atomic import refuse_inputs
     from edgekit.backends.select import open_runner
     from edgekit.bundle import Bundle
     from edgekit.service.notify import Notifier
@@ -116,6 +117,7 @@ def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto
     from edgekit.stream.sinks import DisplaySink, JsonSink, VideoSink
     from edgekit.stream.sources import Capture, open_source
 
+    refuse_inputs({"--json": json_path, "--record": record}, {"SOURCE": source if isinstance(source, str) else None})
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     post = postprocess.for_bundle(bundle, top_k=top_k)
     runner = open_runner(bundle, backend, precision, **runner_options)  # refuses a failed gate before opening anything

@@ -59,7 +59,7 @@ class FrameResult:
             if self.overlay:
                 from edgekit.stream.postprocess import draw_text
 
-                draw_text(image, self.overlay, (0, image.shape[0] - 3 * max(12, image.shape[0] // 20)))
+                draw_text(image, self.overlay, (0, image.shape[0] - 3 * max(12, image.shape[0] // 20)), shade=True)
             self._annotated = image
         return self._annotated
 
@@ -323,7 +323,8 @@ class Pipeline:
             self.metrics.reconnects = self.capture.reconnects
             self.metrics.add(result.latency_ms)
             self.metrics.count(result.results)
-            result.overlay = [f"{self.metrics.fps():.1f} fps  infer {result.latency_ms['infer']:.1f} ms"]
+            fps = self.metrics.fps()  # 0 until two frames are done: not shown then
+            result.overlay = [(f"{fps:.1f} fps  " if fps else "") + f"infer {result.latency_ms['infer']:.1f} ms"]
             for sink in sinks:
                 sink.write(result)
             if self.notifier is not None:

@@ -32,8 +32,9 @@ def for_bundle(bundle, **options):
     return cls.from_bundle(bundle, **options)
 
 
-def draw_text(image: np.ndarray, lines: list[str], origin=(0, 0)) -> None:
-    """Write ``lines`` in white on a dark box at ``origin``, scaled to the image size (in place)."""
+def draw_text(image: np.ndarray, lines: list[str], origin=(0, 0), shade: bool = False) -> None:
+    """Write ``lines`` in white on a dark box at ``origin``, scaled to the image size (in place); with
+    ``shade`` the box only darkens what is under it (boxes drawn there stay visible)."""
     import cv2
 
     scale = max(0.35, min(image.shape[:2]) / 480)
@@ -42,7 +43,11 @@ def draw_text(image: np.ndarray, lines: list[str], origin=(0, 0)) -> None:
     for line in lines:
         (w, h), base = cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
         pad = max(2, h // 4)
-        cv2.rectangle(image, (x, y), (x + w + 2 * pad, y + h + base + 2 * pad), (0, 0, 0), -1)
+        if shade:
+            area = image[max(0, y) : y + h + base + 2 * pad, max(0, x) : x + w + 2 * pad]
+            area //= 2
+        else:
+            cv2.rectangle(image, (x, y), (x + w + 2 * pad, y + h + base + 2 * pad), (0, 0, 0), -1)
         cv2.putText(image, line, (x + pad, y + pad + h), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick,
                     cv2.LINE_AA)
         y += h + base + 2 * pad

@@ -2,7 +2,9 @@
 
 Standard library only (``ThreadingHTTPServer``). Bound to 127.0.0.1 unless an address is given.
 A listen backlog of 128 and at most ``MAX_CLIENTS`` clients at once (the others get a 503 at
-once, not a timeout).
+once, not a timeout); one address holds at most ``MAX_CLIENTS - RESERVED`` of them, and a client
+must send its request (line and headers) within ``REQUEST_DEADLINE`` seconds, so slow clients
+cannot keep real requests out. GET and HEAD are answered.
 
 ==================  =============================================================
 ``/``               status page (the stream, FPS, latency, drops)
@@ -22,6 +24,7 @@ import logging
 import select
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -34,6 +37,8 @@ BOUNDARY = "edgekitframe"
 JPEG_QUALITY = 80
 LISTEN_BACKLOG = 128  # pending connections the kernel queues (5, the default, overflows under load)
 MAX_CLIENTS = 64  # clients served at once; more get 503
+RESERVED = 8  # slots one address cannot take: kept for the others
+REQUEST_DEADLINE = 10.0  # seconds a client has to send its request line and headers
 BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 1\r\n"
         b"Connection: close\r\nContent-Length: 34\r\n\r\ntoo many clients; try again later\n")
 
@@ -57,10 +62,12 @@ class StreamServer:
     ``publish(image)`` may also be called directly (tests use it as an MJPEG camera).
     """
 
-    def __init__(self, address: str = "127.0.0.1:8080", metrics=None, max_clients: int = MAX_CLIENTS):
+    def __init__(self, address: str = "127.0.0.1:8080", metrics=None, max_clients: int = MAX_CLIENTS,
+                 request_deadline: float = REQUEST_DEADLINE):
         self.host, self.port = parse_address(address)
         self.metrics = metrics
         self.max_clients = max_clients
+        self.request_deadline = request_deadline
         self._cond = threading.Condition()
         self._image = None
         self._seq = 0
@@ -83,7 +90,7 @@ class StreamServer:
             owner = server
 
         try:
-            self._httpd = _Server((self.host, self.port), Handler, self.max_clients)
+            self._httpd = _Server((self.host, self.port), Handler, self.max_clients, self.request_deadline)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise EdgekitError(f"cannot serve on {self.host}:{self.port}: the port is in use") from exc
@@ -134,21 +141,64 @@ class StreamServer:
 
 
 class _Server(ThreadingHTTPServer):
-    """One thread per client, at most ``max_clients`` at a time: the others get a 503 at once."""
+    """One thread per client, at most ``max_clients`` at a time (``max_clients - RESERVED`` per address):
+    the others get a 503 at once. Clients still sending their request after ``deadline`` seconds are
+    disconnected (checked every poll of ``serve_forever``)."""
 
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
     request_queue_size = LISTEN_BACKLOG
 
-    def __init__(self, address, handler, max_clients: int = MAX_CLIENTS):
+    def __init__(self, address, handler, max_clients: int = MAX_CLIENTS, deadline: float = REQUEST_DEADLINE):
         self.slots = threading.BoundedSemaphore(max_clients)
         self.max_clients = max_clients
+        self.per_address = max_clients - min(RESERVED, max_clients // 4)
+        self.deadline = deadline
         self.refused = 0
+        self.dropped_slow = 0
+        self._guard = threading.Lock()
+        self._per_address: dict = {}
+        self._reading: dict = {}  # socket -> when its request must be in
         super().__init__(address, handler)
 
+    def _take(self, host) -> bool:
+        with self._guard:
+            if self._per_address.get(host, 0) >= self.per_address or not self.slots.acquire(blocking=False):
+                return False
+            self._per_address[host] = self._per_address.get(host, 0) + 1
+            return True
+
+    def _give(self, host) -> None:
+        with self._guard:
+            self._per_address[host] -= 1
+            if not self._per_address[host]:
+                del self._per_address[host]
+            self.slots.release()
+
+    def reading(self, sock, start: bool) -> None:
+        """Mark ``sock`` as sending its request (``start``) or done with it."""
+        with self._guard:
+            if start:
+                self._reading[sock] = time.monotonic() + self.deadline
+            else:
+                self._reading.pop(sock, None)
+
+    def service_actions(self):
+        now = time.monotonic()
+        with self._guard:
+            late = [sock for sock, due in self._reading.items() if now >= due]
+            for sock in late:
+                del self._reading[sock]
+        for sock in late:
+            self.dropped_slow += 1
+            try:  # the handler's blocked read returns; it ends and frees its slot
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def process_request(self, request, client_address):
-        if not self.slots.acquire(blocking=False):
+        if not self._take(client_address[0]):
             self.refused += 1
             try:  # a fresh socket's send buffer takes these few bytes without blocking
                 request.settimeout(0.5)
@@ -160,14 +210,15 @@ class _Server(ThreadingHTTPServer):
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self.slots.release()
+            self._give(client_address[0])
             raise
 
     def process_request_thread(self, request, client_address):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.slots.release()
+            self.reading(request, False)
+            self._give(client_address[0])
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -178,13 +229,24 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):
         log.debug("http %s: " + fmt, self.client_address[0], *args)
 
+    def setup(self):
+        self.server.reading(self.request, True)
+        super().setup()
+
+    def parse_request(self):
+        try:
+            return super().parse_request()
+        finally:
+            self.server.reading(self.request, False)
+
     def _send(self, code: int, ctype: str, body: bytes) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def do_GET(self):
         path = self.path.split("?", 1)[0]
@@ -205,12 +267,16 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, socket.timeout):  # socket.timeout: TimeoutError from 3.10
             pass
 
+    do_HEAD = do_GET  # the same headers, no body (_send, _stream)
+
     def _stream(self):
         self.send_response(200)
         self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
         self.send_header("Cache-Control", "no-store")
         self.send_header("Connection", "close")
         self.end_headers()
+        if self.command == "HEAD":
+            return
         seq = -1
         while not self.owner.closed:
             new, data = self.owner.jpeg(after=seq)

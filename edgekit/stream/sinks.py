@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from edgekit.atomic import pid_alive
+from edgekit.atomic import open_special, output_target, pid_alive
 from edgekit.errors import DeviceError, EdgekitError, InputError, UsageError
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,9 @@ def _writable(path: Path) -> None:
         raise InputError(f"cannot write {path}: permission denied")
 
 
-def _write_error(exc: OSError, path: Path, frames: int) -> EdgekitError:
+def _write_error(exc: OSError, path: Path, frames: int, regular: bool = True) -> EdgekitError:
     why = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-    return EdgekitError(f"cannot write {path}: {why} (after {frames} frames); {_kept(path)}")
+    return EdgekitError(f"cannot write {path}: {why} (after {frames} frames)" + (f"; {_kept(path)}" if regular else ""))
 
 
 def _kept(path: Path) -> str:
@@ -101,6 +101,7 @@ class JsonSink:
 
     A file is written as ``.NAME.PID.partial.jsonl`` beside it, one whole line per ``write``, and
     renamed over ``path`` on close: the previous file stays until a complete one replaces it. A
+    symlink's target is written so (the link stays); a device or FIFO is written straight to. A
     write that fails (a full disk) leaves no torn line and stops the run with one line naming the
     file. A killed run's whole lines are kept at the next run as ``NAME.interrupted-PID.jsonl``.
     """
@@ -119,7 +120,10 @@ class JsonSink:
         if self.path == "-":
             self._stdout = True
             return
-        path = Path(self.path)
+        path, atomic = output_target(self.path)
+        if not atomic:
+            self._fd, self._partial = open_special(path), None
+            return
         _writable(path)
         self._partial = _Partial(path)
         self._partial.clean_stale(_whole_lines)
@@ -129,10 +133,10 @@ class JsonSink:
             raise InputError(f"cannot write {path}: {exc.strerror}") from exc
 
     def write(self, result) -> None:
+        if self._failed:
+            return
         line = json.dumps(result.to_json(self._clock), separators=(",", ":")) + "\n"
         if self._stdout:
-            if self._failed:
-                return
             try:
                 sys.stdout.write(line)
                 sys.stdout.flush()
@@ -146,11 +150,16 @@ class JsonSink:
             done = 0
             while done < len(data):
                 done += os.write(self._fd, data[done:])
+        except BrokenPipeError:  # a FIFO's reader went away, as `--json -` under `| head`
+            self._failed = True
+            self._stop(f"{self.path} closed by its reader")
+            return
         except OSError as exc:
             self._failed = True
             with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self._size)  # no torn line
-            raise _write_error(exc, Path(self.path), self.lines) from exc
+                if self._partial is not None:
+                    os.ftruncate(self._fd, self._size)  # no torn line
+            raise _write_error(exc, Path(self.path), self.lines, self._partial is not None) from exc
         self._size += len(data)
         self.lines += 1
 
@@ -165,6 +174,8 @@ class JsonSink:
         fd, self._fd = self._fd, None
         os.close(fd)
         path = Path(self.path)
+        if self._partial is None:  # a device or FIFO, written straight to
+            return
         if self._failed:
             self._partial.discard()
         elif self.lines == 0:
@@ -212,7 +223,9 @@ class VideoSink:
     """
 
     def __init__(self, path: str, fps: float | None = None):
-        self.path = Path(path)
+        self.path, atomic = output_target(path)  # a symlink's target is written (the link stays)
+        if not atomic:
+            raise UsageError(f"--record needs a regular file, and {path} is a device or FIFO")
         self.fps = fps
         codec = VIDEO_CODECS.get(self.path.suffix.lower())
         if codec is None:
