@@ -105,9 +105,10 @@ class MjpegHttpSource(Source):
             line = self._resp.readline(MAX_LINE_BYTES + 1)
             if not line:
                 raise ConnectionError("stream ended")
-        headers = {}
+        headers, count = {}, 0
         while line := self._line().strip():
-            if len(headers) >= MAX_HEADERS:
+            count += 1
+            if count > MAX_HEADERS:
                 raise BoundExceeded(f"more than {MAX_HEADERS} header lines in a part")
             key, _, value = line.partition(b":")
             headers[key.strip().lower()] = value.strip()
