@@ -334,3 +334,36 @@ def test_predictor_takes_a_list_of_frames(tiny_bundle, colour_media):
         one = p.predict(frames[1])
     assert [r[0]["label"] for r in per_frame] == ["red", "blue", "green"]
     assert runner_calls == [3, 1] and one[0]["label"] == "blue"
+
+
+def test_per_source_stages_see_their_frames_in_order_before_the_outputs(tiny_bundle, tmp_path, colour_media):
+    """The seam a tracker or analytics stage plugs into: one chain per source, frames in order, and
+    what a stage adds to the results is in the JSON lines."""
+
+    class Numbering:
+        def __init__(self, name):
+            self.name, self.seen, self.opened, self.closed = name, [], None, False
+            stages.append(self)
+
+        def open(self, info):
+            self.opened = info.source
+
+        def write(self, result):
+            assert result.source == self.name
+            self.seen.append(result.frame.number)
+            for r in result.results:
+                r["nth"] = len(self.seen)
+
+        def close(self):
+            self.closed = True
+
+    stages = []
+    v1 = colour_media.video(tmp_path / "v1.mp4", ["red"] * 4)
+    v2 = colour_media.video(tmp_path / "v2.mp4", ["green"] * 6)
+    out = tmp_path / "out.jsonl"
+    run_loop(tiny_bundle, [f"a={v1}", f"b={v2}"], backend="onnxruntime", json_path=str(out),
+             per_source=lambda name: [Numbering(name)])
+    assert [(s.name, s.opened, s.seen, s.closed) for s in stages] == [("a", "a", list(range(4)), True),
+                                                                      ("b", "b", list(range(6)), True)]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["results"][0]["nth"] for line in lines if line["source"] == "b"] == list(range(1, 7))
