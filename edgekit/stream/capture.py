@@ -20,7 +20,6 @@ from edgekit.stream.source_base import Frame, Source
 log = logging.getLogger(__name__)
 
 BACKOFF = (0.5, 8.0)  # first and longest wait between reopen attempts, seconds
-STATES = ("starting", "live", "reconnecting", "ended", "failed")
 
 
 class Capture:
@@ -29,7 +28,8 @@ class Capture:
     ``name`` tags every frame (``NAME=URI``, else the source's index). ``pace_fps`` paces a realtime
     file (default: its own fps); ``loop`` replays a file forever. ``drops`` counts frames replaced
     in the slot before anyone took them, ``reconnects`` the successful reopenings of a lost live
-    source; ``heartbeat`` is when the reader last made progress; ``state`` is one of ``STATES``.
+    source; ``heartbeat`` is when the reader last made progress; ``state`` is ``starting``, ``live``,
+    ``reconnecting``, ``ended`` or ``failed``.
     ``last_frame`` is when the latest frame arrived. ``on_frame`` (set by the muxer) is called from
     the reader thread when a frame or the end arrives.
     """

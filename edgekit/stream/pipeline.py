@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgekit.errors import DeviceError
 from edgekit.stream.capture import Capture
 from edgekit.stream.infer import batch_limit, demux, infer_batch
 from edgekit.stream.metrics import Metrics
@@ -281,8 +282,6 @@ class Pipeline:
 
     def _start_captures(self, info: StreamInfo) -> None:
         """Open every source (each raises its own clear error, unless ``missing_ok``)."""
-        from edgekit.errors import DeviceError
-
         for capture in self.captures:
             capture.start(missing_ok=self.missing_ok)
             info.rates[capture.name] = capture.fps
