@@ -7,7 +7,7 @@ once, not a timeout).
 =======================  ==============================================================
 ``/``                    status page (the streams, FPS, latency, drops, each source's state)
 ``/stream.mjpg``         ``multipart/x-mixed-replace`` JPEG frames as they are processed
-                         (with several sources: a tiled mosaic of all of them)
+                         (with several sources: a tiled mosaic of all of them, at most 15 fps)
 ``/stream/NAME.mjpg``    the frames of source NAME
 ``/snapshot.jpg``        the latest annotated frame (several sources: the mosaic)
 ``/snapshot/NAME.jpg``   the latest annotated frame of source NAME
@@ -26,6 +26,7 @@ import math
 import select
 import socket
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 BOUNDARY = "edgekitframe"
 JPEG_QUALITY = 80
 TILE = (480, 270)  # width, height of one source in the mosaic
+MOSAIC_FPS = 15.0  # the mosaic is redrawn at most this often (each source's own stream is not limited)
 LISTEN_BACKLOG = 128  # pending connections the kernel queues (5, the default, overflows under load)
 MAX_CLIENTS = 64  # clients served at once; more get 503
 BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 1\r\n"
@@ -126,6 +128,7 @@ class StreamServer:
         self.sources: list[str] = []
         self.channels: dict[str, Channel] = {}
         self._latest: dict[str, np.ndarray] = {}
+        self._mosaic_at = 0.0
         self.main = Channel()  # /stream.mjpg: the one source's frames, or the mosaic of several
         self._closed = False
         self._httpd = None
@@ -165,9 +168,14 @@ class StreamServer:
         channel = self.channels.get(result.source)
         if channel is not None:
             channel.publish(image)
-        if len(self.sources) > 1:
-            self._latest[result.source] = image
-        self.main.publish(image)
+        if len(self.sources) < 2:
+            self.main.publish(image)
+            return
+        self._latest[result.source] = image
+        now = time.monotonic()
+        if now - self._mosaic_at >= 1.0 / MOSAIC_FPS:
+            self._mosaic_at = now
+            self.main.publish(image)
 
     def publish(self, image: np.ndarray) -> None:
         self.main.publish(image)
