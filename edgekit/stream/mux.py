@@ -7,6 +7,9 @@ failed, or stalled (no frame for ``STALL_TIMEOUTS`` timeouts, at least ``MIN_STA
 drops out of the batch and rejoins when it has frames again. Files not played in real time
 are read in order, one frame per batch, so none is ever skipped.
 
+Files read in order are read by ``map`` (the pipeline's worker pool when it has one), so that
+several files decode at once on a device with cores to spare (OpenCV releases the GIL).
+
 The default timeout follows DeepStream's FAQ: one frame period of the fastest threaded source
 (``1 / max fps``; 30 fps when a source does not say), and ``FILE_TIMEOUT`` when every source is a
 file read in order (which never has to be waited for).
@@ -34,8 +37,9 @@ def default_timeout(captures: list[Capture]) -> float:
 class Muxer:
     """Forms batches from ``captures`` (opened and started); ``timeout`` None: :func:`default_timeout`."""
 
-    def __init__(self, captures: list[Capture], timeout: float | None = None):
+    def __init__(self, captures: list[Capture], timeout: float | None = None, map=map):
         self.captures = list(captures)
+        self.map = map
         self.timeout = default_timeout(self.captures) if timeout is None else float(timeout)
         self.stall_s = max(MIN_STALL, STALL_TIMEOUTS * self.timeout)
         self._arrived = threading.Event()
@@ -61,11 +65,12 @@ class Muxer:
             if beat is not None:
                 beat()
             self._arrived.clear()  # before looking: a frame landing meanwhile sets it again
-            for capture in self.captures:
-                if capture.name not in taken and not capture.ended:
-                    frame = capture.get(0)
-                    if frame is not None:
-                        taken[capture.name] = frame
+            due = [c for c in self.captures if c.name not in taken and not c.ended]
+            files = [c for c in due if not c.threaded]
+            got = zip(files, self.map(_read, files)) if len(files) > 1 else ((c, c.get(0)) for c in files)
+            for capture, frame in [*got, *((c, c.get(0)) for c in due if c.threaded)]:
+                if frame is not None:
+                    taken[capture.name] = frame
             now = time.monotonic()
             if taken:
                 if deadline is None:
@@ -79,3 +84,7 @@ class Muxer:
             else:
                 self._arrived.wait(POLL)
         return None
+
+
+def _read(capture: Capture) -> Frame | None:
+    return capture.get(0)

@@ -12,7 +12,8 @@ per source     stages keyed by source name (:mod:`~edgekit.stream.per_source`)
 consumers      sinks: JSON lines, recordings, the HTTP server, console, window
 =============  ===============================================================================
 
-Threads: a *prepare* thread runs mux and preprocess; an *infer* thread activates the runner and is
+Threads: a *prepare* thread runs mux and preprocess (with several sources, files are read and
+frames preprocessed on a pool of at most one worker per source and CPU); an *infer* thread activates the runner and is
 the only thread that touches it; the calling thread runs demux, postprocess, the per-source stages
 and the consumers, logs, and talks to systemd. Small bounded queues join them, so the model never
 waits on capture or output when the sources are faster. With a live source the next batch is formed
@@ -28,9 +29,11 @@ source never ends: it reconnects), at a limit, or on a stop.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,6 +90,7 @@ class Pipeline:
         self.missing_ok = missing_ok
         self.metrics = Metrics([c.name for c in self.captures])
         self.mux: Muxer | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self.stop_reason = None
         self.prep = bundle.preprocess
         self._stop = threading.Event()
@@ -149,7 +153,9 @@ class Pipeline:
                         q.put(_END)
                     return
                 t0 = time.monotonic()
-                tensor = np.stack([self.prep(f.image) for f in frames])
+                images = [f.image for f in frames]
+                tensor = np.stack(list(self._pool.map(self.prep, images)) if self._pool and len(images) > 1
+                                  else [self.prep(image) for image in images])
                 t1 = time.monotonic()
                 self._ema["prepare"] = _ema(self._ema["prepare"], t1 - t0)
                 work = _Work(frames, tensor, t1, (t1 - t0) * 1000)
@@ -244,7 +250,10 @@ class Pipeline:
                 sink.open(info)
                 opened.append(sink)
             self._start_captures(info)
-            self.mux = Muxer(self.captures, self.batch_timeout)
+            workers = min(len(self.captures), os.cpu_count() or 1)
+            if workers > 1:  # several files decode, and frames preprocess, at once where cores are spare
+                self._pool = ThreadPoolExecutor(workers, thread_name_prefix="edgekit-read")
+            self.mux = Muxer(self.captures, self.batch_timeout, self._pool.map if self._pool else map)
             log.debug("batch timeout %.1f ms", self.mux.timeout * 1000)
             prepq = queue.Queue(1 if any(c.live for c in self.captures) else self.queue_size)
             outq = queue.Queue(max(2, self.queue_size * 2))
@@ -264,6 +273,8 @@ class Pipeline:
             for t in threads:
                 if t.ident is not None:
                     t.join(STOP_GRACE / 2)
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
             for capture in self.captures:
                 capture.close()
             errors = []
