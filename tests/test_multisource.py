@@ -367,3 +367,13 @@ def test_per_source_stages_see_their_frames_in_order_before_the_outputs(tiny_bun
                                                                       ("b", "b", list(range(6)), True)]
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["results"][0]["nth"] for line in lines if line["source"] == "b"] == list(range(1, 7))
+
+
+def test_service_takes_several_named_sources_and_a_record_template():
+    from edgekit.cli.run import check_run_options
+    from edgekit.service.unit import check_run_args
+
+    args = ("door=rtsp://10.0.0.5/s", "--source", "yard=/dev/video1", "--record", "/var/lib/edgekit/rec/{source}.mkv")
+    assert check_run_args(args) == args
+    params = check_run_options(args)
+    assert params["source_args"] == ("door=rtsp://10.0.0.5/s",) and params["source_opts"] == ("yard=/dev/video1",)
