@@ -4,7 +4,7 @@ A source is named ``NAME=URI`` (``door=rtsp://cam/1``), else by its index (``0``
 appear in JSON lines, URLs (``/stream/NAME.mjpg``), file names (``--record out/{source}.mkv``) and
 metric labels, so they are letters, digits, ``_``, ``-`` and ``.`` (not first), and unique.
 
-A sources file (``--sources FILE``; JSON, or YAML when PyYAML is installed) lists sources with
+A sources file (``--sources-file PATH``; JSON, or YAML when PyYAML is installed) lists sources with
 their own options; what a source leaves out comes from the command line::
 
     sources:
@@ -62,7 +62,7 @@ def specs(uris, defaults: dict | None = None, file: str | None = None) -> list[S
     if file is not None:
         given += read_file(file)
     if not given:
-        raise UsageError("give a SOURCE (e.g. 0 or video.mp4), --camera N, --source URI or --sources FILE")
+        raise UsageError("give a SOURCE (e.g. 0 or video.mp4), --camera N, --source URI or --sources-file PATH")
     if len(given) > MAX_SOURCES:
         raise UsageError(f"{len(given)} sources: at most {MAX_SOURCES}")
     out, seen = [], set()
