@@ -125,6 +125,7 @@ def test_readme_python_blocks_run_against_a_bundle(tiny_bundle, tmp_path, monkey
     results = namespace["results"]
     assert [r["label"] for r in results] == ["red", results[1]["label"]] and len(results) == 2
     assert set(results[0]) == {"class", "label", "score"} and results[0]["score"] > 0.9
+    assert namespace["per_frame"] == [results, results]  # a list of frames: one result list each
     scores = namespace["scores"]
     assert scores.shape == (1, 3) and scores.argmax() == results[0]["class"]
 
