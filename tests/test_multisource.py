@@ -280,11 +280,12 @@ def test_tensorrt_profile_for_the_source_count(tiny_bundle, tmp_path, colour_med
     """The engine's profile is (1, N, N) for N sources (min 1: a batch missing a source still runs), is
     what run_loop asks the runner for, and is part of the engine cache key."""
     from edgekit.backends import select
-    from edgekit.backends.tensorrt.builder import BuildOptions, device_key, profile_shapes
+    from edgekit.backends.tensorrt.builder import BuildOptions, device_key, parse_batch, profile_shapes
 
     assert tensorrt_profile(4, ["batch", 3, 32, 32]) == (1, 4, 4)
     assert tensorrt_profile(1, ["batch", 3, 32, 32]) == (1, 1, 1)
     assert tensorrt_profile(4, [1, 3, 32, 32]) is None  # a fixed batch: inferred in slices instead
+    assert parse_batch("4") == tensorrt_profile(4, ["batch", 3, 32, 32])  # `edgekit build --batch 4` builds it ahead
     asked = {}
 
     def fake_open_runner(bundle, backend, precision, **options):
