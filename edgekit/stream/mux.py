@@ -7,8 +7,8 @@ failed, or stalled (no frame for ``STALL_TIMEOUTS`` timeouts, at least ``MIN_STA
 drops out of the batch and rejoins when it has frames again. Files not played in real time
 are read in order, one frame per batch, so none is ever skipped.
 
-Files read in order are read by ``map`` (the pipeline's worker pool when it has one), so that
-several files decode at once on a device with cores to spare (OpenCV releases the GIL).
+Files read in order are read on the pipeline's worker ``pool`` when it has one, so that several
+files decode at once on a device with cores to spare (OpenCV releases the GIL).
 
 The default timeout follows DeepStream's FAQ: one frame period of the fastest threaded source
 (``1 / max fps``; 30 fps when a source does not say), and ``FILE_TIMEOUT`` when every source is a
@@ -35,11 +35,12 @@ def default_timeout(captures: list[Capture]) -> float:
 
 
 class Muxer:
-    """Forms batches from ``captures`` (opened and started); ``timeout`` None: :func:`default_timeout`."""
+    """Forms batches from ``captures`` (opened and started); ``timeout`` None: :func:`default_timeout`;
+    ``pool`` (an Executor, optional) reads several files at once."""
 
-    def __init__(self, captures: list[Capture], timeout: float | None = None, map=map):
+    def __init__(self, captures: list[Capture], timeout: float | None = None, pool=None):
         self.captures = list(captures)
-        self.map = map
+        self.pool = pool  # an Executor reading several files at once, or None
         self.timeout = default_timeout(self.captures) if timeout is None else float(timeout)
         self.stall_s = max(MIN_STALL, STALL_TIMEOUTS * self.timeout)
         self._arrived = threading.Event()
@@ -66,9 +67,11 @@ class Muxer:
                 beat()
             self._arrived.clear()  # before looking: a frame landing meanwhile sets it again
             due = [c for c in self.captures if c.name not in taken and not c.ended]
-            files = [c for c in due if not c.threaded]
-            got = zip(files, self.map(_read, files)) if len(files) > 1 else ((c, c.get(0)) for c in files)
-            for capture, frame in [*got, *((c, c.get(0)) for c in due if c.threaded)]:
+            files = [c for c in due if not c.threaded]  # read now, in order (on the pool when several)
+            threaded = [c for c in due if c.threaded]  # their newest frame, if one is waiting
+            reads = self.pool.map(_read, files) if self.pool is not None and len(files) > 1 else map(_read, files)
+            frames = [*reads, *map(_read, threaded)]
+            for capture, frame in zip(files + threaded, frames):
                 if frame is not None:
                     taken[capture.name] = frame
             now = time.monotonic()
@@ -87,4 +90,5 @@ class Muxer:
 
 
 def _read(capture: Capture) -> Frame | None:
+    """The capture's next frame without waiting (a file: read now; threaded: the slot's, or None)."""
     return capture.get(0)

@@ -13,8 +13,8 @@ consumers      sinks: JSON lines, recordings, the HTTP server, console, window
 =============  ===============================================================================
 
 Threads: a *prepare* thread runs mux and preprocess (with several sources, files are read and
-frames preprocessed on a pool of at most one worker per source and CPU); an *infer* thread activates the runner and is
-the only thread that touches it; the calling thread runs demux, postprocess, the per-source stages
+frames preprocessed on a pool of at most one worker per source and CPU); an *infer* thread
+activates the runner and is the only thread that touches it; the calling thread runs demux, postprocess, the per-source stages
 and the consumers, logs, and talks to systemd. Small bounded queues join them, so the model never
 waits on capture or output when the sources are faster. With a live source the next batch is formed
 *just in time* (when the running inference is about to finish), from the newest frames, so a frame
@@ -253,7 +253,7 @@ class Pipeline:
             workers = min(len(self.captures), os.cpu_count() or 1)
             if workers > 1:  # several files decode, and frames preprocess, at once where cores are spare
                 self._pool = ThreadPoolExecutor(workers, thread_name_prefix="edgekit-read")
-            self.mux = Muxer(self.captures, self.batch_timeout, self._pool.map if self._pool else map)
+            self.mux = Muxer(self.captures, self.batch_timeout, self._pool)
             log.debug("batch timeout %.1f ms", self.mux.timeout * 1000)
             prepq = queue.Queue(1 if any(c.live for c in self.captures) else self.queue_size)
             outq = queue.Queue(max(2, self.queue_size * 2))
