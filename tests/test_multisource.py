@@ -209,8 +209,8 @@ def test_per_source_metrics_streams_and_status(tiny_bundle, tmp_path, colour_med
 class FreezableCamera:
     """An MJPEG camera on 127.0.0.1 (edgekit's StreamServer) whose frames can stop and start again."""
 
-    def __init__(self, colour_media):
-        self.server = StreamServer("127.0.0.1:0").open()
+    def __init__(self, colour_media, port=0):
+        self.server = StreamServer(f"127.0.0.1:{port}").open()
         self.frame = colour_media.frame("green")
         self.frozen = threading.Event()
         self.running = True
@@ -378,3 +378,40 @@ def test_service_takes_several_named_sources_and_a_record_template():
     assert check_run_args(args) == args
     params = check_run_options(args)
     assert params["source_args"] == ("door=rtsp://10.0.0.5/s",) and params["source_opts"] == ("yard=/dev/video1",)
+
+
+def test_allow_missing_a_live_source_joins_when_it_comes_up(tiny_bundle, tmp_path, colour_media):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there yet
+    video = colour_media.video(tmp_path / "v.mp4", ["red"] * 6)
+    captures = [Capture(open_source(video), realtime=True, loop=True, pace_fps=30, name="file"),
+                Capture(open_source(f"http://127.0.0.1:{port}/stream.mjpg", timeout=1.0), name="late")]
+    rec = Recorder()
+    pipe = Pipeline(tiny_bundle, captures, open_runner(tiny_bundle, "onnxruntime"), postprocess.for_bundle(tiny_bundle),
+                    [rec], batch_timeout=0.05, missing_ok=True)
+    cams = []
+
+    def script():
+        try:
+            time.sleep(0.8)
+            assert captures[1].state == "reconnecting"
+            cams.append(FreezableCamera(colour_media, port))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not any(r.source == "late" for r, _ in rec.results):
+                time.sleep(0.05)
+        finally:
+            pipe.stop("test")
+
+    threading.Thread(target=script, daemon=True).start()
+    try:
+        summary = pipe.run()
+    finally:
+        for cam in cams:
+            cam.stop()
+    late = [r for r, _ in rec.results if r.source == "late"]
+    assert late and all(r.results[0]["label"] == "green" for r in late)
+    assert rec.results[0][0].source == "file"  # the file ran while the camera was missing
+    assert summary["sources"]["late"]["reconnects"] == 1
