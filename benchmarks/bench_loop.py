@@ -30,7 +30,8 @@ from edgekit.bundle import Bundle
 from edgekit.stream import postprocess
 from edgekit.stream.pipeline import Pipeline
 from edgekit.stream.sinks import JsonSink
-from edgekit.stream.sources import Capture, Source
+from edgekit.stream.capture import Capture
+from edgekit.stream.source_base import Source
 from edgekit.tiny import write_tiny_bundle
 
 

@@ -4,6 +4,7 @@
 
     with Predictor("bundle") as predictor:
         results = predictor.predict(frame_bgr)  # [{"class": 3, "label": "3", "score": 0.98}]
+        per_frame = predictor.predict([frame_a, frame_b])  # one result list per frame, one model call
 """
 
 from __future__ import annotations
@@ -35,13 +36,25 @@ class Predictor:
         self.runner = open_runner(self.bundle, backend, precision, **runner_options)
 
     def __enter__(self) -> "Predictor":
+        from edgekit.stream.infer import batch_limit
+
         self.runner.activate()
+        self._limit = batch_limit(self.runner)
         return self
 
     def __exit__(self, *exc) -> None:
         self.runner.deactivate()
 
-    def predict(self, frame: np.ndarray) -> list[dict]:
-        """The results for one uint8 BGR frame of any size (resized as the bundle says)."""
-        outputs = self.runner.infer(self.preprocess(frame)[None])
-        return self.postprocess(outputs, frame.shape[:2])
+    def predict(self, frames: np.ndarray | list[np.ndarray]) -> list[dict] | list[list[dict]]:
+        """The results for one uint8 BGR frame of any size (resized as the bundle says); for a list of
+        frames (sizes may differ), one result list per frame, inferred as one batch (in slices when
+        the model's batch is fixed)."""
+        from edgekit.stream.infer import demux, infer_batch
+
+        if isinstance(frames, np.ndarray):
+            return self.predict([frames])[0]
+        if not frames:
+            return []
+        tensor = np.stack([self.preprocess(f) for f in frames])
+        outputs = demux(infer_batch(self.runner, tensor, self._limit), len(frames))
+        return [self.postprocess(out, f.shape[:2]) for out, f in zip(outputs, frames)]

@@ -77,7 +77,8 @@ def test_calibration_and_runtime_loop_share_preprocessing(tiny_bundle, tmp_path,
     from edgekit.backends.onnxruntime import OnnxRuntimeRunner
     from edgekit.stream import postprocess
     from edgekit.stream.pipeline import Pipeline
-    from edgekit.stream.sources import Capture, open_source
+    from edgekit.stream.capture import Capture
+    from edgekit.stream.sources import open_source
 
     folder = _noise_folder(tmp_path / "imgs", 18, size=(90, 120), nested=False)
     fed = []

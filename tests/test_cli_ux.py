@@ -46,8 +46,8 @@ def test_console_is_rate_bounded_and_says_what_it_skipped():
     import numpy as np
 
     from edgekit.stream.console import ConsoleSink
-    from edgekit.stream.pipeline import FrameResult
-    from edgekit.stream.sources import Frame
+    from edgekit.stream.results import FrameResult
+    from edgekit.stream.source_base import Frame
 
     now = [0.0]
     out = io.StringIO()
@@ -91,7 +91,7 @@ def test_service_install_refuses_what_run_would_refuse_and_writes_nothing(cli, t
                           "run options", "--bogus-opt")
     assert_one_line_error(cli("service", "install", tiny_bundle.path, "--root", root, "--top-k", "zero", "0"),
                           "--top-k")
-    assert_one_line_error(cli("service", "install", tiny_bundle.path, "--root", root), "one of SOURCE")
+    assert_one_line_error(cli("service", "install", tiny_bundle.path, "--root", root), "give a SOURCE")
     assert not root.exists()
     r = cli("service", "install", tiny_bundle.path, "--root", root, "csi://0", "--serve", "8080")
     assert r.code == 0, r
@@ -125,6 +125,7 @@ def test_readme_python_blocks_run_against_a_bundle(tiny_bundle, tmp_path, monkey
     results = namespace["results"]
     assert [r["label"] for r in results] == ["red", results[1]["label"]] and len(results) == 2
     assert set(results[0]) == {"class", "label", "score"} and results[0]["score"] > 0.9
+    assert namespace["per_frame"] == [results, results]  # a list of frames: one result list each
     scores = namespace["scores"]
     assert scores.shape == (1, 3) and scores.argmax() == results[0]["class"]
 

@@ -146,7 +146,8 @@ def test_loop_reports_source_pixel_boxes_and_counts(detection_bundle, tmp_path):
     from edgekit.stream import postprocess
     from edgekit.stream.pipeline import Pipeline
     from edgekit.stream.sinks import JsonSink, VideoSink
-    from edgekit.stream.sources import Capture, open_source
+    from edgekit.stream.capture import Capture
+    from edgekit.stream.sources import open_source
 
     folder = tmp_path / "frames"
     folder.mkdir()

@@ -25,7 +25,7 @@ import pytest
 from conftest import REPO, assert_one_line_error
 from edgekit import atomic
 from edgekit.errors import EdgekitError
-from edgekit.stream import sinks, sources
+from edgekit.stream import opencv_sources, sinks
 from edgekit.stream.loop import run_loop
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -198,7 +198,7 @@ def test_3_video_reading_rides_over_a_damaged_stretch(tiny_bundle, tmp_path, cap
 
 def test_3_reading_gives_up_after_a_bounded_run_of_failures(tiny_bundle, tmp_path, caplog, monkeypatch):
     bad = damaged(tmp_path, "mp4v", ".mp4")  # ~50 unreadable frames in a row
-    monkeypatch.setattr(sources, "MAX_BAD_READS", 10)
+    monkeypatch.setattr(opencv_sources, "MAX_BAD_READS", 10)
     out = tmp_path / "o.jsonl"
     summary = run_loop(tiny_bundle, bad, backend="onnxruntime", json_path=str(out))
     assert summary["stopped_by"] == "end of stream" and summary["frames"] < 200

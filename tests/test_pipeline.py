@@ -14,7 +14,8 @@ from edgekit.stream import postprocess
 from edgekit.stream.loop import run_loop
 from edgekit.stream.pipeline import Pipeline
 from edgekit.stream.sinks import JsonSink
-from edgekit.stream.sources import Capture, open_source
+from edgekit.stream.capture import Capture
+from edgekit.stream.sources import open_source
 
 
 class Recorder:

@@ -54,9 +54,9 @@ def test_bad_input_is_one_line(cli, tiny_bundle, tmp_path, colour_media):
         (("--source", video, "--json", tmp_path / "no" / "out.jsonl"), "does not exist"),
         (("--source", video, "--record", tmp_path / "out.gif"), "--record needs"),
         (("--source", video, "--serve", "nonsense"), "--serve needs"),
-        (("--source", video, "--camera", "0"), "one of SOURCE"),
-        ((video, "--source", video), "one of SOURCE"),
-        ((), "one of SOURCE"),
+        (("--source", video, "--camera", "0"), "no camera at index 0"),  # two sources: both must open
+        ((f"a={video}", "--source", f"a={video}"), "two sources are named 'a'"),
+        ((), "give a SOURCE"),
     ]
     for args, fragment in cases:
         assert_one_line_error(cli("run", tiny_bundle.path, *args), fragment)

@@ -11,15 +11,10 @@ import pytest
 
 from edgekit.errors import DeviceError, InputError, UsageError
 from edgekit.stream.server import StreamServer
-from edgekit.stream.sources import (
-    Capture,
-    ImageFolderSource,
-    MjpegHttpSource,
-    VideoCaptureSource,
-    csi_pipeline,
-    has_gstreamer,
-    open_source,
-)
+from edgekit.stream.capture import Capture
+from edgekit.stream.mjpeg import MjpegHttpSource
+from edgekit.stream.opencv_sources import ImageFolderSource, VideoCaptureSource
+from edgekit.stream.sources import csi_pipeline, has_gstreamer, open_source
 
 
 def colour_of(image):

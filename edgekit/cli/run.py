@@ -9,9 +9,18 @@ SOURCE_HELP = "0 or /dev/videoN, csi://N, rtsp://..., http(s)://... (MJPEG), gst
 
 @click.command("run")
 @click.argument("bundle", type=click.Path())
-@click.argument("source_arg", metavar="[SOURCE]", required=False)
+@click.argument("source_args", metavar="[SOURCE]...", nargs=-1)
 @click.option("--camera", type=int, metavar="N", help="V4L2 camera N (same as SOURCE N).")
-@click.option("--source", metavar="URI", help="The SOURCE, as an option: " + SOURCE_HELP)
+@click.option("--source", "source_opts", metavar="[NAME=]URI", multiple=True,
+              help="A SOURCE, as an option (repeatable): " + SOURCE_HELP)
+@click.option("--sources-file", type=click.Path(dir_okay=False), metavar="PATH",
+              help="More sources, listed in a JSON or YAML file with per-source options (uri, name, realtime, loop, "
+                   "fps, width, height).")
+@click.option("--batch-timeout", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Several sources: how long a batch waits for a live source's frame "
+                   "[default: one frame period of the fastest live source; 0.001 for files].")
+@click.option("--allow-missing", is_flag=True,
+              help="Several sources: run without a source that does not open at the start (a live one keeps trying).")
 @click.option("--width", type=int, help="Camera frame width (V4L2/CSI).")
 @click.option("--height", type=int, help="Camera frame height (V4L2/CSI).")
 @click.option("--fps", type=positive(), help="Camera frame rate; with --realtime, the pace a file is played at.")
@@ -21,7 +30,9 @@ SOURCE_HELP = "0 or /dev/videoN, csi://N, rtsp://..., http(s)://... (MJPEG), gst
                    "ONNX Runtime on the CPU: int8_cpu, fp32).")
 @click.option("--allow-failed-gate", is_flag=True, help="Use a model that failed its accuracy gate (with a warning).")
 @click.option("--json", "json_path", metavar="PATH|-", help="Write one JSON line per frame (- for stdout).")
-@click.option("--record", type=click.Path(dir_okay=False), help="Record the annotated frames (.mp4, .avi, .mkv, .mov).")
+@click.option("--record", metavar="PATH",
+              help="Record the annotated frames (.mp4, .avi, .mkv, .mov); several sources: a template "
+                   "(out/{source}.mkv) or a folder (NAME.mkv in it).")
 @click.option("--display", is_flag=True, help="Show the annotated frames in a window.")
 @click.option("--serve", metavar="[HOST:]PORT", callback=lambda ctx, param, value: _address(value), help="Serve an MJPEG stream, status page and /metrics (host 127.0.0.1 unless given).")
 @click.option("--max-frames", type=click.IntRange(min=1), help="Stop after this many frames.")
@@ -37,18 +48,23 @@ SOURCE_HELP = "0 or /dev/videoN, csi://N, rtsp://..., http(s)://... (MJPEG), gst
               help="Detection bundles: keep detections scoring at least this [default: the bundle's nms.score_threshold].")
 @threads_option()
 @click.option("--cache-dir", type=click.Path(), help="TensorRT engine cache (default ~/.cache/edgekit).")
-def command(bundle, source_arg, camera, source, width, height, fps, backend, precision, allow_failed_gate, json_path,
+def command(bundle, source_args, camera, source_opts, sources_file, batch_timeout, allow_missing, width, height, fps,
+            backend, precision, allow_failed_gate, json_path,
             record, display, serve,
             max_frames, duration, realtime, loop, top_k, log_every, timeout, score_threshold, threads,
             cache_dir):
-    """Run BUNDLE on frames from SOURCE (or --camera/--source): a camera, stream, video file or image folder.
+    """Run BUNDLE on frames from each SOURCE (or --camera/--source/--sources-file): cameras, streams,
+    video files or image folders.
 
     \b
     SOURCE: 0 or /dev/videoN, csi://N, rtsp://..., http(s)://... (MJPEG), gst:PIPELINE,
-    a video file, an image folder.
+    a video file, an image folder; NAME=SOURCE names it (door=rtsp://...), else its index does.
+    Several sources run as one batched loop: one model call for the newest frame of each, results
+    tagged with the source's name (JSON "source", /stream/NAME.mjpg, --record out/{source}.mkv).
     Results go to any mix of --json, --record, --display and --serve; with none of them, one line
     per result is printed (a burst, then at most 2 a second). Live sources that drop out
-    are reopened with backoff (the first open must succeed); files end the run. SIGINT/SIGTERM
+    are reopened with backoff (the first open must succeed unless --allow-missing); the run ends
+    when every file has ended and no live source is left. SIGINT/SIGTERM
     finish the current frame, close every output and exit 0. Under systemd it sends READY=1 after
     the first frame, WATCHDOG=1 while every stage is making progress, and STATUS= with the FPS.
     """
@@ -58,15 +74,16 @@ def command(bundle, source_arg, camera, source, width, height, fps, backend, pre
     from edgekit.cli import is_quiet, say
     from edgekit.stream.loop import run_loop
 
-    given = the_source(source_arg, camera, source)
-    if serve and isinstance(given, str) and os.path.exists(given) and not (realtime and loop):
+    given = the_sources(source_args, camera, source_opts, sources_file)
+    if serve and any(os.path.exists(g.split("=", 1)[-1]) for g in given) and not (realtime and loop):
         logging.getLogger("edgekit.run").warning(
             "--serve on a file or folder stops at its end, as fast as it is read; add --realtime --loop to keep "
             "serving it at its frame rate")
 
     summary = run_loop(
         bundle,
-        given,
+        given, sources_file=sources_file,
+        batch_timeout=batch_timeout, allow_missing=allow_missing,
         width=width, height=height, fps=fps, backend=backend, precision=precision,
         allow_failed_gate=allow_failed_gate, json_path=json_path, record=record, display=display, serve=serve,
         console=not (json_path or record or display or serve or is_quiet()), max_frames=max_frames, duration=duration,
@@ -78,7 +95,7 @@ def command(bundle, source_arg, camera, source, width, height, fps, backend, pre
     if summary["frames"] == 0 and summary["stopped_by"] == "end of stream":  # not what was asked: say so
         from edgekit.errors import InputError
 
-        raise InputError(f"no frame of {given} could be read (see the warnings above)")
+        raise InputError(f"no frame of {', '.join(given) or sources_file} could be read (see the warnings above)")
 
 
 def _address(value):
@@ -90,15 +107,14 @@ def _address(value):
     return value
 
 
-def the_source(source_arg, camera, source):
-    """The one source given (SOURCE, --camera or --source); UsageError for none or several."""
+def the_sources(source_args, camera, source_opts, sources_file=None) -> list[str]:
+    """The sources given: each SOURCE, then --camera, then each --source; UsageError for none."""
     from edgekit.errors import UsageError
 
-    given = [s for s in (source_arg, camera, source) if s is not None]
-    if len(given) != 1:
-        raise UsageError("give one of SOURCE (e.g. 0 or video.mp4), --camera N or --source URI"
-                         + (f"; got {len(given)}" if given else ""))
-    return given[0]
+    given = [*source_args, *([] if camera is None else [str(camera)]), *source_opts]
+    if not given and sources_file is None:
+        raise UsageError("give a SOURCE (e.g. 0 or video.mp4), --camera N, --source URI or --sources-file PATH")
+    return given
 
 
 def check_run_options(args) -> dict:
@@ -110,5 +126,6 @@ def check_run_options(args) -> dict:
         ctx = command.make_context("run", ["BUNDLE", *args], resilient_parsing=False)
     except click.ClickException as exc:
         raise UsageError(f"run options: {exc.format_message()}") from exc
-    the_source(ctx.params["source_arg"], ctx.params["camera"], ctx.params["source"])
-    return ctx.params
+    p = ctx.params
+    the_sources(p["source_args"], p["camera"], p["source_opts"], p["sources_file"])
+    return p

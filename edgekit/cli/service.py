@@ -85,7 +85,8 @@ def _warn_private_tmp(params: dict) -> None:
     import logging
     import os
 
-    for option, value in (("SOURCE", params["source_arg"] or params["source"]), ("--json", params["json_path"]),
+    sources = [("SOURCE", uri.split("=", 1)[-1]) for uri in (*params["source_args"], *params["source_opts"])]
+    for option, value in (*sources, ("--sources-file", params["sources_file"]), ("--json", params["json_path"]),
                           ("--record", params["record"])):
         if isinstance(value, str) and os.path.abspath(value).startswith(("/tmp/", "/var/tmp/")):
             logging.getLogger("edgekit.service").warning(

@@ -21,7 +21,7 @@ from edgekit.errors import UsageError
 
 # Characters that survive systemd's EnvironmentFile= parsing and the whitespace split of an unbraced
 # $EDGEKIT_RUN_ARGS in ExecStart= unchanged: no quoting, escaping or expansion can alter them.
-_SAFE_ARG = re.compile(r"^[A-Za-z0-9_@%+=:,./~^\-\[\]]+$")
+_SAFE_ARG = re.compile(r"^[A-Za-z0-9_@%+=:,./~^\-\[\]{}]+$")  # {}: run --record out/{source}.mkv
 _NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,30}$")
 
 

@@ -23,12 +23,15 @@ def format_result(result: dict) -> str:
     return text
 
 
-def where(frame_result) -> str:
-    """Where a frame came from: ``file`` (an image), ``file#N`` (frame N of a video) or ``frame N``."""
+def where(frame_result, named: bool = False) -> str:
+    """Where a frame came from: ``file`` (an image), ``file#N`` (frame N of a video) or ``frame N``;
+    ``named``: after its source's name (``door: frame 12``)."""
     f = frame_result.frame
     if f.file is None:
-        return f"frame {f.number}"
-    return f"{f.file}#{f.file_frame}" if _video(f.file) else f.file
+        text = f"frame {f.number}"
+    else:
+        text = f"{f.file}#{f.file_frame}" if _video(f.file) else f.file
+    return f"{f.source}: {text}" if named else text
 
 
 def _video(path: str) -> bool:
@@ -48,8 +51,10 @@ class ConsoleSink:
         self._pending = None
         self._stop = None
         self._closed = False
+        self.named = False
 
     def open(self, info) -> None:
+        self.named = len(getattr(info, "sources", ())) > 1  # several sources: each line names its own
         self.stream = self.stream or sys.stdout
         self._last = self.clock()
         self._stop = getattr(info, "stop", None)
@@ -75,7 +80,7 @@ class ConsoleSink:
         if self._closed:
             return
         try:
-            self.stream.write(f"{where(result)}: {shown}{skipped}\n")
+            self.stream.write(f"{where(result, self.named)}: {shown}{skipped}\n")
             self.stream.flush()
         except BrokenPipeError:  # `edgekit run B video.mp4 | head -1`: the reader has what it wanted
             from edgekit.stream.sinks import _quiet_stdout

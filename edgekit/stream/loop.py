@@ -93,16 +93,85 @@ def summary_text(summary: dict) -> str:
     )
     if summary["reconnects"]:
         text += f", {summary['reconnects']} reconnects"
-    return text + ("; latency ms p50/p99: " + ", ".join(parts) if parts else "")
+    text += "; latency ms p50/p99: " + ", ".join(parts) if parts else ""
+    sources = summary.get("sources", {})
+    if len(sources) > 1:
+        text += "; per source: " + ", ".join(f"{name} {v['frames']} frames ({v['state']})" for name, v in sources.items())
+    return text
+
+
+def _per_source_record(record: str):
+    """``--record``'s path for a source name when it is a ``{source}`` template or a folder (a path ending
+    in ``/``, or a folder without a video suffix); None for one file."""
+    from pathlib import Path
+
+    from edgekit.stream.sinks import VIDEO_CODECS
+
+    if "{source}" in record:
+        return lambda name: record.replace("{source}", name)
+    if record.endswith(("/", "\\")) or (Path(record).is_dir() and Path(record).suffix.lower() not in VIDEO_CODECS):
+        return lambda name: str(Path(record) / f"{name}.mkv")
+    return None
+
+
+def record_paths(record: str | None, names: list[str]) -> dict:
+    """The file ``--record`` writes for each source name (one file: under the first name)."""
+    if not record:
+        return {}
+    path = _per_source_record(record)
+    return {name: path(name) for name in names} if path else {names[0] if names else "": record}
+
+
+def recording(record: str, names: list[str]):
+    """``--record``: one VideoSink, or with a ``{source}`` template or a folder a per-source factory
+    (name -> [VideoSink]); UsageError for one file and several sources."""
+    from edgekit.errors import UsageError
+    from edgekit.stream.sinks import VideoSink
+
+    path = _per_source_record(record)
+    if path:
+        return lambda name: [VideoSink(path(name))]
+    if len(names) > 1:
+        raise UsageError(f"--record {record}: with {len(names)} sources give a template (out/{{source}}.mkv) or a folder")
+    return VideoSink(record)
+
+
+def open_captures(specs, timeout: float, missing_ok: bool):
+    """A not-yet-started Capture per :class:`~edgekit.stream.source_specs.SourceSpec`."""
+    from edgekit.errors import EdgekitError
+    from edgekit.stream.capture import Capture
+    from edgekit.stream.source_base import Unopenable
+    from edgekit.stream.sources import open_source
+
+    captures = []
+    for spec in specs:
+        try:
+            src = open_source(spec.uri, spec.width, spec.height, spec.fps, timeout)
+        except EdgekitError as exc:
+            if not missing_ok:
+                raise
+            src = Unopenable(spec.uri, exc)
+        pace = spec.fps if spec.realtime and not src.live else None
+        captures.append(Capture(src, realtime=spec.realtime, pace_fps=pace, loop=spec.loop, name=spec.name))
+    return captures
 
 
 @signals_from_start
 def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto", precision="auto", json_path=None,
              record=None, display=False, serve=None, console=False, max_frames=None, duration=None, realtime=False, loop=False,
-             top_k=1, log_every=10.0, timeout=10.0, notifier=None, **runner_options) -> dict:
-    """Run ``bundle`` on ``source`` (see :func:`~edgekit.stream.sources.open_source`) until it ends,
+             top_k=1, log_every=10.0, timeout=10.0, notifier=None, sources_file=None, batch_timeout=None,
+             allow_missing=False, per_source=None, **runner_options) -> dict:
+    """Run ``bundle`` on ``source`` (a URI, see :func:`~edgekit.stream.sources.open_source`, or a list of
+    them, each ``URI`` or ``NAME=URI``) and the sources of ``sources_file``, until every source has ended,
     a limit is reached or a signal arrives; return the summary (with its one-line ``text``).
 
+    Several sources are batched: one runner call per batch (:mod:`~edgekit.stream.mux`, ``batch_timeout``
+    seconds at most for live sources); on TensorRT the engine's profile is built for the source count.
+    ``width``, ``height``, ``fps``, ``realtime`` and ``loop`` apply to every source a sources file does
+    not set them for. ``allow_missing``: a source that does not open at the start is logged and left out
+    (a live one keeps trying) instead of ending the run. ``per_source`` (name -> list of stages) adds
+    stages to each source's chain (:mod:`~edgekit.stream.per_source`), ahead of its recording and of
+    the run-wide outputs.
     ``precision`` ``auto`` runs the fastest model that passed its accuracy gate; ``runner_options`` go to
     :func:`~edgekit.backends.select.open_runner` (``allow_failed_gate`` included). The chosen model and
     why are logged and shown in ``/metrics`` and ``/status.json``. ``console`` prints the results on stdout
@@ -112,22 +181,38 @@ def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto
     from edgekit.bundle import Bundle
     from edgekit.service.notify import Notifier
     from edgekit.stream import postprocess
+    from edgekit.stream.infer import tensorrt_profile
+    from edgekit.stream.per_source import PerSource
     from edgekit.stream.pipeline import Pipeline
     from edgekit.stream.server import StreamServer
-    from edgekit.stream.sinks import DisplaySink, JsonSink, VideoSink
-    from edgekit.stream.sources import Capture, open_source
+    from edgekit.stream.sinks import DisplaySink, JsonSink
+    from edgekit.stream.source_specs import specs
 
-    refuse_inputs({"--json": json_path, "--record": record}, {"SOURCE": source if isinstance(source, str) else None})
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    uris = [] if source is None else list(source) if isinstance(source, (list, tuple)) else [source]
+    chosen = specs([str(u) for u in uris], dict(realtime=realtime, loop=loop, fps=fps, width=width, height=height),
+                   sources_file)
+    names = [spec.name for spec in chosen]
+    several = len(chosen) > 1
+    refuse_inputs({"--json": json_path,
+                   **{f"--record ({n})" if several else "--record": p for n, p in record_paths(record, names).items()}},
+                  {f"SOURCE {spec.name}" if several else "SOURCE": spec.uri for spec in chosen})
     post = postprocess.for_bundle(bundle, top_k=top_k)
+    if runner_options.get("batch") is None:
+        runner_options["batch"] = tensorrt_profile(len(chosen), bundle.input["shape"])
     runner = open_runner(bundle, backend, precision, **runner_options)  # refuses a failed gate before opening anything
-    src = open_source(source, width, height, fps, timeout)
-    pace = fps if realtime and not src.live else None
-    sinks = []
+    captures = open_captures(chosen, timeout, allow_missing)
+    sinks, chains = [], [per_source] if per_source is not None else []
+    if record:
+        recorder = recording(record, names)
+        if callable(recorder):
+            chains.append(recorder)
+        else:
+            sinks.append(recorder)
+    if chains:
+        sinks.insert(0, PerSource(lambda name: [stage for chain in chains for stage in chain(name)]))
     if json_path:
         sinks.append(JsonSink(json_path))
-    if record:
-        sinks.append(VideoSink(record))
     if serve:
         sinks.append(StreamServer(serve))
     if display:
@@ -137,8 +222,8 @@ def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto
 
         sinks.append(ConsoleSink())
     pipeline = Pipeline(
-        bundle, Capture(src, realtime=realtime, pace_fps=pace, loop=loop), runner, post, sinks,
-        max_frames=max_frames, duration=duration, notifier=notifier or Notifier(), log_every=log_every,
+        bundle, captures, runner, post, sinks, max_frames=max_frames, duration=duration,
+        notifier=notifier or Notifier(), log_every=log_every, batch_timeout=batch_timeout, missing_ok=allow_missing,
     )
     if runner.choice is not None:
         pipeline.metrics.model = runner.choice.to_dict()

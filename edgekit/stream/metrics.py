@@ -1,4 +1,5 @@
-"""Loop metrics: per-stage latency percentiles, FPS, drops, reconnects and results per label; Prometheus text format."""
+"""Loop metrics: per-stage latency percentiles, FPS, drops, reconnects and results per label, in total
+and per source (frames, drops, reconnects, end-to-end latency, state); Prometheus text format."""
 
 from __future__ import annotations
 
@@ -12,14 +13,35 @@ STAGES = ("capture", "preprocess", "infer", "postprocess", "end_to_end")
 QUANTILES = (0.5, 0.9, 0.99)
 
 
-class Metrics:
-    """Thread-safe counters and a sliding window of the last ``window`` latencies per stage (ms)."""
+class SourceStats:
+    """One source's counters, state (a capture state) and recent end-to-end latencies (ms)."""
 
-    def __init__(self, window: int = 10000, fps_window: float = 5.0):
+    def __init__(self, window: int):
+        self.frames = 0
+        self.drops = 0
+        self.reconnects = 0
+        self.state = "starting"
+        self.latency = deque(maxlen=window)
+
+    def to_dict(self) -> dict:
+        values = np.fromiter(self.latency, float)
+        lat = {f"p{round(100 * q)}": round(float(v), 3) for q, v in
+               zip(QUANTILES, np.percentile(values, [100 * q for q in QUANTILES]))} if values.size else {}
+        return {"state": self.state, "frames": self.frames, "drops": self.drops, "reconnects": self.reconnects,
+                "end_to_end_ms": lat}
+
+
+class Metrics:
+    """Thread-safe counters and a sliding window of the last ``window`` latencies per stage (ms);
+    the same per source for ``sources`` (names, in order) and any other source a frame names."""
+
+    def __init__(self, sources=(), window: int = 10000, fps_window: float = 5.0):
         self.started = time.monotonic()
         self.frames = 0
         self.drops = 0
         self.reconnects = 0
+        self._window = min(window, 1000)
+        self.sources: dict[str, SourceStats] = {str(n): SourceStats(self._window) for n in sources}
         self._lat = {stage: deque(maxlen=window) for stage in STAGES}
         self._sums = dict.fromkeys(STAGES, 0.0)
         self._done = deque()
@@ -29,11 +51,16 @@ class Metrics:
         self._lock = threading.Lock()
         self.model: dict = {}  # the model that runs and why: backend, key, precision, reason (select.Choice)
 
-    def add(self, latency_ms: dict[str, float], now: float | None = None) -> None:
-        """Record one finished frame."""
+    def add(self, latency_ms: dict[str, float], now: float | None = None, source: str | None = None) -> None:
+        """Record one finished frame (of ``source``, when given)."""
         now = time.monotonic() if now is None else now
         with self._lock:
             self.frames += 1
+            if source is not None:
+                stats = self.sources.setdefault(source, SourceStats(self._window))
+                stats.frames += 1
+                if "end_to_end" in latency_ms:
+                    stats.latency.append(latency_ms["end_to_end"])
             for stage in STAGES:
                 if stage in latency_ms:
                     self._lat[stage].append(latency_ms[stage])
@@ -41,6 +68,15 @@ class Metrics:
             self._done.append(now)
             while self._done and now - self._done[0] > self._fps_window:
                 self._done.popleft()
+
+    def note_sources(self, captures) -> None:
+        """Take each capture's drops, reconnects and state; the totals are their sums."""
+        with self._lock:
+            for c in captures:
+                stats = self.sources.setdefault(c.name, SourceStats(self._window))
+                stats.drops, stats.reconnects, stats.state = c.drops, c.reconnects, c.state
+            self.drops = sum(s.drops for s in self.sources.values())
+            self.reconnects = sum(s.reconnects for s in self.sources.values())
 
     def count(self, results: list[dict]) -> None:
         """Count one frame's results by ``label``: objects for detection, reported classes for classification."""
@@ -83,8 +119,14 @@ class Metrics:
             "reconnects": self.reconnects,
             "latency_ms": {stage: {k: round(v, 3) for k, v in self.percentiles(stage).items()} for stage in STAGES},
             "results": self.label_counts(),
+            "sources": self.source_snapshot(),
             **({"model": dict(self.model)} if self.model else {}),
         }
+
+    def source_snapshot(self) -> dict:
+        """``{name: {"state", "frames", "drops", "reconnects", "end_to_end_ms"}}`` per source."""
+        with self._lock:
+            return {name: stats.to_dict() for name, stats in self.sources.items()}
 
     def label_counts(self) -> dict:
         """``{"total": {label: n}, "latest": {label: n}}``: results per label so far and in the latest frame."""
@@ -145,7 +187,28 @@ class Metrics:
                 f"# TYPE {prefix}_frame_results gauge",
                 *(f'{prefix}_frame_results{{label="{_label(k)}"}} {v}' for k, v in sorted(counts["latest"].items())),
             ]
-        return "\n".join(out) + "\n"
+        return "\n".join(out + self._source_series(prefix)) + "\n"
+
+    def _source_series(self, prefix: str) -> list[str]:
+        """Per-source series, labelled ``source="NAME"`` (the ``edgekit_stream_`` families)."""
+        snap = self.source_snapshot()
+        if not snap:
+            return []
+        p = f"{prefix}_stream"
+        out = []
+        for metric, key, kind, text in (("frames_total", "frames", "counter", "Frames processed"),
+                                        ("dropped_frames_total", "drops", "counter", "Frames dropped"),
+                                        ("reconnects_total", "reconnects", "counter", "Times the source was reopened")):
+            out += [f"# HELP {p}_{metric} {text}, per source.", f"# TYPE {p}_{metric} {kind}"]
+            out += [f'{p}_{metric}{{source="{_label(n)}"}} {v[key]}' for n, v in snap.items()]
+        out += [f"# HELP {p}_latency_seconds End-to-end latency of recent frames, per source.",
+                f"# TYPE {p}_latency_seconds gauge"]
+        out += [f'{p}_latency_seconds{{source="{_label(n)}",quantile="{q}"}} {v["end_to_end_ms"][f"p{round(100 * q)}"] / 1000:.6f}'
+                for n, v in snap.items() if v["end_to_end_ms"] for q in QUANTILES]
+        out += [f"# HELP {p}_up 1 while the source is live; its state (starting, live, reconnecting, ended, failed) labels it.",
+                f"# TYPE {p}_up gauge"]
+        out += [f'{p}_up{{source="{_label(n)}",state="{v["state"]}"}} {int(v["state"] == "live")}' for n, v in snap.items()]
+        return out
 
 
 def _label(value) -> str:

@@ -1,31 +1,50 @@
-"""The loop: capture -> preprocess -> infer -> postprocess -> sinks, overlapped on threads.
+"""The loop: a chain of single-purpose stages, overlapped on threads.
 
-* a *prepare* thread takes frames from the :class:`~edgekit.stream.sources.Capture` and runs the
-  bundle's :class:`~edgekit.preprocess.Preprocess` (the one preprocessing);
-* an *infer* thread activates the runner and is the only thread that touches it;
-* the calling thread postprocesses, writes the sinks, logs, and talks to systemd.
+=============  ===============================================================================
+sources        one :class:`~edgekit.stream.capture.Capture` per source (latest frame, or in order)
+mux            :class:`~edgekit.stream.mux.Muxer`: the newest frame of each source that has one,
+               within the batch timeout
+preprocess     the bundle's one :class:`~edgekit.preprocess.Preprocess`, per frame -> batch tensor
+infer          one runner call per batch (:mod:`~edgekit.stream.infer`)
+demux          the outputs split back per frame
+postprocess    per task (:mod:`~edgekit.stream.postprocess`) -> :class:`FrameResult`
+per source     stages keyed by source name (:mod:`~edgekit.stream.per_source`)
+consumers      sinks: JSON lines, recordings, the HTTP server, console, window
+=============  ===============================================================================
 
-Small bounded queues join them, so the model never waits on capture or output when the source is
-faster. For a live source the next frame is prepared *just in time* (when the running inference
-is about to finish), from the newest frame, so a frame waits for at most a fraction of one
-inference: end-to-end latency stays near preprocess + infer. Files are processed in order.
+Threads: a *prepare* thread runs mux and preprocess (with several sources, files are read and
+frames preprocessed on a pool of at most one worker per source and CPU); an *infer* thread
+activates the runner and is the only thread that touches it; the calling thread runs demux, postprocess, the per-source stages
+and the consumers, logs, and talks to systemd. Small bounded queues join them, so the model never
+waits on capture or output when the sources are faster. With a live source the next batch is formed
+*just in time* (when the running inference is about to finish), from the newest frames, so a frame
+waits for at most a fraction of one inference. Files are processed in order. One source is the
+same chain with N = 1.
 
-:meth:`Pipeline.stop` (signal-safe) finishes the frame being inferred, writes what was inferred,
-closes every sink and releases the source.
+:meth:`Pipeline.stop` (signal-safe) finishes the batch being inferred, writes what was inferred,
+closes every sink and releases the sources. The run ends when every source has ended (a live
+source never ends: it reconnects), at a limit, or on a stop.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
+from edgekit.errors import DeviceError
+from edgekit.stream.capture import Capture
+from edgekit.stream.infer import batch_limit, demux, infer_batch
 from edgekit.stream.metrics import Metrics
-from edgekit.stream.sources import Capture, Frame
+from edgekit.stream.mux import Muxer
+from edgekit.stream.results import FrameResult, StreamInfo
+from edgekit.stream.source_base import Frame
 
 log = logging.getLogger(__name__)
 
@@ -34,80 +53,30 @@ STOP_GRACE = 1.5  # seconds the output side waits for in-flight frames after a s
 
 
 @dataclass
-class FrameResult:
-    """One processed frame with its results, monotonic stage stamps and per-stage latency (ms)."""
-
-    index: int
-    frame: Frame
-    results: list = field(default_factory=list)
-    stamps: dict = field(default_factory=dict)
-    latency_ms: dict = field(default_factory=dict)
-    draw: object = None  # callable(image, results) -> image
-    overlay: list = field(default_factory=list)
-    _annotated: np.ndarray | None = None
-
-    @property
-    def image(self) -> np.ndarray:
-        return self.frame.image
-
-    def annotated(self) -> np.ndarray:
-        """The frame with its results drawn on it (computed once)."""
-        if self._annotated is None:
-            image = self.frame.image.copy()
-            if self.draw is not None:
-                image = self.draw(image, self.results)
-            if self.overlay:
-                from edgekit.stream.postprocess import draw_text
-
-                draw_text(image, self.overlay, (0, image.shape[0] - 3 * max(12, image.shape[0] // 20)), shade=True)
-            self._annotated = image
-        return self._annotated
-
-    def to_json(self, clock) -> dict:
-        """The JSON line: indices, the file and its frame number (files and image folders), wall-clock
-        timestamps (epoch s), results, latency (ms)."""
-        line = {"index": self.index, "source_frame": self.frame.number}
-        if self.frame.file is not None:
-            line.update(file=self.frame.file, frame=self.frame.file_frame)
-        return {
-            **line,
-            "timestamps": {k: round(clock(v), 6) for k, v in self.stamps.items()},
-            "results": self.results,
-            "latency_ms": {k: round(v, 3) for k, v in self.latency_ms.items()},
-        }
-
-
-@dataclass
 class _Work:
-    frame: Frame
+    frames: list[Frame]
     tensor: np.ndarray
     prepared: float
     preprocess_ms: float
-    index: int = -1
+    index: int = -1  # the run index of the batch's first frame
     outputs: dict | None = None
     inferred: float = 0.0
     infer_ms: float = 0.0
 
 
-@dataclass
-class StreamInfo:
-    """What sinks learn when they open: frame rate, labels, metrics, a way to stop the loop."""
-
-    fps: float | None
-    labels: list
-    metrics: Metrics
-    stop: object
-    clock: object
-
-
 class Pipeline:
-    """The camera loop over an opened-on-run :class:`Capture`, a not-yet-active runner and sinks."""
+    """The camera loop over not-yet-started captures (one, or a list), a not-yet-active runner and sinks.
 
-    def __init__(self, bundle, capture: Capture, runner, postprocess, sinks=(), max_frames: int | None = None,
+    ``batch_timeout`` (seconds; None: :func:`~edgekit.stream.mux.default_timeout`) bounds how long a
+    batch waits for live sources; ``missing_ok`` lets a source that does not open at the start be
+    logged and left out (a live one keeps trying) instead of failing the run.
+    """
+
+    def __init__(self, bundle, capture, runner, postprocess, sinks=(), max_frames: int | None = None,
                  duration: float | None = None, notifier=None, log_every: float = 10.0, queue_size: int = 2,
-                 stall_s: float = 10.0):
+                 stall_s: float = 10.0, batch_timeout: float | None = None, missing_ok: bool = False):
         self.bundle = bundle
-        self.capture = capture
+        self.captures: list[Capture] = list(capture) if isinstance(capture, (list, tuple)) else [capture]
         self.runner = runner
         self.postprocess = postprocess
         self.sinks = list(sinks)
@@ -117,7 +86,11 @@ class Pipeline:
         self.log_every = log_every
         self.queue_size = queue_size
         self.stall_s = stall_s
-        self.metrics = Metrics()
+        self.batch_timeout = batch_timeout
+        self.missing_ok = missing_ok
+        self.metrics = Metrics([c.name for c in self.captures])
+        self.mux: Muxer | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self.stop_reason = None
         self.prep = bundle.preprocess
         self._stop = threading.Event()
@@ -127,11 +100,17 @@ class Pipeline:
         self._taken = time.monotonic()
         self._ema = {"prepare": 0.0, "infer": 0.0}
         self._beats: dict[str, float] = {}
+        self._sized: set[str] = set()
         self._t0 = (time.monotonic(), time.time())
+
+    @property
+    def capture(self) -> Capture:
+        """The first (with one source, the only) capture."""
+        return self.captures[0]
 
     # ---- control --------------------------------------------------------------------------
     def stop(self, reason: str = "stopped") -> None:
-        """Ask the loop to finish the current frame and end (safe from a signal handler)."""
+        """Ask the loop to finish the current batch and end (safe from a signal handler)."""
         if self.stop_reason is None:
             self.stop_reason = reason
         self._stop.set()
@@ -149,14 +128,14 @@ class Pipeline:
         self._beats[name] = time.monotonic()
 
     def alive(self) -> bool:
-        """True while every stage (and the capture reader) made progress within ``stall_s``."""
+        """True while every stage (and every capture not ended) made progress within ``stall_s``."""
         now = time.monotonic()
-        beats = [*self._beats.values(), self.capture.heartbeat]
+        beats = [*self._beats.values(), *(c.heartbeat for c in self.captures if not c.ended)]
         return all(now - t < self.stall_s for t in beats)
 
     # ---- stages ---------------------------------------------------------------------------
     def _prepare(self, q: queue.Queue) -> None:
-        live = self.capture.live
+        live = any(c.live for c in self.captures)
         try:
             while not self._stop.is_set():
                 self._beat("prepare")
@@ -168,20 +147,18 @@ class Pipeline:
                     start = self._taken + infer - prep - (0.15 * infer + 0.001)
                     if self._stop.wait(max(0.0, start - time.monotonic())):
                         break
-                frame = None
-                while frame is None and not self._stop.is_set():
-                    self._beat("prepare")
-                    frame = self.capture.get(0.1)
-                    if frame is None and self.capture.ended:
+                frames = self.mux.next(self._stop, beat=lambda: self._beat("prepare"))
+                if frames is None:
+                    if not self._stop.is_set():
                         q.put(_END)
-                        return
-                if frame is None:
-                    break
+                    return
                 t0 = time.monotonic()
-                tensor = self.prep(frame.image)[None]
+                images = [f.image for f in frames]
+                tensor = np.stack(list(self._pool.map(self.prep, images)) if self._pool and len(images) > 1
+                                  else [self.prep(image) for image in images])
                 t1 = time.monotonic()
                 self._ema["prepare"] = _ema(self._ema["prepare"], t1 - t0)
-                work = _Work(frame, tensor, t1, (t1 - t0) * 1000)
+                work = _Work(frames, tensor, t1, (t1 - t0) * 1000)
                 while not self._stop.is_set():
                     try:
                         q.put(work, timeout=0.1)
@@ -195,6 +172,7 @@ class Pipeline:
         index = 0
         try:
             self.runner.activate()
+            limit = batch_limit(self.runner)
         except BaseException as exc:
             self._fail(exc)
             self._ready.set()
@@ -214,13 +192,13 @@ class Pipeline:
                     break
                 self._taken = time.monotonic()
                 self._demand.set()
-                outputs = self.runner.infer(work.tensor)
+                outputs = infer_batch(self.runner, work.tensor, limit)
                 work.inferred = time.monotonic()
                 work.infer_ms = (work.inferred - self._taken) * 1000
                 self._ema["infer"] = _ema(self._ema["infer"], work.inferred - self._taken)
                 work.outputs, work.index = outputs, index
                 outq.put(work)
-                index += 1
+                index += len(work.frames)
                 if self.max_frames is not None and index >= self.max_frames:
                     self.stop("max frames")
         except BaseException as exc:
@@ -232,38 +210,52 @@ class Pipeline:
                 pass
             self.runner.deactivate()
 
-    def _finish(self, work: _Work) -> FrameResult:
-        f = work.frame
-        results = self.postprocess(work.outputs, f.image.shape[:2])
-        done = time.monotonic()
-        return FrameResult(
-            index=work.index,
-            frame=f,
-            results=results,
-            stamps={"captured": f.captured, "preprocessed": work.prepared, "inferred": work.inferred, "postprocessed": done},
-            latency_ms={
-                "capture": f.read_ms,
-                "preprocess": work.preprocess_ms,
-                "infer": work.infer_ms,
-                "postprocess": (done - work.inferred) * 1000,
-                "end_to_end": (done - f.captured) * 1000,
-            },
-            draw=getattr(self.postprocess, "draw", None),
-        )
+    def _finish(self, work: _Work) -> list[FrameResult]:
+        """Demux and postprocess: one result per frame of the batch (none past ``max_frames``)."""
+        out = []
+        n = len(work.frames)
+        for i, (f, outputs) in enumerate(zip(work.frames, demux(work.outputs, n))):
+            if self.max_frames is not None and work.index + i >= self.max_frames:
+                break
+            t0 = time.monotonic()
+            results = self.postprocess(outputs, f.image.shape[:2])
+            done = time.monotonic()
+            out.append(FrameResult(
+                index=work.index + i,
+                frame=f,
+                results=results,
+                stamps={"captured": f.captured, "preprocessed": work.prepared, "inferred": work.inferred,
+                        "postprocessed": done},
+                latency_ms={
+                    "capture": f.read_ms,
+                    "preprocess": work.preprocess_ms,
+                    "infer": work.infer_ms,
+                    "postprocess": (done - t0) * 1000,
+                    "end_to_end": (done - f.captured) * 1000,
+                },
+                draw=getattr(self.postprocess, "draw", None),
+                batch_size=n,
+            ))
+        return out
 
     # ---- the loop -------------------------------------------------------------------------
     def run(self) -> dict:
-        """Open sinks and source, run until the end, a limit or :meth:`stop`; return the summary."""
+        """Open sinks and sources, run until the end, a limit or :meth:`stop`; return the summary."""
         opened = []
         threads = []
         try:
-            info = StreamInfo(None, self.bundle.labels, self.metrics, self.stop, self.wall)
-            for sink in self.sinks:  # sinks first: a bad path fails before the camera opens
+            info = StreamInfo(None, self.bundle.labels, self.metrics, self.stop, self.wall,
+                              sources=[c.name for c in self.captures])
+            for sink in self.sinks:  # sinks first: a bad path fails before the cameras open
                 sink.open(info)
                 opened.append(sink)
-            self.capture.start()
-            info.fps = self.capture.fps
-            prepq = queue.Queue(1 if self.capture.live else self.queue_size)
+            self._start_captures(info)
+            workers = min(len(self.captures), os.cpu_count() or 1)
+            if workers > 1:  # several files decode, and frames preprocess, at once where cores are spare
+                self._pool = ThreadPoolExecutor(workers, thread_name_prefix="edgekit-read")
+            self.mux = Muxer(self.captures, self.batch_timeout, self._pool)
+            log.debug("batch timeout %.1f ms", self.mux.timeout * 1000)
+            prepq = queue.Queue(1 if any(c.live for c in self.captures) else self.queue_size)
             outq = queue.Queue(max(2, self.queue_size * 2))
             threads = [
                 threading.Thread(target=self._infer, args=(prepq, outq), name="edgekit-infer", daemon=True),
@@ -281,7 +273,10 @@ class Pipeline:
             for t in threads:
                 if t.ident is not None:
                     t.join(STOP_GRACE / 2)
-            self.capture.close()
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            for capture in self.captures:
+                capture.close()
             errors = []
             for sink in opened:
                 try:
@@ -295,6 +290,15 @@ class Pipeline:
         if errors:
             raise errors[0]
         return self.summary()
+
+    def _start_captures(self, info: StreamInfo) -> None:
+        """Open every source (each raises its own clear error, unless ``missing_ok``)."""
+        for capture in self.captures:
+            capture.start(missing_ok=self.missing_ok)
+            info.rates[capture.name] = capture.fps
+        info.fps = self.capture.fps
+        if all(c.state == "failed" for c in self.captures):
+            raise DeviceError("no source opened")
 
     def _output(self, outq: queue.Queue, sinks) -> None:
         last_log = time.monotonic()
@@ -311,29 +315,15 @@ class Pipeline:
             try:
                 work = outq.get(timeout=0.1)
             except queue.Empty:
+                self.metrics.note_sources(self.captures)
                 if self.notifier is not None and self.alive():
                     self.notifier.watchdog()
                 continue
             if work is _END:
                 return
-            result = self._finish(work)
-            if result.index == 0:
-                self._note_size(result.image)
-            self.metrics.drops = self.capture.drops
-            self.metrics.reconnects = self.capture.reconnects
-            self.metrics.add(result.latency_ms)
-            self.metrics.count(result.results)
-            fps = self.metrics.fps()  # 0 until two frames are done: not shown then
-            result.overlay = [(f"{fps:.1f} fps  " if fps else "") + f"infer {result.latency_ms['infer']:.1f} ms"]
-            for sink in sinks:
-                sink.write(result)
-            if self.notifier is not None:
-                if self.metrics.frames == 1:
-                    model = self.metrics.model
-                    chosen = f"; model {model['key']} ({model['precision']}) on {model['backend']}" if model else ""
-                    self.notifier.ready(f"running: first frame from {self.capture.source.name}{chosen}")
-                if self.alive():
-                    self.notifier.watchdog()
+            self.metrics.note_sources(self.captures)
+            for result in self._finish(work):
+                self._write(result, sinks)
             if now - last_log >= self.log_every:
                 last_log = now
                 line = self.metrics.line()
@@ -341,13 +331,37 @@ class Pipeline:
                 if self.notifier is not None:
                     self.notifier.status(line)
 
-    def _note_size(self, image: np.ndarray) -> None:
+    def _write(self, result: FrameResult, sinks) -> None:
+        if result.source not in self._sized:
+            self._sized.add(result.source)
+            self._note_size(result)
+        self.metrics.add(result.latency_ms, source=result.source)
+        self.metrics.count(result.results)
+        fps = self.metrics.fps()  # 0 until two frames are done: not shown then
+        result.overlay = [(f"{fps:.1f} fps  " if fps else "") + f"infer {result.latency_ms['infer']:.1f} ms"]
+        for sink in sinks:
+            sink.write(result)
+        if self.notifier is not None:
+            if self.metrics.frames == 1:
+                model = self.metrics.model
+                chosen = f"; model {model['key']} ({model['precision']}) on {model['backend']}" if model else ""
+                self.notifier.ready(f"running: first frame from {self._describe(result.source)}{chosen}")
+            if self.alive():
+                self.notifier.watchdog()
+
+    def _describe(self, name: str) -> str:
+        capture = next(c for c in self.captures if c.name == name)
+        return capture.source.name if len(self.captures) == 1 else f"source {name} ({capture.source.name})"
+
+    def _note_size(self, result: FrameResult) -> None:
+        image = result.image
         if tuple(image.shape[:2]) != self.prep.size:
             h, w = self.prep.size
             log.info("%s gives %dx%d frames; the model takes %dx%d: resized (%s) as the bundle says",
-                     self.capture.source.name, image.shape[1], image.shape[0], w, h, self.prep.resize)
+                     self._describe(result.source), image.shape[1], image.shape[0], w, h, self.prep.resize)
 
     def summary(self) -> dict:
+        self.metrics.note_sources(self.captures)
         snap = self.metrics.snapshot()
         snap["stopped_by"] = self.stop_reason
         return snap
@@ -355,4 +369,3 @@ class Pipeline:
 
 def _ema(old: float, new: float, k: float = 0.2) -> float:
     return new if old == 0.0 else old + k * (new - old)
-

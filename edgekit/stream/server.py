@@ -6,13 +6,16 @@ once, not a timeout); one address holds at most ``MAX_CLIENTS - RESERVED`` of th
 must send its request (line and headers) within ``REQUEST_DEADLINE`` seconds, so slow clients
 cannot keep real requests out. GET and HEAD are answered.
 
-==================  =============================================================
-``/``               status page (the stream, FPS, latency, drops)
-``/stream.mjpg``    ``multipart/x-mixed-replace`` JPEG frames as they are processed
-``/snapshot.jpg``   the latest annotated frame
-``/metrics``        Prometheus text format
-``/status.json``    the metrics as JSON
-==================  =============================================================
+=======================  ==============================================================
+``/``                    status page (the streams, FPS, latency, drops, each source's state)
+``/stream.mjpg``         ``multipart/x-mixed-replace`` JPEG frames as they are processed
+                         (with several sources: a tiled mosaic of all of them, at most 15 fps)
+``/stream/NAME.mjpg``    the frames of source NAME
+``/snapshot.jpg``        the latest annotated frame (several sources: the mosaic)
+``/snapshot/NAME.jpg``   the latest annotated frame of source NAME
+``/metrics``             Prometheus text format (totals, and per source with ``source="NAME"``)
+``/status.json``         the metrics as JSON (``sources``: each one's state and counters)
+=======================  ==============================================================
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import errno
 import html
 import json
 import logging
+import math
 import select
 import socket
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -35,6 +40,8 @@ log = logging.getLogger(__name__)
 
 BOUNDARY = "edgekitframe"
 JPEG_QUALITY = 80
+TILE = (480, 270)  # width, height of one source in the mosaic
+MOSAIC_FPS = 15.0  # the mosaic is redrawn at most this often (each source's own stream is not limited)
 LISTEN_BACKLOG = 128  # pending connections the kernel queues (5, the default, overflows under load)
 MAX_CLIENTS = 64  # clients served at once; more get 503
 RESERVED = 8  # slots one address cannot take: kept for the others
@@ -56,8 +63,64 @@ def parse_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]
     return host or default_host, number
 
 
+class Channel:
+    """The latest frame of one stream (a source, or the mosaic), JPEG-encoded once per new frame."""
+
+    def __init__(self, render=None):
+        self._cond = threading.Condition()
+        self._image = None
+        self._seq = 0
+        self._jpeg = (0, None)
+        self._render = render  # called for the image to encode (the mosaic builds it on demand)
+        self.closed = False
+
+    def publish(self, image) -> None:
+        with self._cond:
+            self._image = image
+            self._seq += 1
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+    def jpeg(self, after: int = -1, timeout: float = 1.0) -> tuple[int, bytes | None]:
+        """The latest frame as (sequence, JPEG), waiting up to ``timeout`` for one newer than ``after``."""
+        import cv2
+
+        with self._cond:
+            if self._seq <= after and not self.closed:
+                self._cond.wait(timeout)
+            seq, image = self._seq, self._image
+            if self._jpeg[0] == seq or image is None:
+                return self._jpeg if image is not None else (seq, None)
+        if self._render is not None:
+            image = self._render()
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        with self._cond:
+            self._jpeg = (seq, data.tobytes())
+            return self._jpeg
+
+
+def mosaic(images: list, tile: tuple[int, int] = TILE) -> np.ndarray:
+    """The images (None: a black tile) resized into a grid of ``tile``-sized cells, row by row."""
+    import cv2
+
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    w, h = tile
+    out = np.zeros((rows * h, cols * w, 3), np.uint8)
+    for i, image in enumerate(images):
+        if image is not None:
+            r, c = divmod(i, cols)
+            out[r * h:(r + 1) * h, c * w:(c + 1) * w] = cv2.resize(image, tile, interpolation=cv2.INTER_AREA)
+    return out
+
+
 class StreamServer:
-    """Serves the latest published frame as MJPEG; a sink when given to the pipeline.
+    """Serves the latest published frames as MJPEG (per source, and all together); a sink when given
+    to the pipeline.
 
     ``publish(image)`` may also be called directly (tests use it as an MJPEG camera).
     """
@@ -68,10 +131,11 @@ class StreamServer:
         self.metrics = metrics
         self.max_clients = max_clients
         self.request_deadline = request_deadline
-        self._cond = threading.Condition()
-        self._image = None
-        self._seq = 0
-        self._jpeg = (0, None)
+        self.sources: list[str] = []
+        self.channels: dict[str, Channel] = {}
+        self._latest: dict[str, np.ndarray] = {}
+        self._mosaic_at = 0.0
+        self.main = Channel()  # /stream.mjpg: the one source's frames, or the mosaic of several
         self._closed = False
         self._httpd = None
 
@@ -84,6 +148,10 @@ class StreamServer:
     def open(self, info=None) -> "StreamServer":
         if info is not None and self.metrics is None:
             self.metrics = info.metrics
+        self.sources = list(getattr(info, "sources", None) or [])
+        self.channels = {name: Channel() for name in self.sources}
+        if len(self.sources) > 1:
+            self.main = Channel(render=self._mosaic)
         server = self
 
         class Handler(_Handler):
@@ -102,18 +170,30 @@ class StreamServer:
         return self
 
     def write(self, result) -> None:
-        self.publish(result.annotated())
+        image = result.annotated()
+        channel = self.channels.get(result.source)
+        if channel is not None:
+            channel.publish(image)
+        if len(self.sources) < 2:
+            self.main.publish(image)
+            return
+        self._latest[result.source] = image
+        now = time.monotonic()
+        if now - self._mosaic_at >= 1.0 / MOSAIC_FPS:
+            self._mosaic_at = now
+            self.main.publish(image)
 
     def publish(self, image: np.ndarray) -> None:
-        with self._cond:
-            self._image = image
-            self._seq += 1
-            self._cond.notify_all()
+        self.main.publish(image)
+
+    def _mosaic(self) -> np.ndarray:
+        latest = dict(self._latest)
+        return mosaic([latest.get(name) for name in self.sources])
 
     def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        self._closed = True
+        for channel in (self.main, *self.channels.values()):
+            channel.close()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -121,19 +201,14 @@ class StreamServer:
 
     # ---- for the handler --------------------------------------------------------------------
     def jpeg(self, after: int = -1, timeout: float = 1.0) -> tuple[int, bytes | None]:
-        """The latest frame as (sequence, JPEG), waiting up to ``timeout`` for one newer than ``after``."""
-        import cv2
+        """The latest frame of /stream.mjpg as (sequence, JPEG) (see :meth:`Channel.jpeg`)."""
+        return self.main.jpeg(after, timeout)
 
-        with self._cond:
-            if self._seq <= after and not self._closed:
-                self._cond.wait(timeout)
-            seq, image = self._seq, self._image
-            if self._jpeg[0] == seq or image is None:
-                return self._jpeg if image is not None else (seq, None)
-        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        with self._cond:
-            self._jpeg = (seq, data.tobytes())
-            return self._jpeg
+    def channel(self, path: str, prefix: str, suffix: str) -> Channel | None:
+        """The channel a ``PREFIX/NAME.SUFFIX`` path names, or None."""
+        if not (path.startswith(prefix) and path.endswith(suffix)):
+            return None
+        return self.channels.get(urllib.parse.unquote(path[len(prefix):-len(suffix)]))
 
     @property
     def closed(self) -> bool:
@@ -253,10 +328,13 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.owner
         try:
             if path == "/stream.mjpg":
-                return self._stream()
+                return self._stream(owner.main)
             if path == "/snapshot.jpg":
-                seq, data = owner.jpeg(timeout=2.0)
-                return self._send(200, "image/jpeg", data) if data else self._send(503, "text/plain", b"no frame yet\n")
+                return self._snapshot(owner.main)
+            if (channel := owner.channel(path, "/stream/", ".mjpg")) is not None:
+                return self._stream(channel)
+            if (channel := owner.channel(path, "/snapshot/", ".jpg")) is not None:
+                return self._snapshot(channel)
             if path == "/metrics" and owner.metrics is not None:
                 return self._send(200, "text/plain; version=0.0.4; charset=utf-8", owner.metrics.prometheus().encode())
             if path == "/status.json" and owner.metrics is not None:
@@ -269,7 +347,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_HEAD = do_GET  # the same headers, no body (_send, _stream)
 
-    def _stream(self):
+    def _snapshot(self, channel: Channel):
+        seq, data = channel.jpeg(timeout=2.0)
+        return self._send(200, "image/jpeg", data) if data else self._send(503, "text/plain", b"no frame yet\n")
+
+    def _stream(self, channel: Channel):
         self.send_response(200)
         self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
         self.send_header("Cache-Control", "no-store")
@@ -279,7 +361,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         seq = -1
         while not self.owner.closed:
-            new, data = self.owner.jpeg(after=seq)
+            new, data = channel.jpeg(after=seq)
             if data is None or new == seq:
                 if self._client_gone():  # no frame to write, which would notice: free the slot now
                     break
@@ -307,12 +389,19 @@ class _Handler(BaseHTTPRequestHandler):
             f"<tr><td>{html.escape(stage)}</td>" + "".join(f"<td>{v.get(k, 0):.1f}</td>" for k in ("p50", "p90", "p99")) + "</tr>"
             for stage, v in snap.get("latency_ms", {}).items()
         )
+        sources = snap.get("sources", {})
+        per_source = "" if len(sources) < 2 else (
+            "<table><tr><th>source</th><th>state</th><th>frames</th><th>dropped</th><th>reconnects</th></tr>"
+            + "".join(f"<tr><td><a href='/stream/{urllib.parse.quote(n)}.mjpg'>{html.escape(n)}</a></td>"
+                      f"<td>{html.escape(v['state'])}</td><td>{v['frames']}</td><td>{v['drops']}</td>"
+                      f"<td>{v['reconnects']}</td></tr>" for n, v in sources.items())
+            + "</table>")
         return (
             "<!doctype html><html><head><title>edgekit</title>"
             "<style>body{font-family:sans-serif;margin:1em}td,th{padding:0 .6em;text-align:right}</style></head><body>"
             "<h1>edgekit</h1><img src='/stream.mjpg' style='max-width:100%'>"
             f"<p>{snap.get('fps', 0)} fps &middot; {snap.get('frames', 0)} frames &middot; {snap.get('drops', 0)} dropped"
             f" &middot; {snap.get('reconnects', 0)} reconnects</p>{chosen}"
-            f"<table><tr><th>stage (ms)</th><th>p50</th><th>p90</th><th>p99</th></tr>{rows}</table>"
+            f"<table><tr><th>stage (ms)</th><th>p50</th><th>p90</th><th>p99</th></tr>{rows}</table>{per_source}"
             "<p><a href='/metrics'>/metrics</a> &middot; <a href='/status.json'>/status.json</a></p></body></html>"
         )

@@ -306,31 +306,36 @@ def gui_available() -> str | None:
 
 
 class DisplaySink:
-    """A window showing the annotated frames; closing it or pressing q/Esc stops the loop."""
+    """A window showing the annotated frames (with several sources, one window each); closing one or
+    pressing q/Esc stops the loop."""
 
     def __init__(self, title: str = "edgekit"):
         self.title = title
-        self._open = False
+        self._windows: set[str] = set()
+        self._named = False
 
     def open(self, info) -> None:
         why = gui_available()
         if why:
             raise DeviceError(f"--display needs a GUI: {why}; use --serve to watch over HTTP")
         self._stop = info.stop
+        self._named = len(getattr(info, "sources", ())) > 1
 
     def write(self, result) -> None:
         import cv2
 
-        cv2.imshow(self.title, result.annotated())
-        self._open = True
+        title = f"{self.title}: {result.source}" if self._named else self.title
+        cv2.imshow(title, result.annotated())
+        self._windows.add(title)
         key = cv2.waitKey(1) & 0xFF
-        if key in (ord("q"), 27) or cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
+        if key in (ord("q"), 27) or cv2.getWindowProperty(title, cv2.WND_PROP_VISIBLE) < 1:
             self._stop("window closed")
 
     def close(self) -> None:
-        if self._open:
+        if self._windows:
             import cv2
 
-            cv2.destroyWindow(self.title)
+            for title in self._windows:
+                cv2.destroyWindow(title)
             cv2.waitKey(1)
-            self._open = False
+            self._windows = set()
