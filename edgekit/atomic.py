@@ -264,7 +264,8 @@ def _identity(path: str) -> tuple | str | None:
 
 
 def refuse_inputs(outputs: dict, inputs: dict) -> None:
-    """UsageError when an output is an input of the same run or another output (``/dev/null`` twice is fine).
+    """UsageError when an output is an input of the same run or another output (``/dev/null`` twice, or
+    one input read twice, is fine).
 
     Both map an option name (``--json``) to a path; None, ``-`` and inputs that do not exist are skipped.
     """
@@ -275,7 +276,7 @@ def refuse_inputs(outputs: dict, inputs: dict) -> None:
         key = _identity(str(value))
         if key is None:
             continue
-        if key in seen:
+        if key in seen and not (role in inputs and seen[key][0] in inputs):  # one input read twice is fine
             first, where = seen[key]
             why = "it would destroy the input" if first in inputs else "give each output its own file"
             raise UsageError(f"{role} {value} is the same path as {first} {where}; {why}")
