@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import click
 
+from edgekit.cli.analytics_options import analytics_from_options, analytics_options
+
 SOURCE_HELP = "0 or /dev/videoN, csi://N, rtsp://..., http(s)://... (MJPEG), gst:PIPELINE, a video file, an image folder."
 
 
@@ -35,10 +37,11 @@ SOURCE_HELP = "0 or /dev/videoN, csi://N, rtsp://..., http(s)://... (MJPEG), gst
               help="Detection bundles: keep detections scoring at least this [default: the bundle's nms.score_threshold].")
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: its choice).")
 @click.option("--cache-dir", type=click.Path(), help="TensorRT engine cache (default ~/.cache/edgekit).")
+@analytics_options
 def command(bundle, source_arg, camera, source, width, height, fps, backend, precision, allow_failed_gate, json_path,
             record, display, serve,
             max_frames, duration, realtime, loop, top_k, log_every, timeout, score_threshold, threads,
-            cache_dir):
+            cache_dir, **analytics):
     """Run BUNDLE on frames from SOURCE (or --camera/--source): a camera, stream, video file or image folder.
 
     \b
@@ -53,6 +56,7 @@ def command(bundle, source_arg, camera, source, width, height, fps, backend, pre
     from edgekit.cli import is_quiet, say
     from edgekit.stream.loop import run_loop
 
+    config, events = analytics_from_options(**analytics)
     summary = run_loop(
         bundle,
         the_source(source_arg, camera, source),
@@ -61,7 +65,7 @@ def command(bundle, source_arg, camera, source, width, height, fps, backend, pre
         console=not (json_path or record or display or serve or is_quiet()), max_frames=max_frames, duration=duration,
         realtime=realtime,
         loop=loop, top_k=top_k, log_every=log_every, timeout=timeout, intra_op_threads=threads, cache_dir=cache_dir,
-        score_threshold=score_threshold,
+        score_threshold=score_threshold, analytics=config, events=events,
     )
     say(summary["text"], err=True)
 

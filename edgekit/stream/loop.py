@@ -82,6 +82,26 @@ def stop_on_signals(pipeline, signals=(signal.SIGINT, signal.SIGTERM)):
         yield
 
 
+def source_name(source) -> str:
+    """A one-source run's source name in events, topics and metrics: ``video0``, ``csi0``, the file's
+    stem or the stream's host (letters, digits, '-', '_', '.')."""
+    import os
+    from urllib.parse import urlsplit
+
+    from edgekit.events.delivery import safe_name
+
+    text = str(source)
+    if text.isdigit():
+        return f"video{text}"
+    if text.startswith("csi://"):
+        return "csi" + safe_name(text[6:])
+    if "://" in text:
+        return safe_name(urlsplit(text).hostname or text) or "main"
+    if text.startswith("gst:"):
+        return "gst"
+    return safe_name(os.path.splitext(os.path.basename(text.rstrip("/")))[0]) or "main"
+
+
 def summary_text(summary: dict) -> str:
     lat = summary["latency_ms"]
     from edgekit.stream.metrics import STAGES
@@ -99,14 +119,16 @@ def summary_text(summary: dict) -> str:
 @signals_from_start
 def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto", precision="auto", json_path=None,
              record=None, display=False, serve=None, console=False, max_frames=None, duration=None, realtime=False, loop=False,
-             top_k=1, log_every=10.0, timeout=10.0, notifier=None, **runner_options) -> dict:
+             top_k=1, log_every=10.0, timeout=10.0, notifier=None, analytics=None, events=None, **runner_options) -> dict:
     """Run ``bundle`` on ``source`` (see :func:`~edgekit.stream.sources.open_source`) until it ends,
     a limit is reached or a signal arrives; return the summary (with its one-line ``text``).
 
     ``precision`` ``auto`` runs the fastest model that passed its accuracy gate; ``runner_options`` go to
     :func:`~edgekit.backends.select.open_runner` (``allow_failed_gate`` included). The chosen model and
     why are logged and shown in ``/metrics`` and ``/status.json``. ``console`` prints the results on stdout
-    (:class:`~edgekit.stream.console.ConsoleSink`)."""
+    (:class:`~edgekit.stream.console.ConsoleSink`). ``analytics`` (an
+    :class:`~edgekit.analytics.config.AnalyticsConfig`) tracks detections and counts lines and zones;
+    ``events`` (an :class:`~edgekit.events.delivery.EventSink`) sends the events out."""
     from edgekit.backends.select import open_runner
     from edgekit.bundle import Bundle
     from edgekit.service.notify import Notifier
@@ -119,6 +141,17 @@ def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     post = postprocess.for_bundle(bundle, top_k=top_k)
     runner = open_runner(bundle, backend, precision, **runner_options)  # refuses a failed gate before opening anything
+    stage = None
+    if analytics is not None:
+        from edgekit.analytics.stage import Analytics
+        from edgekit.errors import UsageError
+
+        if bundle.task != "detection":
+            raise UsageError(f"--track, --line and --zone need a detection bundle; {bundle.path} is {bundle.task}")
+        stage = Analytics(analytics)
+    name = source_name(source)
+    if analytics is not None:
+        analytics.check_sources([name])
     src = open_source(source, width, height, fps, timeout)
     pace = fps if realtime and not src.live else None
     sinks = []
@@ -134,9 +167,14 @@ def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto
         from edgekit.stream.console import ConsoleSink
 
         sinks.append(ConsoleSink())
+    if events is not None:
+        for sender in events.senders:
+            sender.source = name
+        sinks.insert(0, events)
     pipeline = Pipeline(
         bundle, Capture(src, realtime=realtime, pace_fps=pace, loop=loop), runner, post, sinks,
         max_frames=max_frames, duration=duration, notifier=notifier or Notifier(), log_every=log_every,
+        analytics=stage, source_name=name,
     )
     if runner.choice is not None:
         pipeline.metrics.model = runner.choice.to_dict()

@@ -28,6 +28,8 @@ class Metrics:
         self._label_latest: dict[str, int] = {}
         self._lock = threading.Lock()
         self.model: dict = {}  # the model that runs and why: backend, key, precision, reason (select.Choice)
+        # more figures (analytics, event delivery): objects with status() -> {key: JSON} and prometheus(prefix) -> lines
+        self.exporters: list = []
 
     def add(self, latency_ms: dict[str, float], now: float | None = None) -> None:
         """Record one finished frame."""
@@ -84,6 +86,7 @@ class Metrics:
             "latency_ms": {stage: {k: round(v, 3) for k, v in self.percentiles(stage).items()} for stage in STAGES},
             "results": self.label_counts(),
             **({"model": dict(self.model)} if self.model else {}),
+            **{k: v for e in self.exporters for k, v in e.status().items()},
         }
 
     def label_counts(self) -> dict:
@@ -145,6 +148,8 @@ class Metrics:
                 f"# TYPE {prefix}_frame_results gauge",
                 *(f'{prefix}_frame_results{{label="{_label(k)}"}} {v}' for k, v in sorted(counts["latest"].items())),
             ]
+        for exporter in self.exporters:
+            out += exporter.prometheus(prefix)
         return "\n".join(out) + "\n"
 
 

@@ -44,6 +44,7 @@ class FrameResult:
     latency_ms: dict = field(default_factory=dict)
     draw: object = None  # callable(image, results) -> image
     overlay: list = field(default_factory=list)
+    events: list | None = None  # with analytics: the frame's events (edgekit.analytics.events)
     _annotated: np.ndarray | None = None
 
     @property
@@ -73,6 +74,7 @@ class FrameResult:
             **line,
             "timestamps": {k: round(clock(v), 6) for k, v in self.stamps.items()},
             "results": self.results,
+            **({"events": self.events} if self.events is not None else {}),
             "latency_ms": {k: round(v, 3) for k, v in self.latency_ms.items()},
         }
 
@@ -105,7 +107,7 @@ class Pipeline:
 
     def __init__(self, bundle, capture: Capture, runner, postprocess, sinks=(), max_frames: int | None = None,
                  duration: float | None = None, notifier=None, log_every: float = 10.0, queue_size: int = 2,
-                 stall_s: float = 10.0):
+                 stall_s: float = 10.0, analytics=None, source_name: str = "main"):
         self.bundle = bundle
         self.capture = capture
         self.runner = runner
@@ -118,6 +120,9 @@ class Pipeline:
         self.queue_size = queue_size
         self.stall_s = stall_s
         self.metrics = Metrics()
+        self.analytics, self.source_name = analytics, source_name  # edgekit.analytics.stage.Analytics
+        if analytics is not None:
+            self.metrics.exporters.append(analytics)
         self.stop_reason = None
         self.prep = bundle.preprocess
         self._stop = threading.Event()
@@ -317,6 +322,10 @@ class Pipeline:
             if work is _END:
                 return
             result = self._finish(work)
+            if self.analytics is not None:
+                result.results, result.events = self.analytics.process(
+                    self.source_name, result.results, result.frame.number, self.wall(result.frame.captured))
+                result.draw = self.analytics.drawer(self.source_name, result.draw)
             if result.index == 0:
                 self._note_size(result.image)
             self.metrics.drops = self.capture.drops
