@@ -25,7 +25,7 @@ SIZE = (240, 320)  # height, width
 FPS = 15
 FRAMES = 120
 LINE = ("door", (0.0, 120.0, 320.0, 120.0))
-PILLAR = (150, 178)  # x range of the grey pillar in front of the cards
+PILLAR = (154, 166)  # x range of the grey pillar in front of the cards: hides half a card
 BGR = {"red": (40, 40, 225), "green": (40, 200, 40), "blue": (225, 60, 40)}
 SETTLED = 10.0  # pixels from the line a centre must be to be on a side
 
