@@ -41,6 +41,7 @@ class Spool:
         self.dests = list(dests)
         self.dropped = 0
         self.appended = 0
+        self._final: dict | None = None  # pending per destination once closed
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         try:
@@ -140,6 +141,8 @@ class Spool:
     def pending(self, dest: str) -> int:
         """Events not yet acknowledged by ``dest``."""
         with self._lock:
+            if self._final is not None:
+                return self._final.get(dest, 0)
             return self._db.execute("SELECT COUNT(*) FROM events WHERE seq > ?", (self._cursor(dest),)).fetchone()[0]
 
     def wait(self, timeout: float) -> None:
@@ -148,7 +151,10 @@ class Spool:
             self._changed.wait(timeout)
 
     def close(self) -> None:
+        """Close the file; :meth:`pending` then answers what was pending at the close."""
+        pending = {dest: self.pending(dest) for dest in self.dests}
         with self._lock:
+            self._final = pending
             try:
                 self._trim(time.time())
                 self._db.close()
