@@ -5,3 +5,5 @@ destination only once that destination acknowledged it (MQTT PUBACK at QoS 1, a 
 was sent but not acknowledged when a connection broke is sent again, so a receiver may see an event
 twice and drops the repeat by its ``id``.
 """
+
+from __future__ import annotations
