@@ -63,28 +63,27 @@ def test_bad_analytics_options_are_one_line_errors(cli, tmp_path, args, fragment
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory):
-    """The tracking sample run with --track --line door (the loop, the card detector, ByteTrack)."""
-    import subprocess
-    import sys
-
+    """The tracking sample run with `edgekit run --track --line door` (the loop, the card detector, ByteTrack)."""
+    from edgekit.cli import main
     from edgekit.sample_tracking import write_tracking_sample
 
     data = write_tracking_sample(tmp_path_factory.mktemp("track") / "data")
     truth = json.loads((data / "track.truth.json").read_text())
     out = data.parent / "out.jsonl"
     line = ",".join(str(v) for v in truth["lines"]["door"])
-    done = subprocess.run([sys.executable, "-m", "edgekit", "run", data / "cards.bundle", data / "track.mp4", "--track",
-                           "--line", f"door={line}", "--json", out, "--serve", "127.0.0.1:0"],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return truth, [json.loads(x) for x in out.read_text().splitlines()]
+    try:
+        main(["run", str(data / "cards.bundle"), str(data / "track.mp4"), "--track", "--line", f"door={line}",
+              "--json", str(out), "--record", str(data.parent / "out.avi"), "-q"])
+    except SystemExit as exc:
+        assert not exc.code, exc
+    return truth, [json.loads(x) for x in out.read_text().splitlines()], data.parent / "out.avi"
 
 
 def test_tracking_sample_scores_well_with_motmetrics(tracked):
     mm = pytest.importorskip("motmetrics", reason="motmetrics is not installed (pip install motmetrics)")
     import numpy as np
 
-    truth, lines = tracked
+    truth, lines, _ = tracked
     acc = mm.MOTAccumulator(auto_id=True)
     for line in lines:
         gt = truth["frames"][line["frame"]]
@@ -108,13 +107,33 @@ def _iou_distance(a, b, max_distance=0.5) -> float:
 
 
 def test_line_counts_on_the_tracking_sample_are_exact(tracked):
-    truth, lines = tracked
+    truth, lines, _ = tracked
     events = [e for line in lines for e in line["events"]]
     assert all(e["event"] == "line_crossed" and e["line"] == "door" for e in events)
     count = lambda items: sorted((e["direction"], e["label"]) for e in items)  # noqa: E731
     print(f"\nline door: {len(events)} crossings counted, {len(truth['crossings'])} true: {count(events)}")
     assert count(events) == count(truth["crossings"])
     assert len({e["id"] for e in events}) == len(events)
+
+
+def test_line_and_track_ids_are_drawn_on_recorded_frames(tracked):
+    import cv2
+    import numpy as np
+
+    *_, video = tracked
+    cap = cv2.VideoCapture(str(video))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok
+    def yellow(image):  # the line door at y = 120, through MJPEG's chroma blur
+        b, g, r = (image[118:123, 5:300, i].astype(int) for i in range(3))
+        return ((g - b > 60) & (r - b > 60)).any(axis=0).mean()
+
+    plain = cv2.VideoCapture(str(video.parent / "data" / "track.mp4"))
+    ok, raw = plain.read()
+    plain.release()
+    assert ok and yellow(frame) > 0.9 and yellow(raw) < 0.05
+    assert np.abs(frame.astype(int) - raw.astype(int)).max() > 100
 
 
 def test_counts_reach_metrics_and_status():
