@@ -90,10 +90,10 @@ def test_tracking_sample_scores_well_with_motmetrics(tracked):
         hyp = line["results"]
         dist = np.array([[_iou_distance(g["box"], h["box"]) for h in hyp] for g in gt]).reshape(len(gt), len(hyp))
         acc.update([g["track"] for g in gt], [h["track_id"] for h in hyp], dist)
-    summary = mm.metrics.create().compute(acc, metrics=["idf1", "num_switches", "mota", "num_frames"], name="sample")
+    summary = mm.metrics.create().compute(acc, metrics=["idf1", "num_switches", "mota", "num_frames", "num_misses"], name="sample")
     row = summary.loc["sample"]
     print(f"\ntracking sample: IDF1 {row['idf1']:.3f}, ID switches {int(row['num_switches'])}, "
-          f"MOTA {row['mota']:.3f} over {int(row['num_frames'])} frames")
+          f"MOTA {row['mota']:.3f} over {int(row['num_frames'])} frames, {int(row['num_misses'])} true boxes missed")
     assert int(row["num_frames"]) == len(truth["frames"])
     assert row["idf1"] >= 0.9 and int(row["num_switches"]) <= 1
 
