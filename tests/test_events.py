@@ -313,3 +313,45 @@ def test_spool_of_a_killed_run_is_delivered_by_the_next(broker, sample, tmp_path
     assert _at_least_once_in_order(produced, got[: len(produced)]) == 0
     with capsys.disabled():
         print(f"\nkilled run: {len(produced)} events spooled while the broker was down, {len(got)} delivered by the next run")
+
+
+def test_mqtts_with_a_private_ca_delivers_and_an_unknown_ca_is_refused(broker, tmp_path, caplog):
+    from edgekit.events.delivery import EventSink
+    from edgekit.events.mqtt import MqttSender
+    from edgekit.stream.metrics import Metrics
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (needed to make the test's certificates)")
+    d = tmp_path / "tls"
+    d.mkdir()
+    ssl = lambda *a: subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True)  # noqa: E731
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=test CA")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+        "server.pem", "-days", "2", "-extfile", "san.cnf")
+    broker.stop()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        tls_port = s.getsockname()[1]
+    broker.conf.write_text(broker.conf.read_text() + f"listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\n"
+                           f"certfile {d}/server.pem\nkeyfile {d}/server.key\n")
+    broker.start()
+    sub = Subscriber(broker.port)
+    try:
+        sink = EventSink([MqttSender(f"mqtts://127.0.0.1:{tls_port}/test", ca=str(d / "ca.pem"), device="dev1")],
+                         tmp_path / "spool")
+        sink.open(type("Info", (), {"metrics": Metrics()})())
+        sink.write(type("R", (), {"events": _events(3)})())
+        assert _wait(lambda: len(sub.events()) >= 3, 15)
+        sink.close()
+        untrusted = EventSink([MqttSender(f"mqtts://127.0.0.1:{tls_port}/test", device="dev2")], tmp_path / "spool2",
+                              drain_s=1.0)
+        untrusted.open(type("Info", (), {"metrics": Metrics()})())
+        untrusted.write(type("R", (), {"events": _events(1, 3)})())
+        assert _wait(lambda: "CERTIFICATE_VERIFY_FAILED" in caplog.text, 10), caplog.text
+        untrusted.close()
+    finally:
+        sub.close()
+    assert [e["id"] for e in sub.events()] == ["run-0", "run-1", "run-2"]
