@@ -70,6 +70,7 @@ class Sender(threading.Thread):
         self.last_error: str | None = None
         self._stop_at: float | None = None  # monotonic deadline of the drain, once stopping
         self._stopping = threading.Event()
+        self._reached = False  # the current attempt reached the destination
 
     def stopping(self) -> bool:
         """True once asked to stop and either the drain deadline passed or nothing is pending."""
@@ -84,7 +85,7 @@ class Sender(threading.Thread):
     def run(self) -> None:
         wait = BACKOFF[0]
         while not self.stopping():
-            started = time.monotonic()
+            self._reached = False
             try:
                 self.session()
             except Exception as exc:  # a bug or an unexpected library error: keep delivering later
@@ -92,7 +93,7 @@ class Sender(threading.Thread):
             self.connected = False
             if self.stopping():
                 break
-            wait = BACKOFF[0] if time.monotonic() - started > 2 * BACKOFF[1] else min(wait * 2, BACKOFF[1])
+            wait = BACKOFF[0] if self._reached else min(wait * 2, BACKOFF[1])  # back-off while it stays down
             if self._stopping.is_set():
                 time.sleep(min(wait, 0.5))  # draining: retry soon, until the deadline
             else:
@@ -105,6 +106,8 @@ class Sender(threading.Thread):
         self.last_error = why
 
     def recovered(self) -> None:
+        """Note a working connection (logged when it follows a failure)."""
+        self._reached = True
         if self.last_error is not None:
             log.info("%s %s: delivering again", self.kind, self.dest)
         self.last_error = None

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, t REAL NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cursors (dest TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS events_t ON events (t);
 """
 
 
@@ -90,17 +91,14 @@ class Spool:
             pass
 
     def _trim(self, now: float) -> None:
-        """Drop the oldest events past the size or age limit (lock held)."""
+        """Delete what every destination has; drop the oldest events past the size or age limit (lock held)."""
         db = self._db
-        low = db.execute("SELECT COALESCE(MIN(seq), 0) FROM cursors").fetchone()[0]
-        db.execute("DELETE FROM events WHERE seq <= ?", (low,))  # delivered everywhere
+        self._delete_upto(db.execute("SELECT COALESCE(MIN(seq), 0) FROM cursors").fetchone()[0])
         cut, why = None, ""
         old = db.execute("SELECT MAX(seq) FROM events WHERE t < ?", (now - self.max_age_s,)).fetchone()[0]
         if old is not None:
             cut, why = old, f"older than {self.max_age_s / 3600:g} h"
-        self._bytes = db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM events").fetchone()[0] \
-            if cut is not None or self._bytes > self.max_bytes else self._bytes
-        if self._bytes > self.max_bytes:  # drop oldest until under 90 % of the limit
+        if self._bytes > self.max_bytes:  # drop the oldest until under 90 % of the limit
             total, target = 0, self._bytes - int(self.max_bytes * 0.9)
             for seq, size in db.execute("SELECT seq, LENGTH(body) FROM events ORDER BY seq"):
                 total += size
@@ -110,13 +108,18 @@ class Spool:
         if cut is None:
             return
         n = db.execute("SELECT COUNT(*) FROM events WHERE seq <= ?", (cut,)).fetchone()[0]
-        db.execute("DELETE FROM events WHERE seq <= ?", (cut,))
+        self._delete_upto(cut)
         db.execute("UPDATE cursors SET seq = ? WHERE seq < ?", (cut, cut))
-        self._bytes = db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM events").fetchone()[0]
         if n:
             self.dropped += n
             log.warning("event spool: dropped the %d oldest undelivered event(s) (%s); %d dropped in all",
                         n, why, self.dropped)
+
+    def _delete_upto(self, seq: int) -> None:
+        size = self._db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM events WHERE seq <= ?", (seq,)).fetchone()[0]
+        if size:
+            self._db.execute("DELETE FROM events WHERE seq <= ?", (seq,))
+            self._bytes -= size
 
     # ---- reading ------------------------------------------------------------------------------
     def peek(self, dest: str, limit: int = 100, after: int | None = None) -> list[tuple[int, dict]]:
