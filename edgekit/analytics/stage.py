@@ -13,7 +13,7 @@ import uuid
 from edgekit.analytics.config import AnalyticsConfig
 from edgekit.analytics.events import make_event
 from edgekit.analytics.lines import Line, anchor_point
-from edgekit.analytics.tracker import Tracker
+from edgekit.analytics.tracker import Tracker, load_bytetrack
 from edgekit.analytics.zones import Zone
 
 
@@ -94,9 +94,7 @@ class Analytics:
     """Per-source analytics keyed by source name (created on a source's first frame)."""
 
     def __init__(self, config: AnalyticsConfig):
-        from edgekit.analytics.tracker import _bytetrack
-
-        _bytetrack()  # a missing tracker library fails now, not on the first frame
+        load_bytetrack()  # a missing tracker library fails now, not on the first frame
         self.config = config
         self.run_id = uuid.uuid4().hex[:12]
         self._sources: dict[str, SourceAnalytics] = {}

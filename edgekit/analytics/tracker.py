@@ -43,7 +43,7 @@ class TrackerOptions:
         return opts
 
 
-def _bytetrack():
+def load_bytetrack():
     try:
         from supervision import Detections
         from supervision.tracker.byte_tracker.core import ByteTrack
@@ -56,7 +56,7 @@ class Tracker:
     """ByteTrack over one source's frames (feed them in order; one Tracker per source)."""
 
     def __init__(self, options: TrackerOptions = TrackerOptions()):
-        ByteTrack, self._Detections = _bytetrack()
+        ByteTrack, self._Detections = load_bytetrack()
         # supervision scales lost_track_buffer by frame_rate / 30: give it 30 so frames mean frames
         self._track = ByteTrack(track_activation_threshold=options.activation, lost_track_buffer=options.lost_frames,
                                 minimum_matching_threshold=options.match, frame_rate=30)
