@@ -53,37 +53,33 @@ def test_options_and_file_build_per_source_lines(tmp_path):
     (["--mqtt", "http://broker"], "expected mqtt://"),
     (["--mqtt-ca", "x.pem"], "--mqtt-ca needs --mqtt"),
 ])
-def test_bad_analytics_options_are_one_line_errors(cli, tmp_path, args, fragment):
-    from edgekit.tiny_detect import write_card_detector
-
-    bundle = write_card_detector(tmp_path / "cards")
-    (tmp_path / "v").mkdir()
-    assert_one_line_error(cli("run", bundle.path, tmp_path / "v", *args), fragment)
+def test_bad_analytics_options_are_one_line_errors(cli, track_sample, args, fragment):
+    assert_one_line_error(cli("run", track_sample / "cards.bundle", track_sample / "track.mp4", *args), fragment)
 
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory):
+def tracked(track_sample, tmp_path_factory):
     """The tracking sample run with `edgekit run --track --line door` (the loop, the card detector, ByteTrack)."""
     from edgekit.cli import main
-    from edgekit.sample_tracking import write_tracking_sample
 
-    data = write_tracking_sample(tmp_path_factory.mktemp("track") / "data")
+    data = track_sample
+    out_dir = tmp_path_factory.mktemp("tracked")
     truth = json.loads((data / "track.truth.json").read_text())
-    out = data.parent / "out.jsonl"
+    out = out_dir / "out.jsonl"
     line = ",".join(str(v) for v in truth["lines"]["door"])
     try:
         main(["run", str(data / "cards.bundle"), str(data / "track.mp4"), "--track", "--line", f"door={line}",
-              "--json", str(out), "--record", str(data.parent / "out.avi"), "-q"])
+              "--json", str(out), "--record", str(out_dir / "out.avi"), "-q"])
     except SystemExit as exc:
         assert not exc.code, exc
-    return truth, [json.loads(x) for x in out.read_text().splitlines()], data.parent / "out.avi"
+    return truth, [json.loads(x) for x in out.read_text().splitlines()], out_dir / "out.avi", data
 
 
 def test_tracking_sample_scores_well_with_motmetrics(tracked):
     mm = pytest.importorskip("motmetrics", reason="motmetrics is not installed (pip install motmetrics)")
     import numpy as np
 
-    truth, lines, _ = tracked
+    truth, lines, *_ = tracked
     acc = mm.MOTAccumulator(auto_id=True)
     for line in lines:
         gt = truth["frames"][line["frame"]]
@@ -107,7 +103,7 @@ def _iou_distance(a, b, max_distance=0.5) -> float:
 
 
 def test_line_counts_on_the_tracking_sample_are_exact(tracked):
-    truth, lines, _ = tracked
+    truth, lines, *_ = tracked
     events = [e for line in lines for e in line["events"]]
     assert all(e["event"] == "line_crossed" and e["line"] == "door" for e in events)
     count = lambda items: sorted((e["direction"], e["label"]) for e in items)  # noqa: E731
@@ -120,7 +116,7 @@ def test_line_and_track_ids_are_drawn_on_recorded_frames(tracked):
     import cv2
     import numpy as np
 
-    *_, video = tracked
+    _, _, video, data = tracked
     cap = cv2.VideoCapture(str(video))
     ok, frame = cap.read()
     cap.release()
@@ -129,7 +125,7 @@ def test_line_and_track_ids_are_drawn_on_recorded_frames(tracked):
         b, g, r = (image[118:123, 5:300, i].astype(int) for i in range(3))
         return ((g - b > 60) & (r - b > 60)).any(axis=0).mean()
 
-    plain = cv2.VideoCapture(str(video.parent / "data" / "track.mp4"))
+    plain = cv2.VideoCapture(str(data / "track.mp4"))
     ok, raw = plain.read()
     plain.release()
     assert ok and yellow(frame) > 0.9 and yellow(raw) < 0.05

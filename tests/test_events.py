@@ -213,11 +213,9 @@ def broker(tmp_path):
     b.stop()
 
 
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    from edgekit.sample_tracking import write_tracking_sample
-
-    return write_tracking_sample(tmp_path_factory.mktemp("events") / "data")
+@pytest.fixture
+def sample(track_sample):
+    return track_sample
 
 
 def _run(sample, port, tmp_path, *extra, json_name="out.jsonl", background=False, here=False):
@@ -305,7 +303,7 @@ def test_spool_of_a_killed_run_is_delivered_by_the_next(broker, sample, tmp_path
     broker.start()
     sub = Subscriber(broker.port)
     try:
-        _run(sample, broker.port, tmp_path, "--max-frames", "2", json_name="second.jsonl")
+        _run(sample, broker.port, tmp_path, "--max-frames", "2", json_name="second.jsonl", here=True)
         assert _wait(lambda: {e["id"] for e in produced} <= {e["id"] for e in sub.events()}, 20)
         got = [e for e in sub.events() if e["id"].split("-")[0] == produced[0]["id"].split("-")[0]]
     finally:
