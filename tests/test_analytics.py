@@ -149,3 +149,4 @@ def test_counts_reach_metrics_and_status():
     assert 'edgekit_zone_exits_total{source="cam",zone="q",label="red"} 1' in text
     status = metrics.snapshot()["analytics"]["cam"]
     assert status["lines"] == {"door": {"in": {"red": 1}}} and status["tracks_total"] == 1
+    assert status["zones"]["q"]["entries"] == {"red": 1} and status["zones"]["q"]["dwell_s"] == {}

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 from edgekit.analytics.config import AnalyticsConfig
@@ -129,13 +130,16 @@ class Analytics:
         return draw
 
     def status(self) -> dict:
-        """``{"analytics": counts per source}``, JSON-able (for ``/status.json``)."""
+        """``{"analytics": counts per source}``, JSON-able (for ``/status.json``); ``dwell_s``: seconds
+        each track now in a zone has been there."""
+        now = time.time()
         with self._lock:
             return {"analytics": {name: {
                 "tracks_total": s.tracks_total,
                 "tracks_active": s.active_tracks(),
                 "lines": _nest(s.crossings),
                 "zones": {z.name: {"occupancy": z.occupancy(),
+                                   "dwell_s": {str(t): round(now - since, 1) for t, (_, since) in z.inside.items()},
                                    "entries": _nest({k[1:]: v for k, v in s.entries.items() if k[0] == z.name}),
                                    "exits": _nest({k[1:]: v for k, v in s.exits.items() if k[0] == z.name})}
                           for z in s.zones},
