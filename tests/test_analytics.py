@@ -150,3 +150,11 @@ def test_counts_reach_metrics_and_status():
     status = metrics.snapshot()["analytics"]["cam"]
     assert status["lines"] == {"door": {"in": {"red": 1}}} and status["tracks_total"] == 1
     assert status["zones"]["q"]["entries"] == {"red": 1} and status["zones"]["q"]["dwell_s"] == {}
+
+
+def test_tracking_without_its_library_or_on_a_classifier_is_one_line_error(cli, track_sample, tiny_bundle, monkeypatch):
+    assert_one_line_error(cli("run", tiny_bundle.path, track_sample / "track.mp4", "--track"),
+                          "need a detection bundle")
+    monkeypatch.setitem(__import__("sys").modules, "supervision", None)  # as if not installed
+    assert_one_line_error(cli("run", track_sample / "cards.bundle", track_sample / "track.mp4", "--track"),
+                          "pip install 'edgekit[analytics]'")
