@@ -156,3 +156,11 @@ def detect_data(tmp_path_factory):
     from edgekit.sample_data import write_detection_sample_data
 
     return write_detection_sample_data(tmp_path_factory.mktemp("detect") / "data")
+
+
+@pytest.fixture(scope="session")
+def track_sample(tmp_path_factory):
+    """The tracking sample: track.mp4 (cards walking over a real photo), track.truth.json, cards.bundle."""
+    from edgekit.sample_tracking import write_tracking_sample
+
+    return write_tracking_sample(tmp_path_factory.mktemp("track") / "data")

@@ -168,6 +168,8 @@ def test_setup_cfg_allows_38_and_keeps_the_host_extra_on_310():
         assert not req.marker.evaluate({"python_version": "3.8"}) and req.marker.evaluate({"python_version": "3.10"}), req
     device = {r.name: r for r in _requirements(cfg["options.extras_require"]["device"])}
     assert str(device["pycuda"].specifier) == ">=2025.1.2"  # CUDA 13 support
+    analytics = {r.name for r in _requirements(cfg["options.extras_require"]["analytics"])}
+    assert {"supervision", "paho-mqtt"} <= analytics
 
 
 def test_host_commands_say_they_need_python_310(monkeypatch, cli):
@@ -194,6 +196,7 @@ def test_device_requirements_resolve_for_python_38_aarch64(tmp_path):
     if not any(r.name == "jsonschema" for r in core):  # becoming a core dependency (manifest schema)
         core.append(Requirement("jsonschema>=4.0"))
     (pycuda,) = [r for r in _requirements(cfg["options.extras_require"]["device"]) if r.name == "pycuda"]
+    core += _requirements(cfg["options.extras_require"]["analytics"])  # tracker and MQTT: device side too
 
     # pycuda is an sdist, built on the device: the newest release it would get must admit 3.8.
     got = _pip("download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation", *PIP_TARGET, "-d", "sdist",

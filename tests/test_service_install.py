@@ -266,3 +266,23 @@ def test_readme_walk_under_root(cli, bundles, tmp_path, monkeypatch):
     assert linked(system, "bundle").startswith("bundles/bundle-") and "v2" not in linked(system, "bundle")
     assert linked(system, "bundle.previous").startswith("bundles/bundle-v2-")
     assert "ExecStart=/usr/bin/python3 -m edgekit run" in (tmp_path / "rootfs/etc/systemd/system/edgekit.service").read_text()
+
+
+def test_event_urls_go_to_the_0600_environment_file_not_the_command_line(tmp_path):
+    from edgekit.service.install import install, status
+    from edgekit.tiny import write_tiny_bundle
+
+    bundle = write_tiny_bundle(tmp_path / "b")
+    root = tmp_path / "root"
+    url = "mqtt://cam:s3cret@broker.lan/site1"
+    options = install(bundle.path, ["--camera", "0", "--mqtt", url, "--webhook=https://h.lan/x"], root=root,
+                      run_commands=False, out=lambda *a: None)
+    env = root / "etc/edgekit/edgekit.env"
+    text = env.read_text()
+    assert f"EDGEKIT_MQTT={url}\n" in text and "EDGEKIT_WEBHOOK=https://h.lan/x\n" in text
+    assert "s3cret" not in [line for line in text.splitlines() if line.startswith("EDGEKIT_RUN_ARGS")][0]
+    assert (env.stat().st_mode & 0o777) == 0o600
+    assert "s3cret" not in (root / "etc/systemd/system/edgekit.service").read_text()
+    assert options.run_args == ("--camera", "0")
+    info = status(root=root, run_commands=False)
+    assert info["events"] == ["mqtt://broker.lan/site1", "https://h.lan/x"] and "s3cret" not in str(info)

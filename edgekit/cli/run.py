@@ -3,6 +3,7 @@ from __future__ import annotations
 import click
 
 from edgekit.cli.options import Number, positive, threads_option
+from edgekit.cli.analytics_options import analytics_from_options, analytics_options
 
 SOURCE_HELP = "0 or /dev/videoN, csi://N, rtsp://..., http(s)://... (MJPEG), gst:PIPELINE, a video file, an image folder."
 
@@ -48,11 +49,12 @@ SOURCE_HELP = "0 or /dev/videoN, csi://N, rtsp://..., http(s)://... (MJPEG), gst
               help="Detection bundles: keep detections scoring at least this [default: the bundle's nms.score_threshold].")
 @threads_option()
 @click.option("--cache-dir", type=click.Path(), help="TensorRT engine cache (default ~/.cache/edgekit).")
+@analytics_options
 def command(bundle, source_args, camera, source_opts, sources_file, batch_timeout, allow_missing, width, height, fps,
             backend, precision, allow_failed_gate, json_path,
             record, display, serve,
             max_frames, duration, realtime, loop, top_k, log_every, timeout, score_threshold, threads,
-            cache_dir):
+            cache_dir, **analytics):
     """Run BUNDLE on frames from each SOURCE (or --camera/--source/--sources-file): cameras, streams,
     video files or image folders.
 
@@ -80,6 +82,7 @@ def command(bundle, source_args, camera, source_opts, sources_file, batch_timeou
             "--serve on a file or folder stops at its end, as fast as it is read; add --realtime --loop to keep "
             "serving it at its frame rate")
 
+    config, events = analytics_from_options(**analytics)
     summary = run_loop(
         bundle,
         given, sources_file=sources_file,
@@ -89,7 +92,7 @@ def command(bundle, source_args, camera, source_opts, sources_file, batch_timeou
         console=not (json_path or record or display or serve or is_quiet()), max_frames=max_frames, duration=duration,
         realtime=realtime,
         loop=loop, top_k=top_k, log_every=log_every, timeout=timeout, intra_op_threads=threads, cache_dir=cache_dir,
-        score_threshold=score_threshold,
+        score_threshold=score_threshold, analytics=config, events=events,
     )
     say(summary["text"], err=True)
     if summary["frames"] == 0 and summary["stopped_by"] == "end of stream":  # not what was asked: say so

@@ -40,7 +40,7 @@ from pathlib import Path
 from edgekit.atomic import atomic_dir, sha256_file, write_text
 from edgekit.bundle import MANIFEST, Bundle
 from edgekit.errors import EdgekitError, InputError, UsageError
-from edgekit.service.unit import ServiceOptions, render_env, render_sysusers, render_unit
+from edgekit.service.unit import SECRET_HELP, ServiceOptions, render_env, render_sysusers, render_unit, split_secrets
 
 log = logging.getLogger("edgekit.service")
 
@@ -81,11 +81,13 @@ class _Actions:
     def __init__(self, dry_run: bool, run_commands: bool, out):
         self.dry_run, self.run_commands, self.out = dry_run, run_commands, out
 
-    def write(self, path: Path, text: str) -> None:
+    def write(self, path: Path, text: str, mode: int = 0o644, secret: bool = False) -> None:
         if self.dry_run:
-            self.out(f"would write {path}:\n" + "".join(f"    {line}\n" for line in text.splitlines()))
+            shown = "".join(f"    {line}\n" for line in text.splitlines()
+                            if not (secret and line.split("=", 1)[0] in SECRET_HELP))
+            self.out(f"would write {path} (mode {mode:o}){' (credentials not shown)' if secret else ''}:\n{shown}")
             return
-        write_text(path, text, mode=0o644)
+        write_text(path, text, mode=mode)
         self.out(f"wrote {path}")
 
     def link(self, link: Path, target: str) -> None:
@@ -219,7 +221,8 @@ def install(bundle, run_args=(), *, root=None, dry_run: bool = False, force: boo
     ``run_commands`` defaults to ``root is None``; tests pass True with stand-in tools on PATH.
     """
     _check_root(root, dry_run, "installing")
-    options = ServiceOptions(run_args=tuple(run_args), command=tuple(command or default_command()))
+    args, secrets = split_secrets(run_args)
+    options = ServiceOptions(run_args=args, command=tuple(command or default_command()), secrets=secrets)
     layout = Layout(options, root)
     bundle = Bundle.load(bundle)
     check_run_model(bundle, options.run_args)
@@ -242,7 +245,7 @@ def install(bundle, run_args=(), *, root=None, dry_run: bool = False, force: boo
     if old and old != new:
         act.link(layout.previous, f"bundles/{old}")
     act.write(layout.unit, render_unit(options))
-    act.write(layout.env, render_env(options))
+    act.write(layout.env, render_env(options), mode=0o600, secret=bool(secrets))  # root reads it for systemd
     act.write(layout.sysusers, render_sysusers(options))
     if root is not None:
         act.link(layout.wants, options.unit_path)
@@ -318,6 +321,17 @@ def read_run_args(env_file: Path) -> list[str]:
     return []
 
 
+def _event_urls(env_file: Path) -> list[str]:
+    """The --mqtt/--webhook URLs of an environment file, without credentials."""
+    from edgekit.events.delivery import redact
+
+    try:
+        lines = env_file.read_text("utf-8").splitlines()
+    except OSError:  # mode 0600: only root reads it
+        return []
+    return [redact(url) for line in lines if line.split("=", 1)[0] in SECRET_HELP for url in line.split("=", 1)[1].split()]
+
+
 def status(*, root=None, run_commands: bool | None = None) -> dict:
     """What is installed and, on the real system, what systemd says of it."""
     layout = Layout(ServiceOptions(), root)
@@ -326,6 +340,7 @@ def status(*, root=None, run_commands: bool | None = None) -> dict:
         "unit": str(layout.unit),
         "env": str(layout.env),
         "run_args": read_run_args(layout.env) if layout.env.exists() else None,
+        "events": _event_urls(layout.env) if layout.env.exists() else None,
         "bundle": layout.linked(layout.current),
         "previous": layout.linked(layout.previous),
     }

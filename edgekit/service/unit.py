@@ -51,6 +51,7 @@ class ServiceOptions:
     restart_sec: int = 10
     start_limit_interval: str = "15min"
     start_limit_burst: int = 5
+    secrets: tuple = ()  # (NAME, value) environment variables read by `edgekit run` (--mqtt, --webhook URLs)
 
     def __post_init__(self):
         for what, value in (("service name", self.name), ("user", self.user), *(("group", g) for g in self.groups)):
@@ -61,6 +62,7 @@ class ServiceOptions:
         if self.watchdog_sec < 1 or self.restart_sec < 0 or self.start_limit_burst < 1:
             raise UsageError("watchdog and restart settings must be positive")
         object.__setattr__(self, "run_args", check_run_args(self.run_args))
+        check_run_args(value for _, value in self.secrets)
         object.__setattr__(self, "groups", tuple(self.groups))
 
     # ---- paths on the target system ---------------------------------------------------------
@@ -195,7 +197,31 @@ def render_env(o: ServiceOptions = ServiceOptions()) -> str:
 # --source csi://N or --source rtsp://HOST/PATH. --serve HOST:PORT gives the MJPEG stream and
 # /metrics (127.0.0.1: this machine only; 0.0.0.0: the network).
 EDGEKIT_RUN_ARGS={" ".join(o.run_args)}
-"""
+""" + "".join(f"# {SECRET_HELP[name]}\n{name}={value}\n" for name, value in o.secrets)
+
+
+# run options whose values may hold credentials: kept out of EDGEKIT_RUN_ARGS (and so out of the
+# process's command line), in variables `edgekit run` reads; the file is mode 0600.
+SECRET_OPTIONS = {"--mqtt": "EDGEKIT_MQTT", "--webhook": "EDGEKIT_WEBHOOK"}
+SECRET_HELP = {"EDGEKIT_MQTT": "run --mqtt: the broker URL (may hold user:password; this file is mode 0600)",
+               "EDGEKIT_WEBHOOK": "run --webhook: the URL(s), space-separated (this file is mode 0600)"}
+
+
+def split_secrets(args) -> tuple[tuple[str, ...], tuple]:
+    """(run args without --mqtt/--webhook and their values, ((variable, value), ...))."""
+    args, rest, found = list(args), [], {}
+    i = 0
+    while i < len(args):
+        flag, eq, value = args[i].partition("=")
+        if flag in SECRET_OPTIONS:
+            if not eq:
+                i += 1
+                value = args[i] if i < len(args) else ""
+            found.setdefault(SECRET_OPTIONS[flag], []).append(value)
+        else:
+            rest.append(args[i])
+        i += 1
+    return tuple(rest), tuple((name, " ".join(values)) for name, values in found.items())
 
 
 def render_sysusers(o: ServiceOptions = ServiceOptions()) -> str:

@@ -160,7 +160,8 @@ def open_captures(specs, timeout: float, missing_ok: bool):
 def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto", precision="auto", json_path=None,
              record=None, display=False, serve=None, console=False, max_frames=None, duration=None, realtime=False, loop=False,
              top_k=1, log_every=10.0, timeout=10.0, notifier=None, sources_file=None, batch_timeout=None,
-             allow_missing=False, per_source=None, **runner_options) -> dict:
+             allow_missing=False, per_source=None, analytics=None, events=None,
+             **runner_options) -> dict:
     """Run ``bundle`` on ``source`` (a URI, see :func:`~edgekit.stream.sources.open_source`, or a list of
     them, each ``URI`` or ``NAME=URI``) and the sources of ``sources_file``, until every source has ended,
     a limit is reached or a signal arrives; return the summary (with its one-line ``text``).
@@ -175,7 +176,10 @@ def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto
     ``precision`` ``auto`` runs the fastest model that passed its accuracy gate; ``runner_options`` go to
     :func:`~edgekit.backends.select.open_runner` (``allow_failed_gate`` included). The chosen model and
     why are logged and shown in ``/metrics`` and ``/status.json``. ``console`` prints the results on stdout
-    (:class:`~edgekit.stream.console.ConsoleSink`)."""
+    (:class:`~edgekit.stream.console.ConsoleSink`). ``analytics`` (an
+    :class:`~edgekit.analytics.config.AnalyticsConfig`) tracks each source's detections and counts its
+    lines and zones, as the first stage of its chain; ``events`` (an
+    :class:`~edgekit.events.delivery.EventSink`) sends the events out."""
     from edgekit.atomic import refuse_inputs
     from edgekit.backends.select import open_runner
     from edgekit.bundle import Bundle
@@ -201,8 +205,19 @@ def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto
     if runner_options.get("batch") is None:
         runner_options["batch"] = tensorrt_profile(len(chosen), bundle.input["shape"])
     runner = open_runner(bundle, backend, precision, **runner_options)  # refuses a failed gate before opening anything
+    analytics_stage = None
+    if analytics is not None:
+        from edgekit.analytics.stage import Analytics
+        from edgekit.errors import UsageError
+
+        if bundle.task != "detection":
+            raise UsageError(f"--track, --line and --zone need a detection bundle; {bundle.path} is {bundle.task}")
+        analytics.check_sources(names)
+        analytics_stage = Analytics(analytics)
     captures = open_captures(chosen, timeout, allow_missing)
     sinks, chains = [], [per_source] if per_source is not None else []
+    if analytics_stage is not None:
+        chains.insert(0, analytics_stage.stages)
     if record:
         recorder = recording(record, names)
         if callable(recorder):
@@ -211,6 +226,8 @@ def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto
             sinks.append(recorder)
     if chains:
         sinks.insert(0, PerSource(lambda name: [stage for chain in chains for stage in chain(name)]))
+    if events is not None:
+        sinks.insert(1 if chains else 0, events)
     if json_path:
         sinks.append(JsonSink(json_path))
     if serve:
@@ -227,6 +244,8 @@ def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto
     )
     if runner.choice is not None:
         pipeline.metrics.model = runner.choice.to_dict()
+    if analytics_stage is not None:
+        pipeline.metrics.exporters.append(analytics_stage)
     with stop_on_signals(pipeline):
         summary = pipeline.run()
     summary["text"] = summary_text(summary)

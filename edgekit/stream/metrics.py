@@ -50,6 +50,8 @@ class Metrics:
         self._label_latest: dict[str, int] = {}
         self._lock = threading.Lock()
         self.model: dict = {}  # the model that runs and why: backend, key, precision, reason (select.Choice)
+        # more figures (analytics, event delivery): objects with status() -> {key: JSON} and prometheus(prefix) -> lines
+        self.exporters: list = []
 
     def add(self, latency_ms: dict[str, float], now: float | None = None, source: str | None = None) -> None:
         """Record one finished frame (of ``source``, when given)."""
@@ -121,6 +123,7 @@ class Metrics:
             "results": self.label_counts(),
             "sources": self.source_snapshot(),
             **({"model": dict(self.model)} if self.model else {}),
+            **{k: v for e in self.exporters for k, v in e.status().items()},
         }
 
     def source_snapshot(self) -> dict:
@@ -187,6 +190,8 @@ class Metrics:
                 f"# TYPE {prefix}_frame_results gauge",
                 *(f'{prefix}_frame_results{{label="{_label(k)}"}} {v}' for k, v in sorted(counts["latest"].items())),
             ]
+        for exporter in self.exporters:
+            out += exporter.prometheus(prefix)
         return "\n".join(out + self._source_series(prefix)) + "\n"
 
     def _source_series(self, prefix: str) -> list[str]:

@@ -25,6 +25,7 @@ class FrameResult:
     draw: object = None  # callable(image, results) -> image
     overlay: list = field(default_factory=list)
     batch_size: int = 1  # frames inferred together with this one (itself included)
+    events: list | None = None  # with analytics: the frame's events (edgekit.analytics.events)
     _annotated: np.ndarray | None = None
 
     @property
@@ -59,6 +60,7 @@ class FrameResult:
             **line,
             "timestamps": {k: round(clock(v), 6) for k, v in self.stamps.items()},
             "results": self.results,
+            **({"events": self.events} if self.events is not None else {}),
             "latency_ms": {k: round(v, 3) for k, v in self.latency_ms.items()},
         }
 
