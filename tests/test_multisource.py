@@ -14,7 +14,7 @@ from edgekit.backends.select import open_runner
 from edgekit.errors import UsageError
 from edgekit.stream import postprocess
 from edgekit.stream.capture import Capture
-from edgekit.stream.infer import tensorrt_profile
+from edgekit.stream.infer import engine_profile
 from edgekit.stream.loop import run_loop
 from edgekit.stream.pipeline import Pipeline
 from edgekit.stream.server import StreamServer
@@ -276,16 +276,16 @@ def test_a_frozen_live_source_does_not_hold_up_the_files_and_comes_back(tiny_bun
     assert captures[0].reconnects >= 1
 
 
-def test_tensorrt_profile_for_the_source_count(tiny_bundle, tmp_path, colour_media, monkeypatch):
+def test_engine_profile_for_the_source_count(tiny_bundle, tmp_path, colour_media, monkeypatch):
     """The engine's profile is (1, N, N) for N sources (min 1: a batch missing a source still runs), is
     what run_loop asks the runner for, and is part of the engine cache key."""
     from edgekit.backends import select
     from edgekit.backends.tensorrt.builder import BuildOptions, device_key, parse_batch, profile_shapes
 
-    assert tensorrt_profile(4, ["batch", 3, 32, 32]) == (1, 4, 4)
-    assert tensorrt_profile(1, ["batch", 3, 32, 32]) == (1, 1, 1)
-    assert tensorrt_profile(4, [1, 3, 32, 32]) is None  # a fixed batch: inferred in slices instead
-    assert parse_batch("4") == tensorrt_profile(4, ["batch", 3, 32, 32])  # `edgekit build --batch 4` builds it ahead
+    assert engine_profile(4, ["batch", 3, 32, 32]) == (1, 4, 4)
+    assert engine_profile(1, ["batch", 3, 32, 32]) == (1, 1, 1)
+    assert engine_profile(4, [1, 3, 32, 32]) is None  # a fixed batch: inferred in slices instead
+    assert parse_batch("4") == engine_profile(4, ["batch", 3, 32, 32])  # `edgekit build --batch 4` builds it ahead
     asked = {}
 
     def fake_open_runner(bundle, backend, precision, **options):
@@ -301,7 +301,7 @@ def test_tensorrt_profile_for_the_source_count(tiny_bundle, tmp_path, colour_med
         run_loop(tiny_bundle, [video, video, video], backend="onnxruntime", batch="2,2,2")  # given: kept
     assert asked["batch"] == "2,2,2"
     shape = ["batch", 3, 32, 32]
-    keys = [device_key(BuildOptions(batch=tensorrt_profile(n, shape)), "sha", profile_shapes(shape, tensorrt_profile(n, shape)))
+    keys = [device_key(BuildOptions(batch=engine_profile(n, shape)), "sha", profile_shapes(shape, engine_profile(n, shape)))
             for n in (1, 4)]
     assert keys[0].choice_id() != keys[1].choice_id() and keys[1].shapes[1][0] == 4
 

@@ -2,7 +2,7 @@
 
 A runner takes the whole batch when its model's batch is dynamic (ONNX Runtime; TensorRT within its
 optimization profile); a model with a fixed batch, or an engine whose profile is smaller than the
-batch, is called on slices the size it takes. :func:`tensorrt_profile` is the profile an engine is
+batch, is called on slices the size it takes. :func:`engine_profile` is the profile an engine is
 built with for a run of N sources: min 1 (a batch with sources missing still runs), opt = max = N.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 from edgekit.errors import ModelError
 
 
-def tensorrt_profile(sources: int, input_shape) -> tuple[int, int, int] | None:
+def engine_profile(sources: int, input_shape) -> tuple[int, int, int] | None:
     """The (min, opt, max) batch for ``sources`` sources, or None when the model's batch is fixed
     (then the engine's own fixed batch is used and the batch is inferred in slices)."""
     fixed = input_shape[0] if input_shape else None

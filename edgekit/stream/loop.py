@@ -185,7 +185,7 @@ def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto
     from edgekit.bundle import Bundle
     from edgekit.service.notify import Notifier
     from edgekit.stream import postprocess
-    from edgekit.stream.infer import tensorrt_profile
+    from edgekit.stream.infer import engine_profile
     from edgekit.stream.per_source import PerSource
     from edgekit.stream.pipeline import Pipeline
     from edgekit.stream.server import StreamServer
@@ -203,7 +203,7 @@ def run_loop(bundle, source, *, width=None, height=None, fps=None, backend="auto
                   {f"SOURCE {spec.name}" if several else "SOURCE": spec.uri for spec in chosen})
     post = postprocess.for_bundle(bundle, top_k=top_k)
     if runner_options.get("batch") is None:
-        runner_options["batch"] = tensorrt_profile(len(chosen), bundle.input["shape"])
+        runner_options["batch"] = engine_profile(len(chosen), bundle.input["shape"])
     runner = open_runner(bundle, backend, precision, **runner_options)  # refuses a failed gate before opening anything
     analytics_stage = None
     if analytics is not None:
