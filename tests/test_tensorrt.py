@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgekit.backends.select import tensorrt_available
-from edgekit.backends.tensorrt.builder import (
+from edgekit.backends.tensorrt.recipe import (
     BuildOptions,
     UnsupportedPrecisionError,
     check_dla,
@@ -136,9 +136,11 @@ def test_build_errors_name_the_root_cause():
     assert root_cause([]) == "unknown error"
 
 
-def test_auto_and_failed_gates_in_build_options():
-    assert BuildOptions(precision="auto").precision == "auto"
-    assert BuildOptions(allow_failed_gate=True, device=1).device == 1
+def test_build_options_take_a_chosen_precision():
+    """The builder builds what it is given: ``auto`` is resolved by the caller (select.choose_model)."""
+    with pytest.raises(UsageError, match="not 'auto'"):
+        BuildOptions(precision="auto")
+    assert BuildOptions(device=1, nms_score_threshold=0.25).device == 1
 
 
 def test_device_key_identifies_the_gpu_by_index_sms_and_memory(monkeypatch):
@@ -178,7 +180,7 @@ def test_validate_opens_tensorrt_with_a_profile_covering_its_batch(full_bundle, 
     x = full_bundle.preprocess.batch(np.concatenate([colour_frames()] * 8))  # 40 images, batches of 16
     report = evaluate(full_bundle, x, max_drop=1.0, batch_size=16)
     assert [o.precision for o in seen] == ["fp32", "fp16", "int8"]
-    assert all(o.batch == (1, 16, 16) and o.allow_failed_gate for o in seen)
+    assert all(o.batch == (1, 16, 16) for o in seen)
     assert [r.skipped for r in report.results if r.backend == "tensorrt"] == ["FAKE: no TensorRT"] * 3
 
 
@@ -210,7 +212,8 @@ def test_tensorrt_and_pycuda_only_imported_inside_the_layer():
     code = (
         "import sys, edgekit.cli.build, edgekit.cli.bench, edgekit.cli.doctor, edgekit.bench, edgekit.doctor,"
         " edgekit.backends.select, edgekit.backends.tensorrt.builder, edgekit.backends.tensorrt.runner,"
-        " edgekit.backends.tensorrt.cache, edgekit.backends.tensorrt.cuda;"
+        " edgekit.backends.tensorrt.cache, edgekit.backends.tensorrt.cuda, edgekit.backends.tensorrt.network,"
+        " edgekit.backends.tensorrt.nms_model, edgekit.backends.measure;"
         " bad = [m for m in ('tensorrt', 'pycuda', 'cuda', 'tensorflow') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
@@ -315,7 +318,8 @@ def test_plugin_engine_loads_from_the_cache_in_a_fresh_process(tmp_path):
     code = (
         "import sys, json; from pathlib import Path; sys.path.insert(0, sys.argv[1])\n"
         "from edgekit.backends.tensorrt import cuda\n"
-        "from edgekit.backends.tensorrt.builder import BuildOptions, load_engine\n"
+        "from edgekit.backends.tensorrt.builder import load_engine\n"
+        "from edgekit.backends.tensorrt.recipe import BuildOptions\n"
         "from edgekit.bundle import Bundle\n"
         "bundle = Bundle(Path(sys.argv[2]), {'input': {'name': 'input', 'shape': [1, 8, 7]},\n"
         "                'models': {'fp32': {'path': 'nms.onnx', 'usable': True}}})\n"

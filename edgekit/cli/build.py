@@ -6,8 +6,8 @@ import click
 @click.command("build")
 @click.argument("bundle", type=click.Path())
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
-              help="auto: the fastest model that passed its accuracy gate (TensorRT: int8, fp16, fp32; "
-                   "ONNX Runtime on the CPU: int8_cpu, fp32).")
+              help="auto: the first of int8, fp16, fp32 this GPU runs fast whose model passed its accuracy gate "
+                   "(`edgekit run` and `bench` measure among them).")
 @click.option("--allow-failed-gate", is_flag=True, help="Use a model that failed its accuracy gate (with a warning).")
 @click.option("--batch", default="1", show_default=True,
               help="Batch profile: N (= 1,N,N; with --dla N,N,N) or MIN,OPT,MAX.")
@@ -24,18 +24,25 @@ def command(bundle, precision, allow_failed_gate, batch, workspace, dla, calibra
     """
     from pathlib import Path
 
-    from edgekit.backends.tensorrt.builder import BuildOptions, build
+    from edgekit.backends.select import choose_tensorrt_model, log_choice
+    from edgekit.backends.tensorrt.builder import build
+    from edgekit.backends.tensorrt.recipe import BuildOptions, parse_batch
     from edgekit.bundle import Bundle
 
+    loaded = Bundle.load(bundle)
+    parse_batch(batch, static=dla is not None)  # a bad --batch is refused before anything else
+    # the builder builds what it is given: the choice (auto resolved, failed gates refused) is made here,
+    # before looking for TensorRT, so a failed gate is refused even where TensorRT is missing
+    choice = choose_tensorrt_model(loaded, precision, allow_failed_gate, dla, 0)
+    log_choice(choice)
     options = BuildOptions(
-        precision=precision,
+        precision=choice.precision,
         batch=batch,
         workspace_mib=workspace,
         dla_core=dla,
         calibrate=Path(calibrate) if calibrate else None,
         cache_dir=Path(cache_dir) if cache_dir else None,
         force=force,
-        allow_failed_gate=allow_failed_gate,
     )
-    plan, built = build(Bundle.load(bundle), options)
+    plan, built = build(loaded, options)
     click.echo(f"{'built' if built else 'cached'}: {plan}")
