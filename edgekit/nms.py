@@ -45,10 +45,13 @@ class NmsParams:
     iou_threshold: float = 0.5
     max_detections: int = 100
     class_agnostic: bool = False
+    tensorrt_nms: str | None = None  # "plugin" (EfficientNMS_TRT) or "native" (NonMaxSuppression); None: by target
 
     def __post_init__(self):
         from edgekit.errors import UsageError
 
+        if self.tensorrt_nms not in (None, "plugin", "native"):
+            raise UsageError(f"--nms must be plugin or native, got {self.tensorrt_nms!r}")
         for name in ("score_threshold", "eval_score_threshold", "iou_threshold"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -63,7 +66,7 @@ class NmsParams:
                              f"keeps before NMS), got {self.max_detections}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
     def from_dict(cls, d: dict) -> "NmsParams":
