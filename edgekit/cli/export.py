@@ -48,6 +48,8 @@ def command(model, out, target, batch, opset, allow_unsupported, tolerance, labe
     from edgekit.cli import is_quiet, say
     from edgekit.errors import InputError, UsageError
 
+    if iou_threshold == 0:  # before any conversion: TensorRT's NMS plugin validates iouThreshold > 0
+        raise UsageError("--iou-threshold must be above 0 (TensorRT's NMS plugin refuses 0), got 0")
     if int8 and not calib_images:
         raise UsageError("--int8 needs --calib-images DIR_OR_VIDEO")
     ctx = click.get_current_context()
