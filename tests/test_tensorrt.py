@@ -114,6 +114,16 @@ def test_oom_hint_and_calibration_digest(tmp_path):
     assert folder_digest([tmp_path / "b.png", tmp_path / "a.png"]) != first
 
 
+def test_workspace_from_free_memory_and_the_out_of_memory_line():
+    from edgekit.backends.tensorrt.recipe import default_workspace_mib, oom_message
+
+    assert default_workspace_mib(3000) == 1500 and default_workspace_mib(100) == 64
+    assert default_workspace_mib(None) is None  # unknown: TensorRT's own default
+    line = oom_message(1500, (1, 4, 8))
+    assert "smaller --workspace than 1500 MiB" in line and "smaller --batch profile" in line and "swap" in line
+    assert "--batch" not in oom_message(None, (1, 1, 1)) and "--workspace MiB" in oom_message(None, (1, 1, 1))
+
+
 def test_dla_forces_a_static_profile():
     assert parse_batch("8", static=True) == (8, 8, 8) and parse_batch(4, static=True) == (4, 4, 4)
     assert BuildOptions(precision="int8", dla_core=0).batch == (1, 1, 1)

@@ -238,14 +238,14 @@ def open_runner(bundle: Bundle, backend: str = "auto", precision: str = "auto", 
             trt_options["nms_score_threshold"] = engine_score_threshold(asked, params.eval_score_threshold)
         device = trt_options.get("device", 0)
         gpu = probe.gpu_info(device) or {}
-        where = (f"{gpu.get('name')} sm{gpu.get('compute_capability')} TensorRT {probe.tensorrt_version()} "
-                 f"device {device} dla {trt_options.get('dla_core')}")
 
         def open_candidate(c: Choice) -> Runner:
             return TensorRTRunner.from_bundle(bundle, precision=c.precision, **trt_options)
 
         choice = choose_here(bundle, backend, precision, allow_failed_gate, trt_options.get("dla_core"), device)
         if precision == "auto":
+            where = (f"{gpu.get('name')} sm{gpu.get('compute_capability')} TensorRT {probe.tensorrt_version()} "
+                     f"device {device} dla {trt_options.get('dla_core')}")
             choice = _measured(bundle, choice, open_candidate, where, trt_options.get("cache_dir"),
                                dla=trt_options.get("dla_core") is not None, compute_capability=gpu.get("compute_capability"))
         log_choice(choice, f"{probe.cuda_layer()}; ")
@@ -254,13 +254,14 @@ def open_runner(bundle: Bundle, backend: str = "auto", precision: str = "auto", 
 
         ort_options = {k: v for k, v in chosen.items() if k in ORT_OPTIONS}
         providers = ort_options.pop("providers", None) or choose_providers()
-        where = f"{'+'.join(providers)} {_cpu_name()} threads {ort_options.get('intra_op_threads')},{ort_options.get('inter_op_threads')}"
 
         def open_candidate(c: Choice) -> Runner:
             return OnnxRuntimeRunner(bundle.model_path(c.key), providers=providers, **ort_options)
 
         choice = choose_here(bundle, backend, precision, allow_failed_gate, providers=providers)
         if precision == "auto":
+            where = (f"{'+'.join(providers)} {_cpu_name()} threads {ort_options.get('intra_op_threads')},"
+                     f"{ort_options.get('inter_op_threads')}")
             choice = _measured(bundle, choice, open_candidate, where, chosen.get("cache_dir"),
                                cpu=providers[0] == "CPUExecutionProvider")
         log_choice(choice, "; ".join(providers) + "; ")
