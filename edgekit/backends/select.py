@@ -4,7 +4,7 @@
 honouring the accuracy verdicts recorded in the manifest (:meth:`Bundle.verdict`): ``run``,
 ``bench``, ``build``, ``validate`` (on TensorRT), ``service install`` and the Python API all go
 through it, so a model that failed its gate is refused (or, with ``allow_failed_gate``, used with a
-warning) the same way everywhere.
+warning) the same way everywhere. :func:`open_runner` measures ``auto`` among the usable candidates.
 """
 
 from __future__ import annotations
@@ -209,13 +209,17 @@ def open_runner(bundle: Bundle, backend: str = "auto", precision: str = "auto", 
 
     ``auto`` picks TensorRT when it imports and a GPU is present, else ONNX Runtime with its TensorRT
     or CUDA execution providers when it offers them, else its CPU provider. The model comes from
-    :func:`choose_model` (a model that failed its gate is refused unless ``allow_failed_gate``); backend,
-    model and why are logged in one line and kept as ``runner.choice``.
+    :func:`choose_model` (a model that failed its gate is refused unless ``allow_failed_gate``); with
+    precision ``auto`` the usable candidates are timed here once (:mod:`edgekit.backends.measure`, cached
+    under ``cache_dir``) and the fastest runs. Backend, model and why are logged in one line and kept
+    as ``runner.choice``.
     ONNX Runtime options: ``providers``, ``intra_op_threads``, ``inter_op_threads``. TensorRT
     options: ``batch``, ``workspace_mib``, ``dla_core``, ``calibrate``, ``cache_dir``, ``force``,
     ``device``. Options of the backend not chosen are ignored, so ``auto`` can be given both.
     A detection bundle's runner returns the NMS plugin's four outputs (:mod:`edgekit.backends.detection`);
-    ``score_threshold`` replaces the manifest's run threshold (e.g. its ``eval_score_threshold`` for mAP).
+    ``score_threshold`` replaces the manifest's run threshold (e.g. its ``eval_score_threshold`` for mAP);
+    a TensorRT engine's NMS runs at it (at least 0.01 unless it is the eval threshold: see
+    :func:`edgekit.nms.engine_score_threshold`).
     """
     if precision not in CHOICES:
         raise UsageError(f"unknown precision {precision!r}; choose from {', '.join(CHOICES)}")

@@ -9,9 +9,10 @@ image are ranked by one TopK (the plugin's order: best score first), and boxes a
 for the winners; rows past ``num_detections`` are zero, as the plugin pads. Class-agnostic NMS runs on
 each box's best class (suppressing across classes keeps at most one class per box anyway).
 
-Semantics against :func:`edgekit.nms.efficient_nms`: ONNX keeps scores above the threshold and
-suppresses at IoU above it (the plugin: at or above), and has no pre-NMS top-k; on real scores the
-detections are the same (tests/test_native_nms.py holds them to it on the sample images).
+Semantics against :func:`edgekit.nms.efficient_nms`: ONNX Runtime keeps scores above the threshold and
+suppresses at IoU above it (the plugin: at or above), and has no pre-NMS top-k (TensorRT's INMSLayer
+has one, ``topk_box_limit``, left at TensorRT's default); on real scores the detections are the same
+(tests/test_native_nms.py holds ONNX Runtime to it on the sample images).
 """
 
 from __future__ import annotations
