@@ -8,7 +8,6 @@ this module builds what it is given: :mod:`recipe` decides the source model, fla
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from edgekit.atomic import sha256_file
@@ -17,8 +16,6 @@ from edgekit.backends.tensorrt.cache import EngineCache, EngineKey
 from edgekit.backends.tensorrt.recipe import BuildOptions, folder_digest, profile_shapes, recipe
 from edgekit.bundle import Bundle
 from edgekit.errors import BundleError
-
-log = logging.getLogger(__name__)
 
 
 def device_key(options: BuildOptions, onnx_sha256: str, shapes: tuple, calibration: str | None = None,
