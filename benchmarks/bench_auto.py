@@ -3,8 +3,8 @@
 The bundles are the quickstart classifier (examples/quickstart.sh: the small CNN on ``edgekit sample-data``
 digits), a MobileNetV2 at 224x224 on the same digits, and the detection quickstart
 (examples/quickstart_detect.sh: the small detector on ``edgekit sample-data --task detect``), each
-exported and quantized with ``--cpu-variant``. Models are trained for a few epochs only: speed is the
-point here, and the gates judge agreement with their FP32 model. ONNX Runtime on the CPU (the
+exported and quantized with ``--cpu-variant``. Models are trained for a few epochs only (MobileNetV2 for
+one): speed is the point here, and the gates judge agreement with their FP32 model. ONNX Runtime on the CPU (the
 machine without TensorRT); on a Jetson pass ``--backend tensorrt``.
 
 Per bundle and round, auto and fp32 alternate: ``bench_bundle`` (model only, batch 1) and the camera loop
@@ -60,8 +60,8 @@ def build(work: Path, epochs: int) -> list[tuple[str, Path, Path]]:
             else:
                 from edgekit.host.train import train
 
-                arch, size = ("mobilenetv2", 224) if name.startswith("MobileNetV2") else ("small", 32)
-                train(train_data, model, arch=arch, image_size=size, epochs=epochs, batch_size=32, seed=0)
+                arch, size, n = ("mobilenetv2", 224, 1) if name.startswith("MobileNetV2") else ("small", 32, epochs)
+                train(train_data, model, arch=arch, image_size=size, epochs=n, batch_size=32, seed=0)
             export_bundle(model, bundle, target="jetpack-6.1", force=True)
             try:
                 quantize_bundle(bundle, calib, cpu_variant=True, progress=False)
