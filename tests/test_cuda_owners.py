@@ -17,7 +17,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from edgekit.backends.tensorrt import cuda
+from edgekit.backends.tensorrt import cuda, probe
 
 
 class FakeDriver:
@@ -167,3 +167,20 @@ def test_pycuda_activations_leave_the_thread_context_stack_as_they_found_it(monk
         ctx.pop()
     assert fake.driver_stack == [] and fake.pycuda_stack == []
     assert fake.retained == 1  # the primary context, retained once per process
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not probe.gpu_present(), reason="needs an NVIDIA GPU and pycuda or cuda-python (none here)")
+def test_real_layer_leaves_no_context_current_after_activations():
+    for _ in range(5):
+        ctx = cuda.CudaContext(0).push()
+        stream = cuda.Stream()
+        buffer = cuda.HostDeviceBuffer((4, 4), np.float32)
+        buffer.free()
+        stream.free()
+        ctx.pop()
+    lay = cuda.layer()
+    if lay.name == "pycuda":
+        assert lay.cuda.Context.get_current() is None
+    else:
+        assert int(lay._call(lay.cu.cuCtxGetCurrent)) == 0

@@ -342,3 +342,24 @@ def test_plugin_engine_loads_from_the_cache_in_a_fresh_process(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(REPO), str(bundle.path), str(tmp_path / "cache")],
                          capture_output=True, text=True, check=True).stdout
     assert json.loads(out.strip().splitlines()[-1]) == {"built": False, "plan": str(plan), "ok": True}
+
+
+@needs_tensorrt
+@pytest.mark.tensorrt
+def test_engine_nms_runs_at_the_threshold_the_builder_wrote(tmp_path):
+    """Two engines of one detector: the loop's (score threshold 0.5) drops a 0.3 box that validate's
+    (0.01) keeps; both are cached side by side."""
+    from edgekit.backends.tensorrt.runner import TensorRTRunner
+
+    bundle = _nms_bundle(tmp_path / "nms")
+    bundle.manifest["task"] = "detection"
+    bundle.models["fp32"]["tensorrt"] = {"path": "nms.onnx"}
+    x = np.zeros((1, 8, 7), np.float32)
+    x[0, :2, :4] = [[0, 0, 1, 1], [2, 2, 3, 3]]
+    x[0, 0, 4], x[0, 1, 5] = 0.9, 0.3  # two disjoint boxes, one per class
+    counts, plans = [], set()
+    for threshold in (0.5, 0.01):
+        with TensorRTRunner.from_bundle(bundle, "fp32", cache_dir=tmp_path / "cache", nms_score_threshold=threshold) as r:
+            counts.append(int(r.infer(x)["num_detections"].ravel()[0]))
+            plans.add(r.plan_path)
+    assert counts == [1, 2] and len(plans) == 2
