@@ -88,7 +88,7 @@ def load_engine(bundle: Bundle, options: BuildOptions):
     key = device_key(options, sha, shapes, digest, nms)
     timing = cache.timing_cache_path(key)
     init_plugins()
-    runtime = trt.Runtime(logger())
+    runtime: trt.Runtime = trt.Runtime(logger())
     if options.dla_core is not None:
         runtime.DLA_core = options.dla_core
 

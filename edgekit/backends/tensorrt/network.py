@@ -124,22 +124,22 @@ def serialize_network(
     log_ = logger()
     init_plugins()
     log_.errors.clear()
-    builder = trt.Builder(log_)
+    builder: trt.Builder = trt.Builder(log_)
     flags = 0
     if major < 10:
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, log_)
+    network: trt.INetworkDefinition = builder.create_network(flags)
+    parser: trt.OnnxParser = trt.OnnxParser(network, log_)
     parsed = parser.parse(onnx_bytes) if onnx_bytes is not None else parser.parse_from_file(str(onnx_path))
     if not parsed:
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)] + log_.errors
         raise ModelError(f"TensorRT cannot parse {onnx_path.name}: {root_cause(errors)}")
 
-    config = builder.create_builder_config()
+    config: trt.IBuilderConfig = builder.create_builder_config()
     workspace = options.workspace_mib or default_workspace_mib(cuda.free_memory_mib())
     if workspace:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace << 20)
-    profile = builder.create_optimization_profile()
+    profile: trt.IOptimizationProfile = builder.create_optimization_profile()
     profile.set_shape(bundle.input["name"], *shapes)
     config.add_optimization_profile(profile)
 
@@ -168,7 +168,7 @@ def serialize_network(
         config.DLA_core = options.dla_core
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
 
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    cache: trt.ITimingCache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
     config.set_timing_cache(cache, False)
     if major >= 10:
         config.progress_monitor = _progress_monitor()
