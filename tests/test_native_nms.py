@@ -136,3 +136,17 @@ def test_plugin_deprecation_is_a_warning_of_the_op_check():
     assert len(deprecated) == 1 and "--nms native" in deprecated[0].message
     assert not [p for p in check(model, "jetpack-6.1").warnings if "deprecated" in p.message]
     assert [nms_mode(NmsParams(), v) for v in ((8, 6), (10, 3), (10, 13), (11, 4))] == ["plugin", "plugin", "native", "native"]
+
+
+@pytest.mark.slow  # shares the exported detector above
+def test_build_makes_the_engine_run_uses(tensorrt11_bundle, cli, monkeypatch):
+    """`edgekit build` on a detector builds the loop's engine (NMS at the run threshold, at least 0.01).
+
+    The builder is a FAKE recording its BuildOptions (no TensorRT here)."""
+    from edgekit.backends.tensorrt import builder
+
+    seen = []
+    monkeypatch.setattr(builder, "build", lambda bundle, options: (seen.append(options), ("FAKE.plan", True))[1])
+    assert cli("build", tensorrt11_bundle.path, "--precision", "fp32").code == 0
+    assert cli("build", tensorrt11_bundle.path, "--precision", "fp32", "--score-threshold", "0.005").code == 0
+    assert [o.nms_score_threshold for o in seen] == [0.3, 0.01]

@@ -16,11 +16,14 @@ import click
 @click.option("--calibrate", type=click.Path(), help="INT8 without a Q/DQ model: calibrate on these images (TensorRT <= 10).")
 @click.option("--cache-dir", type=click.Path(), help="Engine cache folder (default ~/.cache/edgekit; the service uses /var/cache/edgekit).")
 @click.option("--force", is_flag=True, help="Rebuild even when a cached engine fits.")
-def command(bundle, precision, allow_failed_gate, batch, workspace, dla, calibrate, cache_dir, force):
+@click.option("--score-threshold", type=click.FloatRange(0, 1), default=None,
+              help="Detectors: the `run --score-threshold` this engine serves (its NMS runs there, at least 0.01) "
+                   "[default: the bundle's run threshold].")
+def command(bundle, precision, allow_failed_gate, batch, workspace, dla, calibrate, cache_dir, force, score_threshold):
     """Build BUNDLE's TensorRT engine, or find it in the engine cache; print the plan's path.
 
     The plan is a plain serialized engine (trtexec and DeepStream read it); its metadata sits beside
-    it in PLAN.json.
+    it in PLAN.json. A detector's engine is the one `edgekit run` uses (its NMS at the run threshold).
     """
     from pathlib import Path
 
@@ -35,6 +38,13 @@ def command(bundle, precision, allow_failed_gate, batch, workspace, dla, calibra
     # before looking for TensorRT, so a failed gate is refused even where TensorRT is missing
     choice = choose_tensorrt_model(loaded, precision, allow_failed_gate, dla, 0)
     log_choice(choice)
+    nms_threshold = None
+    if loaded.task == "detection":  # the engine `run` opens: NMS at the run threshold (see open_runner)
+        from edgekit.nms import NmsParams, engine_score_threshold
+
+        params = NmsParams.from_dict(loaded.manifest.get("nms") or {})
+        asked = params.score_threshold if score_threshold is None else score_threshold
+        nms_threshold = engine_score_threshold(asked, params.eval_score_threshold)
     options = BuildOptions(
         precision=choice.precision,
         batch=batch,
@@ -43,6 +53,7 @@ def command(bundle, precision, allow_failed_gate, batch, workspace, dla, calibra
         calibrate=Path(calibrate) if calibrate else None,
         cache_dir=Path(cache_dir) if cache_dir else None,
         force=force,
+        nms_score_threshold=nms_threshold,
     )
     plan, built = build(loaded, options)
     click.echo(f"{'built' if built else 'cached'}: {plan}")
