@@ -45,12 +45,13 @@ def _slicing_graph(batch: int, boxes: int, classes: int):
 
 @pytest.mark.parametrize("class_agnostic", [False, True])
 @pytest.mark.parametrize("max_detections", [10, 200])  # 200: more than the (class, box) pairs: padded
-def test_native_nms_equals_edgekit_nms_on_synthetic_boxes(class_agnostic, max_detections):
+@pytest.mark.parametrize("boxes_dim", [50, "boxes"])  # a fixed or a named (dynamic) number of boxes
+def test_native_nms_equals_edgekit_nms_on_synthetic_boxes(class_agnostic, max_detections, boxes_dim):
     import onnx_graphsurgeon as gs
 
     from edgekit.graph.nms import append_nms
 
-    graph = _slicing_graph(2, 50, 3)
+    graph = _slicing_graph(2, boxes_dim, 3)
     params = NmsParams(score_threshold=0.3, eval_score_threshold=0.2, iou_threshold=0.5,
                        max_detections=max_detections, class_agnostic=class_agnostic, tensorrt_nms="native")
     append_nms(graph, params, (8, 6))

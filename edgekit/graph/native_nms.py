@@ -5,8 +5,9 @@ EfficientNMS_TRT is deprecated from TensorRT 10.12 (its header names INMSLayer a
 TensorRT 11 drops the older NMS plugins; INMSLayer is what onnx-tensorrt imports for ``NonMaxSuppression``
 (TensorRT 8.5+). Its output is data-dependent (``selected [K, 3]``: batch, class, box), so after it:
 a 0/1 mask of the selected (class, box) pairs is scattered over the scores, the masked scores of each
-image are ranked by one TopK (the plugin's order: best score first), and boxes and classes are gathered
-for the winners; rows past ``num_detections`` are zero, as the plugin pads. Class-agnostic NMS runs on
+image (padded with ``max_detections`` dropped entries) are ranked by one TopK (the plugin's order: best
+score first), and boxes and classes are gathered for the winners; rows past ``num_detections`` are
+zero, as the plugin pads. Class-agnostic NMS runs on
 each box's best class (suppressing across classes keeps at most one class per box anyway).
 
 Semantics against :func:`edgekit.nms.efficient_nms`: ONNX Runtime keeps scores above the threshold and
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgekit.errors import ModelError, UsageError
+from edgekit.errors import UsageError
 from edgekit.nms import NATIVE_SCORE_THRESHOLD, OUTPUTS, NmsParams
 
 MIN_OPSET = 13  # Unsqueeze/ReduceSum take their axes as inputs from 13 on
@@ -28,7 +29,7 @@ TOPK_MAX_K = 3840  # onnx-tensorrt: TopK's K must stay below it
 
 def append_native_nms(graph, boxes, scores, params: NmsParams):
     """Append NonMaxSuppression and the fixed-size outputs to ``graph`` (a gs.Graph), in place, after its
-    tensors ``boxes`` [B, N, 4] (corners) and ``scores`` [B, N, C]; N and C must be fixed."""
+    tensors ``boxes`` [B, N, 4] (corners) and ``scores`` [B, N, C]."""
     import onnx_graphsurgeon as gs
 
     opset = _opset(graph)
@@ -37,10 +38,6 @@ def append_native_nms(graph, boxes, scores, params: NmsParams):
     k = int(params.max_detections)
     if k >= TOPK_MAX_K:
         raise UsageError(f"native NMS keeps fewer than {TOPK_MAX_K} detections (TensorRT's TopK); got --max-detections {k}")
-    shape = list(scores.shape or [])
-    if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
-        raise ModelError(f"native NMS needs scores of a fixed [batch, boxes, classes] shape, got {shape or 'unknown'}")
-    n, classes = shape[1], shape[2]
     batch = graph.inputs[0].shape[0] if graph.inputs[0].shape else "batch"
     g = _Builder(graph, gs)
 
@@ -48,10 +45,8 @@ def append_native_nms(graph, boxes, scores, params: NmsParams):
         best, best_class = g.op("TopK", [scores, g.const("top1", np.array([1], np.int64))], 2, axis=2)
         per_class = g.op("Transpose", [best], perm=[0, 2, 1])  # [B, 1, N]
         box_class = g.op("Reshape", [best_class, g.const("bn", np.array([0, -1], np.int64))])  # [B, N]
-        nms_classes = 1
     else:
         per_class = g.op("Transpose", [scores], perm=[0, 2, 1])  # [B, C, N]
-        nms_classes = classes
     threshold = gs.Constant(NATIVE_SCORE_THRESHOLD, np.array([params.eval_score_threshold], np.float32))
     selected = g.op("NonMaxSuppression", [boxes, per_class, g.const("per_class", np.array([k], np.int64)),
                                           g.const("iou", np.array([params.iou_threshold], np.float32)), threshold],
@@ -65,14 +60,15 @@ def append_native_nms(graph, boxes, scores, params: NmsParams):
     dropped = g.op("Sub", [g.const("one", np.array(1.0, np.float32)), mask])
     masked = g.op("Sub", [g.op("Mul", [per_class, mask]), dropped])
     flat = g.op("Reshape", [masked, g.const("flat", np.array([0, -1], np.int64))])  # [B, C*N]
-    top = min(k, nms_classes * n)
-    values, index = g.op("TopK", [flat, g.const("k", np.array([top], np.int64))], 2, axis=1)
+    # k more dropped entries, so TopK(k) fits however few (class, box) pairs there are
+    flat = g.op("Pad", [flat, g.const("pad", np.array([0, 0, 0, k], np.int64)), g.const("minus1", np.array(-1.0, np.float32))])
+    values, index = g.op("TopK", [flat, g.const("k", np.array([k], np.int64))], 2, axis=1)
     valid = g.op("Greater", [values, g.const("half", np.array(-0.5, np.float32))])
     valid_f = g.op("Cast", [valid], to=np.float32)
     valid_i = g.op("Cast", [valid], to=np.int64)
     num = g.op("ReduceSum", [g.op("Cast", [valid], to=np.int32), g.const("ax1", np.array([1], np.int64))], keepdims=1)
-    size = g.const("n", np.array(n, np.int64))
-    cls = g.op("Div", [index, size])
+    size = g.op("Gather", [g.op("Shape", [scores]), g.const("axis1", np.array(1, np.int64))])  # N, a scalar
+    cls = g.op("Div", [index, size])  # a padding entry decodes to a class past the last: its row is dropped
     box = g.op("Sub", [index, g.op("Mul", [cls, size])])
     if params.class_agnostic:
         cls = g.op("GatherElements", [box_class, box], axis=1)
@@ -80,10 +76,6 @@ def append_native_nms(graph, boxes, scores, params: NmsParams):
     out_boxes = g.op("Mul", [picked, g.op("Unsqueeze", [valid_f, g.const("ax2b", np.array([2], np.int64))])])
     out_scores = g.op("Relu", [values])  # dropped rows (-1) become 0
     out_classes = g.op("Cast", [g.op("Mul", [cls, valid_i])], to=np.int32)
-    if top < k:  # fewer (class, box) pairs than detections asked: pad to the fixed size
-        out_boxes = g.op("Pad", [out_boxes, g.const("pad3", np.array([0, 0, 0, 0, k - top, 0], np.int64))])
-        out_scores, out_classes = (g.op("Pad", [t, g.const(f"pad2{i}", np.array([0, 0, 0, k - top], np.int64))])
-                                   for i, t in enumerate((out_scores, out_classes)))
     final = [gs.Variable(OUTPUTS[0], np.int32, [batch, 1]), gs.Variable(OUTPUTS[1], np.float32, [batch, k, 4]),
              gs.Variable(OUTPUTS[2], np.float32, [batch, k]), gs.Variable(OUTPUTS[3], np.int32, [batch, k])]
     for src, dst in zip((num, out_boxes, out_scores, out_classes), final):
