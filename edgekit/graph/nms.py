@@ -2,7 +2,8 @@
 
 ``append_efficient_nms(graph, params)`` turns a pre-plugin graph (outputs ``boxes`` [B, N, 4] corners
 and ``scores`` [B, N, C]) into the one TensorRT builds: ``EfficientNMS_TRT`` appended, with the
-plugin's four outputs. ``cut_tf_nms(graph)`` finds the ONNX ``NonMaxSuppression`` tf2onnx made of a
+plugin's four outputs; ``append_nms`` appends that or, for TensorRT 10.12+ (or ``--nms native``),
+ONNX NonMaxSuppression with the same outputs (:mod:`edgekit.graph.native_nms`). ``cut_tf_nms(graph)`` finds the ONNX ``NonMaxSuppression`` tf2onnx made of a
 TensorFlow NMS (``combined_non_max_suppression``, ``non_max_suppression_v4/v5``, padded variants),
 cuts the graph at its boxes/scores inputs, reorders TensorFlow's ``[y1, x1, y2, x2]`` to corners
 ``[x1, y1, x2, y2]`` and makes them the graph's ``boxes``/``scores``; it reports what it removed, or
