@@ -121,15 +121,24 @@ def test_cpu_nms_suppresses_at_iou_equal_to_the_threshold():
     assert above["num_detections"][0, 0] == 3
 
 
-def test_cpu_nms_keeps_the_plugins_pre_nms_top_k():
+def test_cpu_nms_keeps_the_plugins_pre_nms_top_k(monkeypatch):
+    import inspect
+
+    from edgekit.backends.detection import DetectionRunner
+    from edgekit.backends.tensorrt import probe
+
     assert [plugin_top_k(cc) for cc in ("5.3", "6.2", "7.2", "8.7", "12.0", None)] == [2000, 2000, 5000, 5000, 5000, 5000]
-    n = 6000  # disjoint boxes, one class, distinct scores: only the top-k limits what is kept
+    assert inspect.signature(efficient_nms).parameters["pre_nms_top_k"].default == 5000
+    n = 300  # disjoint boxes, one class, distinct scores: only the top-k limits what is kept
     x = np.arange(n, dtype=np.float32)
     boxes = np.stack([x * 2, np.zeros(n), x * 2 + 1, np.ones(n)], -1)[None].astype(np.float32)
     scores = np.linspace(1.0, 0.5, n, dtype=np.float32)[None, :, None]
-    kept = [efficient_nms(boxes, scores, score_threshold=0.1, iou_threshold=0.5, max_output_boxes=5000,
-                          pre_nms_top_k=k)["num_detections"][0, 0] for k in (5000, 2000)]
-    assert kept == [5000, 2000]
+    kept = [efficient_nms(boxes, scores, score_threshold=0.1, iou_threshold=0.5, max_output_boxes=n,
+                          pre_nms_top_k=k)["num_detections"][0, 0] for k in (5000, 120)]
+    assert kept == [n, 120]
+    # the CPU path imitates the plugin of the GPU present (a FAKE Jetson Nano answer here)
+    monkeypatch.setattr(probe, "gpu_info", lambda device=0: {"compute_capability": "5.3"})
+    assert DetectionRunner(FakeRunner(None), NmsParams()).pre_nms_top_k == 2000
     assert NmsParams(max_detections=5000).max_detections == 5000  # the old 4096 limit had no basis
     with pytest.raises(UsageError, match="1-5000"):
         NmsParams(max_detections=5001)
