@@ -80,7 +80,7 @@ def test_int8_cpu_is_a_precision_of_onnxruntime_only(cpu_variant_bundle, cli, ca
     assert choose_model(cpu_variant_bundle, "onnxruntime", "int8_cpu").key == "int8_cpu"
     int8 = choose_model(cpu_variant_bundle, "onnxruntime", "int8")
     assert int8.key == "int8_cpu" and "int8 prefers the int8_cpu variant" in int8.reason
-    with pytest.raises(UsageError, match="TensorRT runs --precision int8"):
+    with pytest.raises(UsageError, match="--backend onnxruntime, or --precision int8 on TensorRT"):
         choose_model(cpu_variant_bundle, "tensorrt", "int8_cpu")
     result = cli("bench", cpu_variant_bundle.path, "--backend", "onnxruntime", "--precision", "int8_cpu",
                  "--iterations", 2, "--warmup", 0)

@@ -101,7 +101,7 @@ def choose_model(
     if precision == "auto":
         return _auto(bundle, backend, cpu, dla, compute_capability)
     if precision == "int8_cpu" and backend == "tensorrt":
-        raise UsageError("int8_cpu is ONNX Runtime's CPU variant; TensorRT runs --precision int8 (the Q/DQ model)")
+        raise UsageError("int8_cpu is ONNX Runtime's CPU variant: pass --backend onnxruntime, or --precision int8 on TensorRT")
     if backend == "onnxruntime":
         keys = ["int8_cpu", "int8"] if precision == "int8" and cpu else [precision]
         keys = [k for k in keys if bundle.has_model(k)]
