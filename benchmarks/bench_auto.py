@@ -11,7 +11,7 @@ Per bundle and round, auto and fp32 alternate: ``bench_bundle`` (model only, bat
 on the bundle's val video; figures are medians over rounds and the ratios are of those medians. The goal
 (issue #18): auto never below 0.95x fp32, and >= 1.5x where the int8 CPU variant is faster.
 
-    nice python benchmarks/bench_auto.py [--work DIR] [--rounds 3] [--epochs 2]
+    nice python benchmarks/bench_auto.py [--work DIR] [--rounds 5] [--loop-seconds 3] [--epochs 2]
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def measure(name: str, bundle_path: Path, video: Path, args) -> dict:
             result = bench_bundle(bundle, args.backend, precision, 1, 20, args.iterations, None)
             model_ips[precision].append(result.images_per_s)
             summary = run_loop(bundle, str(video), backend=args.backend, precision=precision, loop=True,
-                               max_frames=args.frames)
+                               duration=args.loop_seconds)
             loop_fps[precision].append(summary["average_fps"])
     med = {series: {p: statistics.median(v) for p, v in values.items()}
            for series, values in (("model_images_per_s", model_ips), ("loop_fps", loop_fps))}
@@ -115,8 +115,8 @@ def main(argv=None) -> int:
     parser.add_argument("--work", help="Folder for the data, bundles and caches (kept; default: a temporary one).")
     parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--frames", type=int, default=150, help="Frames per loop run.")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--loop-seconds", type=float, default=3.0, help="Seconds per loop run (the video looped).")
     parser.add_argument("--iterations", type=int, default=200, help="Model-only inferences per bench run.")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
