@@ -7,8 +7,10 @@ exported and quantized with ``--cpu-variant``. Models are trained briefly (Mobil
 20 images per class): speed is the point here, and the gates judge agreement with their FP32 model. ONNX Runtime on the CPU (the
 machine without TensorRT); on a Jetson pass ``--backend tensorrt``.
 
-Per bundle and round, auto and fp32 alternate: ``bench_bundle`` (model only, batch 1) and the camera loop
-on the bundle's val video; figures are medians over rounds and the ratios are of those medians. The goal
+Per bundle and round, auto and fp32 alternate: ``bench_bundle`` (model only, batch 1, for
+``--bench-seconds``) and the camera loop on the bundle's val video (for ``--loop-seconds``); figures are
+medians over rounds, ratios the median of each round's auto/fp32 (measured back to back). Where auto
+runs fp32 itself, its ratio shows the machine's noise. The goal
 (issue #18): auto never below 0.95x fp32, and >= 1.5x where the int8 CPU variant is faster.
 
     nice python benchmarks/bench_auto.py [--work DIR] [--rounds 5] [--loop-seconds 3] [--epochs 2]
@@ -98,16 +100,17 @@ def measure(name: str, bundle_path: Path, video: Path, args) -> dict:
     loop_fps, model_ips = {"auto": [], "fp32": []}, {"auto": [], "fp32": []}
     for _ in range(args.rounds):
         for precision in ("auto", "fp32"):
-            result = bench_bundle(bundle, args.backend, precision, 1, 20, args.iterations, None)
+            result = bench_bundle(bundle, args.backend, precision, 1, 20, None, args.bench_seconds)
             model_ips[precision].append(result.images_per_s)
             summary = run_loop(bundle, str(video), backend=args.backend, precision=precision, loop=True,
                                duration=args.loop_seconds)
             loop_fps[precision].append(summary["average_fps"])
-    med = {series: {p: statistics.median(v) for p, v in values.items()}
-           for series, values in (("model_images_per_s", model_ips), ("loop_fps", loop_fps))}
+    series = (("model_images_per_s", model_ips), ("loop_fps", loop_fps))
+    med = {name: {p: statistics.median(v) for p, v in values.items()} for name, values in series}
+    # auto and fp32 of one round ran back to back: their ratio cancels the machine's slower drifts
+    ratios = {name: statistics.median(a / f for a, f in zip(values["auto"], values["fp32"])) for name, values in series}
     return {"bundle": name, "path": str(bundle_path), "auto_model": choice.key, "auto_reason": choice.reason,
-            "measured_ms": choice.measured_ms, "median": med,
-            "auto_over_fp32": {series: m["auto"] / m["fp32"] for series, m in med.items()}}
+            "measured_ms": choice.measured_ms, "median": med, "auto_over_fp32": ratios}
 
 
 def main(argv=None) -> int:
@@ -117,7 +120,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--loop-seconds", type=float, default=3.0, help="Seconds per loop run (the video looped).")
-    parser.add_argument("--iterations", type=int, default=200, help="Model-only inferences per bench run.")
+    parser.add_argument("--bench-seconds", type=float, default=1.0, help="Seconds per model-only bench run.")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,7 +133,7 @@ def main(argv=None) -> int:
                           "backend": args.backend, "rounds": args.rounds, "rows": rows}, indent=2))
         return 0
     print(f"{args.backend} on {platform.processor() or platform.machine()} ({os.cpu_count()} cpus), "
-          f"{args.rounds} rounds, auto and fp32 alternating; medians")
+          f"{args.rounds} rounds, auto and fp32 alternating; medians, ratios: median of per-round auto/fp32")
     print(f"{'bundle':24s}{'auto runs':>10s}{'model img/s auto':>18s}{'fp32':>9s}{'ratio':>7s}"
           f"{'loop fps auto':>15s}{'fp32':>8s}{'ratio':>7s}")
     for r in rows:
@@ -141,7 +144,8 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"  {r['bundle']}: {r['auto_reason']}")
     worst = min(min(r["auto_over_fp32"].values()) for r in rows)
-    print(f"lowest auto/fp32 ratio: {worst:.2f}x (goal: never below 0.95x)")
+    print(f"lowest auto/fp32 ratio: {worst:.2f}x (goal: never below 0.95x; a row where auto runs fp32 "
+          "compares fp32 with itself: its distance from 1.00x is noise)")
     return 0
 
 
