@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edgekit.backends.base import Runner
+from edgekit.backends.measure import sample_batch
 from edgekit.bundle import Bundle
 from edgekit.errors import UsageError
 
@@ -29,6 +30,7 @@ class BenchResult:
     iterations: int
     wall_s: float
     latencies_ms: list
+    chosen: str | None = None  # why this model ran (``auto``: the measured figures), from the runner's Choice
 
     @property
     def inferences_per_s(self) -> float:
@@ -63,15 +65,8 @@ class BenchResult:
                 f"iterations: {self.iterations} in {self.wall_s:.3f} s (after {self.warmup} warm-up)",
                 f"throughput: {self.inferences_per_s:.1f} inferences/s, {self.images_per_s:.1f} images/s",
                 "latency (ms): " + "  ".join(f"{k} {lat[k]:.3f}" for k in ("min", "p50", "p90", "p99", "max", "mean")),
-            ]
+            ] + ([f"chosen: {self.chosen}"] if self.chosen else [])
         )
-
-
-def sample_batch(bundle: Bundle, batch: int, seed: int = 0) -> np.ndarray:
-    """A batch of random frames through the bundle's preprocessing (the runtime's real input)."""
-    h, w = bundle.preprocess.size
-    frames = np.random.default_rng(seed).integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
-    return bundle.preprocess.batch(frames).astype(np.dtype(bundle.input.get("dtype", "float32")))
 
 
 def check_counts(warmup: int, iterations: int | None, duration: float | None) -> int | None:
@@ -132,4 +127,6 @@ def bench_bundle(
         choice = runner.choice
         # the model that ran: int8_cpu is named as such; fp16 built from the fp32 model (TensorRT < 11) as fp16
         chosen = precision if choice is None else (choice.precision if choice.key == "fp32" else choice.key)
-        return bench(runner, inputs, warmup, iterations, duration, chosen)
+        result = bench(runner, inputs, warmup, iterations, duration, chosen)
+        result.chosen = choice.reason if choice is not None else None
+        return result

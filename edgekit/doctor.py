@@ -266,7 +266,7 @@ def selftest(backend: str = "tensorrt", precisions=PRECISIONS, cache_dir: str | 
     """
     from edgekit.backends.onnxruntime import OnnxRuntimeRunner
     from edgekit.backends.select import open_runner
-    from edgekit.backends.tensorrt.builder import UnsupportedPrecisionError
+    from edgekit.backends.tensorrt.recipe import UnsupportedPrecisionError
     from edgekit.tiny import natural_frames, write_tiny_bundle
 
     results = []

@@ -143,7 +143,9 @@ def format_summary(s: dict) -> str:
         n = s["nms"]
         lines.append(f"nms       score {n['score_threshold']:g} (run), {n['eval_score_threshold']:g} (eval), "
                      f"iou {n['iou_threshold']:g}, max {n['max_detections']} detections, "
-                     f"{'class-agnostic' if n.get('class_agnostic') else 'per class'}")
+                     f"{'class-agnostic' if n.get('class_agnostic') else 'per class'}"
+                     + {"native": "; TensorRT: NonMaxSuppression", "plugin": "; TensorRT: EfficientNMS_TRT"}.get(
+                         n.get("tensorrt_nms"), ""))
     if s.get("nms_cut"):
         c = s["nms_cut"]
         lines.append(f"nms cut   TensorFlow NMS {', '.join(c['nms_nodes'])}: removed {sum(c['removed'].values())} nodes")

@@ -123,6 +123,20 @@ def colour_media():
     return ColourMedia
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory):
+    """Engines and ``auto``'s measured timings go to a folder of this test session, not ~/.cache/edgekit."""
+    import os
+
+    old = os.environ.get("EDGEKIT_CACHE_DIR")
+    os.environ["EDGEKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("edgekit-cache"))
+    yield
+    if old is None:
+        os.environ.pop("EDGEKIT_CACHE_DIR", None)
+    else:
+        os.environ["EDGEKIT_CACHE_DIR"] = old
+
+
 @pytest.fixture(autouse=True)
 def _reset_edgekit_logging():
     """A CLI run points the ``edgekit`` logger at that test's (later closed) stderr; undo it after each test."""

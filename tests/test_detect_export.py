@@ -75,7 +75,7 @@ def test_native_detector_bundle_keeps_both_graphs(native_bundle):
     assert m["task"] == "detection"
     assert m["outputs"] == [{"name": "boxes", "meaning": "boxes"}, {"name": "scores", "meaning": "scores"}]
     assert m["nms"] == {"score_threshold": 0.3, "eval_score_threshold": 0.001, "iou_threshold": 0.5,
-                        "max_detections": 50, "class_agnostic": False}
+                        "max_detections": 50, "class_agnostic": False, "tensorrt_nms": "plugin"}
     pre = _onnx(native_bundle)
     assert [o.name for o in pre.graph.output] == ["boxes", "scores"]
     assert "EfficientNMS_TRT" not in op_histogram(pre)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgekit.backends.select import tensorrt_available
-from edgekit.backends.tensorrt.builder import (
+from edgekit.backends.tensorrt.recipe import (
     BuildOptions,
     UnsupportedPrecisionError,
     check_dla,
@@ -114,6 +114,16 @@ def test_oom_hint_and_calibration_digest(tmp_path):
     assert folder_digest([tmp_path / "b.png", tmp_path / "a.png"]) != first
 
 
+def test_workspace_from_free_memory_and_the_out_of_memory_line():
+    from edgekit.backends.tensorrt.recipe import default_workspace_mib, oom_message
+
+    assert default_workspace_mib(3000) == 1500 and default_workspace_mib(100) == 64
+    assert default_workspace_mib(None) is None  # unknown: TensorRT's own default
+    line = oom_message(1500, (1, 4, 8))
+    assert "smaller --workspace than 1500 MiB" in line and "smaller --batch profile" in line and "swap" in line
+    assert "--batch" not in oom_message(None, (1, 1, 1)) and "--workspace MiB" in oom_message(None, (1, 1, 1))
+
+
 def test_dla_forces_a_static_profile():
     assert parse_batch("8", static=True) == (8, 8, 8) and parse_batch(4, static=True) == (4, 4, 4)
     assert BuildOptions(precision="int8", dla_core=0).batch == (1, 1, 1)
@@ -136,11 +146,12 @@ def test_build_errors_name_the_root_cause():
     assert root_cause([]) == "unknown error"
 
 
-def test_build_options_take_auto_and_refuse_what_they_cannot_build():
-    """What __post_init__ checks: auto and every precision pass, anything else is one UsageError."""
-    for precision in ("auto", "fp32", "fp16", "int8"):
-        BuildOptions(precision=precision)
-    for bad, message in ((dict(precision="int4"), "unknown precision 'int4'"),
+def test_build_options_take_a_chosen_precision_and_refuse_what_they_cannot_build():
+    """The builder builds what it is given (``auto`` is resolved by the caller, select.choose_model);
+    anything else it cannot build is one UsageError."""
+    for precision in ("fp32", "fp16", "int8"):
+        assert BuildOptions(precision=precision).precision == precision
+    for bad, message in ((dict(precision="auto"), "not 'auto'"), (dict(precision="int4"), "int4"),
                          (dict(workspace_mib=0), "--workspace"), (dict(dla_core=-1), "--dla")):
         with pytest.raises(UsageError, match=message):
             BuildOptions(**bad)
@@ -183,7 +194,7 @@ def test_validate_opens_tensorrt_with_a_profile_covering_its_batch(full_bundle, 
     x = full_bundle.preprocess.batch(np.concatenate([colour_frames()] * 8))  # 40 images, batches of 16
     report = evaluate(full_bundle, x, max_drop=1.0, batch_size=16)
     assert [o.precision for o in seen] == ["fp32", "fp16", "int8"]
-    assert all(o.batch == (1, 16, 16) and o.allow_failed_gate for o in seen)
+    assert all(o.batch == (1, 16, 16) for o in seen)
     assert [r.skipped for r in report.results if r.backend == "tensorrt"] == ["FAKE: no TensorRT"] * 3
 
 
@@ -215,7 +226,8 @@ def test_tensorrt_and_pycuda_only_imported_inside_the_layer():
     code = (
         "import sys, edgekit.cli.build, edgekit.cli.bench, edgekit.cli.doctor, edgekit.bench, edgekit.doctor,"
         " edgekit.backends.select, edgekit.backends.tensorrt.builder, edgekit.backends.tensorrt.runner,"
-        " edgekit.backends.tensorrt.cache, edgekit.backends.tensorrt.cuda;"
+        " edgekit.backends.tensorrt.cache, edgekit.backends.tensorrt.cuda, edgekit.backends.tensorrt.network,"
+        " edgekit.backends.tensorrt.nms_model, edgekit.backends.measure;"
         " bad = [m for m in ('tensorrt', 'pycuda', 'cuda', 'tensorflow') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
@@ -320,7 +332,8 @@ def test_plugin_engine_loads_from_the_cache_in_a_fresh_process(tmp_path):
     code = (
         "import sys, json; from pathlib import Path; sys.path.insert(0, sys.argv[1])\n"
         "from edgekit.backends.tensorrt import cuda\n"
-        "from edgekit.backends.tensorrt.builder import BuildOptions, load_engine\n"
+        "from edgekit.backends.tensorrt.builder import load_engine\n"
+        "from edgekit.backends.tensorrt.recipe import BuildOptions\n"
         "from edgekit.bundle import Bundle\n"
         "bundle = Bundle(Path(sys.argv[2]), {'input': {'name': 'input', 'shape': [1, 8, 7]},\n"
         "                'models': {'fp32': {'path': 'nms.onnx', 'usable': True}}})\n"
@@ -333,3 +346,24 @@ def test_plugin_engine_loads_from_the_cache_in_a_fresh_process(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(REPO), str(bundle.path), str(tmp_path / "cache")],
                          capture_output=True, text=True, check=True).stdout
     assert json.loads(out.strip().splitlines()[-1]) == {"built": False, "plan": str(plan), "ok": True}
+
+
+@needs_tensorrt
+@pytest.mark.tensorrt
+def test_engine_nms_runs_at_the_threshold_the_builder_wrote(tmp_path):
+    """Two engines of one detector: the loop's (score threshold 0.5) drops a 0.3 box that validate's
+    (0.01) keeps; both are cached side by side."""
+    from edgekit.backends.tensorrt.runner import TensorRTRunner
+
+    bundle = _nms_bundle(tmp_path / "nms")
+    bundle.manifest["task"] = "detection"
+    bundle.models["fp32"]["tensorrt"] = {"path": "nms.onnx"}
+    x = np.zeros((1, 8, 7), np.float32)
+    x[0, :2, :4] = [[0, 0, 1, 1], [2, 2, 3, 3]]
+    x[0, 0, 4], x[0, 1, 5] = 0.9, 0.3  # two disjoint boxes, one per class
+    counts, plans = [], set()
+    for threshold in (0.5, 0.01):
+        with TensorRTRunner.from_bundle(bundle, "fp32", cache_dir=tmp_path / "cache", nms_score_threshold=threshold) as r:
+            counts.append(int(r.infer(x)["num_detections"].ravel()[0]))
+            plans.add(r.plan_path)
+    assert counts == [1, 2] and len(plans) == 2

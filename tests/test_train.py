@@ -141,7 +141,7 @@ def test_cli_train_bad_options(cli, tmp_path, digits):
     r = cli("train", digits / "train", "-o", tmp_path / "m.keras", "--val-split", "1.5")
     assert_one_line_error(r, "--val-split")
     r = cli("train", digits / "train", "-o", tmp_path / "m.keras", "--image-size", "0")
-    assert_one_line_error(r, "--image-size must be at least 8")
+    assert_one_line_error(r, "--image-size", "0 is not in the range 8<=x<=4096")
     assert r.code == 2
 
 

@@ -24,6 +24,16 @@ from edgekit.tiny import LABELS, tiny_classifier, write_tiny_bundle
 no_tensorrt = pytest.mark.skipif(select.tensorrt_available(), reason="checks the CPU path, where TensorRT is missing")
 
 
+@pytest.fixture(autouse=True)
+def _int8_cpu_measures_faster(monkeypatch, tmp_path):
+    """FAKE timings: ``auto`` measures its candidates (tests/test_measured_auto.py tests that); these tests
+    are about verdicts, so the int8_cpu variant is made to time faster than fp32, in a fresh timing cache."""
+    from edgekit.backends import measure
+
+    monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(measure, "time_runner", lambda runner, batch: 1.0 if "int8_cpu" in str(runner.model_path) else 2.0)
+
+
 def broken_classifier():
     """The tiny classifier with its output classes rotated: 0 % top-1 on pure colours."""
     import onnx.numpy_helper as nh
@@ -141,7 +151,8 @@ def test_auto_default_uses_int8_cpu_when_it_passed(tmp_path, labelled, cli, colo
     out = tmp_path / "out.jsonl"
     r = cli("run", bundle.path, "--source", video, "--json", out)
     assert r.code == 0, r
-    assert "backend: onnxruntime (CPUExecutionProvider; int8_cpu model, int8): auto: int8_cpu passed" in r.err
+    assert "backend: onnxruntime (CPUExecutionProvider; int8_cpu model, int8): auto: measured here" in r.err
+    assert "int8_cpu 2.00x fp32; int8_cpu passed" in r.err
     assert [json.loads(x)["results"][0]["label"] for x in out.read_text().splitlines()] == labels
     bench = json.loads(cli("bench", bundle.path, "--iterations", 2, "--json").out)
     assert bench["precision"] == "int8_cpu"

@@ -1,8 +1,10 @@
 """A detection bundle's runner: the EfficientNMS_TRT plugin's four outputs on every backend.
 
-On TensorRT the plugin (in the engine, at the bundle's eval score threshold) computes them; on
-ONNX Runtime :func:`edgekit.nms.efficient_nms` does, from the pre-plugin graph's ``boxes`` and
-``scores``, with the manifest's ``nms`` parameters. Both are then held to ``score_threshold`` (the
+On TensorRT the engine's NMS (EfficientNMS_TRT or ONNX NonMaxSuppression, at the threshold the builder
+wrote: the loop's, at least 0.01, or validate's eval threshold) computes them; on ONNX Runtime
+:func:`edgekit.nms.efficient_nms` does, from the pre-plugin graph's ``boxes`` and ``scores``, with the
+manifest's ``nms`` parameters and the pre-NMS top-k of the plugin on this machine's GPU (5000; 2000 on
+TX1/TX2/Nano; 5000 without a GPU). Both are then held to ``score_threshold`` (the
 manifest's run threshold unless given), so the backends return the same detections.
 """
 
@@ -13,6 +15,8 @@ import logging
 import numpy as np
 
 from edgekit.backends.base import Runner, TensorSpec
+from edgekit.backends.tensorrt import probe
+from edgekit.backends.tensorrt.gpus import plugin_top_k
 from edgekit.errors import ModelError
 from edgekit.nms import OUTPUTS, NmsParams, efficient_nms, filter_detections
 
@@ -23,7 +27,8 @@ class DetectionRunner(Runner):
     """Wraps the runner of a detection model: one ending in the plugin (its four outputs) or the
     pre-plugin graph (``boxes``, ``scores``); which, it learns from the model's outputs on activation."""
 
-    def __init__(self, inner: Runner, params: NmsParams, score_threshold: float | None = None):
+    def __init__(self, inner: Runner, params: NmsParams, score_threshold: float | None = None,
+                 engine_threshold: float | None = None):
         super().__init__()
         self.inner = inner
         self.name = inner.name
@@ -31,6 +36,9 @@ class DetectionRunner(Runner):
         self.score_threshold = params.score_threshold if score_threshold is None else float(score_threshold)
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ModelError(f"score threshold must be within [0, 1], got {self.score_threshold:g}")
+        # the NMS threshold in a TensorRT engine (the builder writes it; None: the model file's, the eval one)
+        self.engine_threshold = params.eval_score_threshold if engine_threshold is None else float(engine_threshold)
+        self.pre_nms_top_k = plugin_top_k((probe.gpu_info(0) or {}).get("compute_capability"))
         self.nms_in_graph = None
 
     def activate_impl(self) -> None:
@@ -38,10 +46,10 @@ class DetectionRunner(Runner):
         names = {s.name for s in self.inner.output_specs}
         if set(OUTPUTS) <= names:
             self.nms_in_graph = True
-            if self.score_threshold < self.params.eval_score_threshold:
-                log.warning("score threshold %g is below the TensorRT plugin's %g (the bundle's eval threshold): "
-                            "detections below %g are not reported", self.score_threshold,
-                            self.params.eval_score_threshold, self.params.eval_score_threshold)
+            if self.score_threshold < self.engine_threshold:
+                log.warning("score threshold %g is below the %g the engine's NMS runs at (at least 0.01 outside "
+                            "evaluation: lower is TensorRT's slow path): detections below %g are not reported",
+                            self.score_threshold, self.engine_threshold, self.engine_threshold)
         elif {"boxes", "scores"} <= names:
             self.nms_in_graph = False
         else:
@@ -74,4 +82,4 @@ class DetectionRunner(Runner):
         p = self.params
         return efficient_nms(out["boxes"], out["scores"], score_threshold=self.score_threshold,
                              iou_threshold=p.iou_threshold, max_output_boxes=p.max_detections,
-                             class_agnostic=p.class_agnostic)
+                             class_agnostic=p.class_agnostic, pre_nms_top_k=self.pre_nms_top_k)

@@ -29,11 +29,14 @@ from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, Number, 
 @click.option("--max-detections", type=click.IntRange(min=1), default=None,
               help="Detectors: detections kept per image [default: the TensorFlow NMS's, else 100].")
 @click.option("--class-agnostic", is_flag=True,
-              help="Detectors: suppress overlapping boxes across classes (TensorRT 8.6+).")
+              help="Detectors: suppress overlapping boxes across classes (plugin: TensorRT 8.6+).")
+@click.option("--nms", "nms_mode", type=click.Choice(["plugin", "native"]), default=None,
+              help="Detectors: TensorRT's NMS, the EfficientNMS_TRT plugin or ONNX NonMaxSuppression (INMSLayer) "
+                   "[default: native for TensorRT 10.12+ (the plugin is deprecated there), else plugin].")
 @click.option("--int8", is_flag=True, help="Also add INT8 and FP16 models, as `edgekit quantize` does, with its options:")
 @int8_options
 def command(model, out, target, batch, opset, allow_unsupported, tolerance, labels_arg, preprocess_arg, unsafe_load,
-            score_threshold, eval_score_threshold, iou_threshold, max_detections, class_agnostic, force, int8,
+            score_threshold, eval_score_threshold, iou_threshold, max_detections, class_agnostic, nms_mode, force, int8,
             calib_images, **int8_opts):
     """Convert MODEL (.keras, .h5 or a SavedModel folder) to a TensorRT-ready ONNX bundle.
 
@@ -42,11 +45,12 @@ def command(model, out, target, batch, opset, allow_unsupported, tolerance, labe
     """
     from pathlib import Path
 
+    from edgekit.atomic import refuse_inputs
     from edgekit.cli import is_quiet, say
     from edgekit.errors import InputError, UsageError
 
-    from edgekit.atomic import refuse_inputs
-
+    if iou_threshold == 0:  # before any conversion: TensorRT's NMS plugin validates iouThreshold > 0
+        raise UsageError("--iou-threshold must be above 0 (TensorRT's NMS plugin refuses 0), got 0")
     refuse_inputs({"-o": out}, {"MODEL": model, "--calib-images": calib_images})  # --force would replace them
     if int8 and not calib_images:
         raise UsageError("--int8 needs --calib-images DIR_OR_VIDEO")
@@ -79,7 +83,8 @@ def command(model, out, target, batch, opset, allow_unsupported, tolerance, labe
     from edgekit.host.export import export_bundle
 
     nms = {"score_threshold": score_threshold, "eval_score_threshold": eval_score_threshold,
-           "iou_threshold": iou_threshold, "max_detections": max_detections, "class_agnostic": class_agnostic or None}
+           "iou_threshold": iou_threshold, "max_detections": max_detections, "class_agnostic": class_agnostic or None,
+           "tensorrt_nms": nms_mode}
     options = dict(target=target, batch=batch, opset=opset, allow_unsupported=allow_unsupported, tolerance=tolerance,
                    labels=labels, preprocess=preprocess, unsafe_load=unsafe_load,
                    nms={k: v for k, v in nms.items() if v is not None} or None)

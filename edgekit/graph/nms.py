@@ -2,7 +2,8 @@
 
 ``append_efficient_nms(graph, params)`` turns a pre-plugin graph (outputs ``boxes`` [B, N, 4] corners
 and ``scores`` [B, N, C]) into the one TensorRT builds: ``EfficientNMS_TRT`` appended, with the
-plugin's four outputs. ``cut_tf_nms(graph)`` finds the ONNX ``NonMaxSuppression`` tf2onnx made of a
+plugin's four outputs; ``append_nms`` appends that or, for TensorRT 10.12+ (or ``--nms native``),
+ONNX NonMaxSuppression with the same outputs (:mod:`edgekit.graph.native_nms`). ``cut_tf_nms(graph)`` finds the ONNX ``NonMaxSuppression`` tf2onnx made of a
 TensorFlow NMS (``combined_non_max_suppression``, ``non_max_suppression_v4/v5``, padded variants),
 cuts the graph at its boxes/scores inputs, reorders TensorFlow's ``[y1, x1, y2, x2]`` to corners
 ``[x1, y1, x2, y2]`` and makes them the graph's ``boxes``/``scores``; it reports what it removed, or
@@ -38,9 +39,7 @@ def append_efficient_nms(graph, params: NmsParams, trt_major_minor: tuple[int, i
     (see :func:`edgekit.nms.filter_detections`). ``class_agnostic`` exists from TensorRT 8.6 on.
     """
     gs = _gs()
-    outs = {t.name: t for t in graph.outputs}
-    if BOXES not in outs or SCORES not in outs:
-        raise ModelError(f"a detection graph needs outputs {BOXES!r} and {SCORES!r}; it has {', '.join(outs)}")
+    outs = _detection_outputs(graph)
     attrs = {
         "plugin_version": "1",
         "background_class": -1,
@@ -181,11 +180,41 @@ def _max_total(graph) -> int | None:
     return None
 
 
-def attach_plugin_model(bundle, key: str) -> dict:
-    """Write ``bundle``'s ``key`` model with EfficientNMS_TRT appended (what TensorRT builds) beside it.
+PLUGIN_DEPRECATED = (10, 12)  # EfficientNMS_TRT deprecated from here (INMSLayer replaces it)
 
-    The file is ``<model stem>.trt.onnx``; the model entry gets ``tensorrt: {path, sha256}`` and the
-    plugin uses the manifest's ``nms`` and the target's TensorRT version. Returns the entry.
+
+def nms_mode(params: NmsParams, trt_major_minor: tuple[int, int]) -> str:
+    """How TensorRT does the NMS: ``params.tensorrt_nms`` when given, else ``native`` (ONNX
+    NonMaxSuppression) where the target's TensorRT deprecates the plugin (10.12+), else ``plugin``."""
+    if params.tensorrt_nms:
+        return params.tensorrt_nms
+    return "native" if trt_major_minor >= PLUGIN_DEPRECATED else "plugin"
+
+
+def append_nms(graph, params: NmsParams, trt_major_minor: tuple[int, int]):
+    """Append the NMS TensorRT runs (see :func:`nms_mode`) to ``graph``, in place."""
+    if nms_mode(params, trt_major_minor) == "native":
+        from edgekit.graph.native_nms import append_native_nms
+
+        outs = _detection_outputs(graph)
+        return append_native_nms(graph, outs[BOXES], outs[SCORES], params)
+    return append_efficient_nms(graph, params, trt_major_minor)
+
+
+def _detection_outputs(graph) -> dict:
+    outs = {t.name: t for t in graph.outputs}
+    if BOXES not in outs or SCORES not in outs:
+        raise ModelError(f"a detection graph needs outputs {BOXES!r} and {SCORES!r}; it has {', '.join(outs)}")
+    return outs
+
+
+def attach_plugin_model(bundle, key: str) -> dict:
+    """Write ``bundle``'s ``key`` model with its TensorRT NMS appended (what TensorRT builds) beside it.
+
+    The file is ``<model stem>.trt.onnx``; the model entry gets ``tensorrt: {path, sha256}``. The NMS
+    uses the manifest's ``nms`` and the target's TensorRT version: EfficientNMS_TRT, or ONNX
+    NonMaxSuppression (:mod:`edgekit.graph.native_nms`) per :func:`nms_mode`, recorded as the manifest's
+    ``nms.tensorrt_nms`` so every model of the bundle gets the same. Returns the entry.
     """
     import onnx
 
@@ -197,7 +226,10 @@ def attach_plugin_model(bundle, key: str) -> dict:
     src = bundle.model_path(key)
     target = get_target(bundle.manifest.get("target", {}).get("name") or "jetpack-6.1")
     graph = gs.import_onnx(onnx.load(str(src)))
-    append_efficient_nms(graph, NmsParams.from_dict(bundle.manifest.get("nms") or {}), trt_version(target))
+    params = NmsParams.from_dict(bundle.manifest.get("nms") or {})
+    version = trt_version(target)
+    append_nms(graph, params, version)
+    bundle.manifest.setdefault("nms", {})["tensorrt_nms"] = nms_mode(params, version)
     model = gs.export_onnx(graph)
     name = src.name[: -len(".onnx")] + ".trt.onnx" if src.name.endswith(".onnx") else src.name + ".trt.onnx"
     with atomic_path(src.with_name(name)) as tmp:

@@ -242,6 +242,9 @@ def _check_plugin(node, op: str, name: str, attrs: dict, target: Target, add) ->
     if version < since:
         add(Problem(op, name, f"plugin {op} ships from TensorRT {since[0]}.{since[1]}, not in {target.tensorrt}"))
         return
+    if op == "EfficientNMS_TRT" and version >= (10, 12):
+        add(Problem(op, name, f"deprecated from TensorRT 10.12 ({target.tensorrt} still runs it; INMSLayer replaces "
+                              "it): export with --nms native", "warning"))
     for attr, first in attr_since.items():
         if attr in attrs and attrs[attr].i and version < first:
             add(Problem(op, name, f"attribute {attr} needs TensorRT {first[0]}.{first[1]}+ ({op} of {target.tensorrt} lacks it)"))

@@ -72,6 +72,10 @@ TARGETS = {
     )
 }
 
+# TensorRT minor releases that exist (NVIDIA's release notes, 2026-11): a later minor is refused rather
+# than checked with a table that may not fit it; ``tensorrt-10``/``tensorrt-11`` cover "any of them".
+KNOWN_MINORS = {10: 16, 11: 4}
+
 ALIASES = {"jetpack-4.6.2": "jetpack-4.6.1", "jetpack-4.6.3": "jetpack-4.6.1", "jetpack-4.6.4": "jetpack-4.6.1",
            "jetpack-5.1.1": "jetpack-5.1", "jetpack-5.1.2": "jetpack-5.1", "jetpack-5.1.3": "jetpack-5.1",
            "jetpack-5.1.4": "jetpack-5.1", "jetpack-5.1.5": "jetpack-5.1", "jetpack-7": "jetpack-7.0",
@@ -90,6 +94,10 @@ def get_target(name: str) -> Target:
         minor = m[2] if m[2] and m[2] != "x" else None
         if minor is None:
             return base
+        newest = KNOWN_MINORS[int(m[1])]
+        if int(minor) > newest:
+            raise UsageError(f"unknown TensorRT release {m[1]}.{minor} (known: {m[1]}.0 to {m[1]}.{newest}); "
+                             f"--target tensorrt-{m[1]} checks with the {m[1]}.x table")
         return Target(f"tensorrt-{m[1]}.{minor}", f"{m[1]}.{minor}", base.op_table, base.max_opset, base.min_opset)
     m = re.fullmatch(r"tensorrt-(8\.[256])\.\d+(?:\.\d+)*", key)
     if m:

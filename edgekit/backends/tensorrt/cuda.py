@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import weakref
 
 import numpy as np
 
@@ -23,7 +24,13 @@ INSTALL_HINT = "pip install pycuda (builds against JetPack's CUDA) or pip instal
 
 
 class PyCudaLayer:
-    """The driver calls through pycuda (objects free their memory when collected)."""
+    """The driver calls through pycuda (objects free their memory when collected).
+
+    pycuda's ``Context.detach()`` of a context that is not current pushes it, releases the primary
+    context and leaves it pushed (``cuda.hpp``: only ``cuCtxDetach`` pops): detaching after every pop
+    would leave one context per activation on the thread's driver stack. So each device's primary
+    context is retained once per process and only pushed and popped here; the driver releases it at exit.
+    """
 
     name = "pycuda"
 
@@ -33,6 +40,7 @@ class PyCudaLayer:
         self.cuda = cuda
         self.version = _distribution_version("pycuda") or "unknown"
         self.Error = cuda.Error
+        self._primary: dict = {}
 
     def init(self) -> None:
         self.cuda.init()
@@ -50,17 +58,24 @@ class PyCudaLayer:
         return self.cuda.get_driver_version()
 
     def retain_primary(self, device: int):
-        return self.cuda.Device(device).retain_primary_context()
+        if device not in self._primary:
+            self._primary[device] = self.cuda.Device(device).retain_primary_context()
+        return self._primary[device]
 
     def push(self, ctx) -> None:
         ctx.push()
 
     def pop(self, ctx) -> None:
         self.cuda.Context.pop()
-        ctx.detach()
+
+    def free_memory(self) -> int:
+        return self.cuda.mem_get_info()[0]
 
     def stream(self):
         return self.cuda.Stream()
+
+    def stream_destroy(self, stream) -> None:
+        pass  # pycuda's Stream destroys itself when collected (in its context)
 
     def stream_handle(self, stream) -> int:
         return stream.handle
@@ -155,8 +170,14 @@ class CudaPythonLayer:
         self._call(self.cu.cuCtxPopCurrent)
         self._call(self.cu.cuDevicePrimaryCtxRelease, ctx[0])
 
+    def free_memory(self) -> int:
+        return int(self._call(self.cu.cuMemGetInfo)[0])
+
     def stream(self):
         return self._call(self.cu.cuStreamCreate, 0)
+
+    def stream_destroy(self, stream) -> None:
+        self._call(self.cu.cuStreamDestroy, stream)
 
     def stream_handle(self, stream) -> int:
         return int(stream)
@@ -266,11 +287,37 @@ class CudaContext:
         self.pop()
 
 
+def free_memory_mib() -> int | None:
+    """The current device's free memory in MiB (a context must be current), or None when the driver won't say."""
+    try:
+        return layer().free_memory() >> 20
+    except Exception:  # only sizes the builder's workspace: TensorRT's default then
+        return None
+
+
+def _release(free, handle) -> None:
+    """A finalizer's body: free ``handle``, quietly (at collection the context may be gone already)."""
+    try:
+        free(handle)
+    except Exception:
+        pass
+
+
 class Stream:
-    """One CUDA stream: every copy and the execution of a runner are queued on it."""
+    """One CUDA stream: every copy and the execution of a runner are queued on it.
+
+    Its owner calls :meth:`free` (with the context current); a collected Stream is destroyed too.
+    """
 
     def __init__(self):
-        self._stream = layer().stream()
+        lay = layer()
+        self._stream = lay.stream()
+        self._finalizer = weakref.finalize(self, _release, lay.stream_destroy, self._stream)
+
+    def free(self) -> None:
+        if self._finalizer.alive:
+            self._finalizer.detach()
+            layer().stream_destroy(self._stream)
 
     @property
     def handle(self) -> int:
@@ -285,12 +332,17 @@ class Stream:
 
 
 class DeviceBuffer:
-    """A device allocation of ``shape``/``dtype``, allocated once and reused."""
+    """A device allocation of ``shape``/``dtype``, allocated once and reused.
+
+    Its owner calls :meth:`free` (with the context current); a collected buffer is freed too.
+    """
 
     def __init__(self, shape, dtype):
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
-        self._mem = layer().mem_alloc(max(self.nbytes, 1))
+        lay = layer()
+        self._mem = lay.mem_alloc(max(self.nbytes, 1))
+        self._finalizer = weakref.finalize(self, _release, lay.mem_free, self._mem)
 
     @property
     def ptr(self) -> int:
@@ -301,9 +353,10 @@ class DeviceBuffer:
         layer().htod(self.ptr, np.ascontiguousarray(array))
 
     def free(self) -> None:
-        if self._mem is not None:
+        if self._finalizer.alive:
+            self._finalizer.detach()
             layer().mem_free(self._mem)
-            self._mem = None
+        self._mem = None
 
 
 class HostDeviceBuffer:
@@ -313,7 +366,9 @@ class HostDeviceBuffer:
     """
 
     def __init__(self, shape, dtype):
-        self.host = layer().host_empty(tuple(shape), np.dtype(dtype))
+        lay = layer()
+        self.host = lay.host_empty(tuple(shape), np.dtype(dtype))
+        self._host_finalizer = weakref.finalize(self, _release, lay.host_free, self.host)
         self.device = DeviceBuffer(shape, dtype)
 
     @property
@@ -332,6 +387,7 @@ class HostDeviceBuffer:
 
     def free(self) -> None:
         self.device.free()
-        if self.host is not None:
+        if self._host_finalizer.alive:
+            self._host_finalizer.detach()
             layer().host_free(self.host)
         self.host = None

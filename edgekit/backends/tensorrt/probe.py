@@ -142,3 +142,16 @@ def dla_cores() -> int | None:
         return int(builder.num_DLA_cores)
     except Exception:
         return None
+
+
+def require_tensorrt() -> None:
+    """Raise DeviceError, with how to get it, when TensorRT or a CUDA GPU is missing."""
+    from edgekit.errors import DeviceError
+
+    if tensorrt_version() is None:
+        raise DeviceError(f"TensorRT is not available here; {TENSORRT_HINT}")
+    missing = missing_cuda_layer()
+    if missing:
+        raise DeviceError(missing)
+    if not gpu_present():
+        raise DeviceError("no CUDA GPU answers (needs the NVIDIA driver)")

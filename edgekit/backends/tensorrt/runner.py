@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.backends.base import Runner, TensorSpec
-from edgekit.backends.tensorrt.builder import BuildOptions
+from edgekit.backends.tensorrt.recipe import BuildOptions
 from edgekit.bundle import Bundle
 from edgekit.errors import DeviceError, ModelError
 
@@ -51,7 +51,8 @@ class TensorRTRunner(Runner):
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, precision: str = "fp32", **options) -> "TensorRTRunner":
-        """A runner for ``bundle`` at ``precision``; ``options`` are :class:`BuildOptions` fields (``device`` too)."""
+        """A runner for ``bundle`` at ``precision`` (concrete: the caller chose it); ``options`` are
+        :class:`BuildOptions` fields (``device`` too)."""
         return cls(bundle, BuildOptions(precision=precision, **options))
 
     def _reset(self) -> None:
@@ -98,6 +99,8 @@ class TensorRTRunner(Runner):
     def deactivate_impl(self) -> None:
         for buf in self.buffers.values():
             buf.free()
+        if self.stream is not None:
+            self.stream.free()
         ctx = self.cuda_context
         self._reset()  # drop the TensorRT objects while the context is still current
         if ctx is not None:
