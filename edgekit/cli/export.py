@@ -14,8 +14,10 @@ from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, int8_kwa
 @click.option("--labels", "labels_arg", default=None,
               help="Labels for a model without a sidecar: a file (one per line) or a comma-separated list.")
 @click.option("--preprocess", "preprocess_arg", default=None,
-              help="Preprocessing for a model without a sidecar: an arch preset (small: RGB [0,1]; mobilenetv2: "
-                   "[-1,1]; resnet50: BGR mean-subtracted; efficientnetb0: raw 0-255) or a JSON file.")
+              help="Preprocessing for a model without a sidecar, when export cannot find it: raw (RGB 0-255), unit "
+                   "(RGB [0,1]), symmetric ([-1,1]), caffe (BGR, ImageNet mean subtracted), torch (ImageNet "
+                   "mean/std), scale=S,mean=M1/M2/M3,std=S1/S2/S3,order=rgb|bgr, a keras.applications family "
+                   "(mobilenet_v2, resnet, densenet …) or a JSON file.")
 @click.option("--unsafe-load", is_flag=True,
               help="Load a .keras model with Lambda layers (runs code stored in the file: only for files you trust).")
 @click.option("--force", is_flag=True, help="Replace the bundle folder if it exists.")

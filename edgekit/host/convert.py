@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,7 +33,7 @@ class Source:
     width: int | None
     fn: Callable  # NHWC float32 tf.Tensor -> output tf.Tensor (a list of them for a multi-output model)
     in_graph_preprocessing: list = field(default_factory=list)  # leading Rescaling/Normalization layers
-
+    scopes: list = field(default_factory=list)  # model names (nested ones too): see edgekit.host.scaling
 
     def run(self, x_nhwc: np.ndarray):
         """The model's output for an NHWC float32 batch, computed by TensorFlow (a list for several outputs)."""
@@ -83,6 +84,8 @@ def load(path: str | os.PathLike, unsafe: bool = False) -> Source:
     _check_container(path, fmt)
     from edgekit.host import import_tf
 
+    from edgekit.host.scaling import graph_scopes, keras_scopes
+
     tf, keras = import_tf()
     prep_layers = []
     try:
@@ -103,6 +106,7 @@ def load(path: str | os.PathLike, unsafe: bool = False) -> Source:
                 return result[_out[0]] if len(_out) == 1 else [result[k] for k in _out]
 
             fn.keep_alive = loaded  # the signature needs its object alive
+            scopes = graph_scopes(sig)
         else:
             if unsafe and fmt == "keras":
                 log.warning("--unsafe-load: loading %s with Keras' safe_mode off; its Lambda layers run code "
@@ -112,6 +116,7 @@ def load(path: str | os.PathLike, unsafe: bool = False) -> Source:
                 raise ModelError(f"{path}: edgekit exports models with one input")
             shape = list(model.inputs[0].shape)
             prep_layers = leading_preprocessing(model)
+            scopes = keras_scopes(model)
 
             def fn(x, _model=model):
                 return _model(tf.convert_to_tensor(x, tf.float32), training=False)
@@ -125,7 +130,7 @@ def load(path: str | os.PathLike, unsafe: bool = False) -> Source:
         raise ModelError(f"cannot load {path} as a {fmt} model: {first_line(exc)}") from exc
     if len(shape) != 4 or shape[-1] != 3:
         raise ModelError(f"{path}: input shape {shape} is not an NHWC 3-channel image batch")
-    return Source(path, fmt, shape[1], shape[2], fn, prep_layers)
+    return Source(path, fmt, shape[1], shape[2], fn, prep_layers, scopes)
 
 
 PREPROCESSING_LAYERS = ("Rescaling", "Normalization")
@@ -159,13 +164,57 @@ def to_onnx(source: Source, height: int, width: int, batch: int | None, opset: i
     spec = (tf.TensorSpec((batch, height, width, 3), tf.float32, name=INPUT_NAME),)
     function = tf.function(tf.autograph.experimental.do_not_convert(source.fn), input_signature=spec)
     try:
-        model, _ = tf2onnx.convert.from_function(
-            function, input_signature=spec, opset=opset, inputs_as_nchw=[INPUT_NAME]
-        )
+        with _transpose_optimizer_fixed():
+            model, _ = tf2onnx.convert.from_function(
+                function, input_signature=spec, opset=opset, inputs_as_nchw=[INPUT_NAME]
+            )
     except Exception as exc:  # tf2onnx raises bare exceptions for unconvertible graphs
         raise ModelError(f"tf2onnx cannot convert {source.path}: {first_line(exc)}") from exc
+    _check_converted(model, source.path)
     _freeze_captured_constants(model, function.get_concrete_function())
     return model
+
+
+def _check_converted(model, path) -> None:
+    """ModelError naming the TensorFlow ops tf2onnx left unconverted (it keeps them as foreign nodes)."""
+    from collections import Counter
+
+    import onnx
+
+    domains = {o.domain for o in model.opset_import}
+    left = Counter(n.op_type for n in model.graph.node
+                   if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type) or n.domain not in domains)
+    if left:
+        ops = ", ".join(f"{op} x{n}" for op, n in left.most_common())
+        hint = (" (StatefulPartitionedCall: a function TensorFlow compiles with XLA, e.g. Keras 3's grouped"
+                " convolutions)" if "StatefulPartitionedCall" in left else "")
+        raise ModelError(f"tf2onnx cannot convert {path}: TensorFlow ops without an ONNX equivalent: {ops}{hint}")
+
+
+@contextmanager
+def _transpose_optimizer_fixed():
+    """tf2onnx 1.16-1.17's transpose optimizer, able to push a Transpose through an Add of a scalar constant.
+
+    Its Add handler takes ``max()`` of the constant's shape, which fails for a scalar (the ``x + 3`` of
+    MobileNetV3's hard-swish after a Conv); the failure aborts the whole optimizer, leaving a Transpose
+    pair around every Conv (107 in MobileNetV3Small). A scalar goes the handler's general way instead.
+    """
+    from tf2onnx.optimizer import transpose_optimizer
+
+    cls = transpose_optimizer.TransposeOptimizer
+    original = cls._add_handler
+
+    def add_handler(self, trans, node):
+        const = node.inputs[1]
+        if const.is_const() and np.ndim(const.get_tensor_value(as_list=False)) == 0:
+            return self._handle_node_having_branches(trans, node)
+        return original(self, trans, node)
+
+    cls._add_handler = add_handler
+    try:
+        yield
+    finally:
+        cls._add_handler = original
 
 
 def _freeze_captured_constants(model, concrete) -> None:

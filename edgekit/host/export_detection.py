@@ -96,7 +96,7 @@ def nms_params(cut, overrides: dict | None) -> NmsParams:
 
 def parity(source, model, prep, batch, samples: int, seed: int, cut) -> tuple[float, float, int]:
     """Max abs difference between TensorFlow and ONNX Runtime (+ edgekit's NMS for a cut model), the
-    spread of the class scores across the random frames (max - min, largest over scores; 0: the model
+    spread of the class scores across the photo crops (max - min, largest over scores; 0: the model
     ignores its input), and the frame count.
 
     A native detector is compared output by output (boxes, scores). A model with TensorFlow NMS is
@@ -106,9 +106,9 @@ def parity(source, model, prep, batch, samples: int, seed: int, cut) -> tuple[fl
     """
     import onnxruntime as ort
 
-    from edgekit.host.probe import random_inputs
+    from edgekit.host.probe import probe_inputs
 
-    nhwc, nchw = random_inputs(prep, batch, samples, seed)
+    nhwc, nchw = probe_inputs(prep, batch, samples, seed)
     n = len(nhwc)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     boxes, scores = session.run(["boxes", "scores"], {session.get_inputs()[0].name: nchw})
