@@ -255,7 +255,8 @@ def _detection(bundle: Bundle, runner: Runner, options: dict) -> Runner:
     from edgekit.nms import NmsParams
 
     params = NmsParams.from_dict(bundle.manifest.get("nms") or {})  # checked when the bundle was loaded
-    return DetectionRunner(runner, params, options.get("score_threshold"))
+    clip = bool((bundle.manifest.get("nms_cut") or {}).get("clip_boxes"))  # TensorFlow clipped after its NMS
+    return DetectionRunner(runner, params, options.get("score_threshold"), clip_boxes=clip)
 
 
 def onnxruntime_providers(available: list[str]) -> list[str]:

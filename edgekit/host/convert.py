@@ -171,8 +171,25 @@ def to_onnx(source: Source, height: int, width: int, batch: int | None, opset: i
     except Exception as exc:  # tf2onnx raises bare exceptions for unconvertible graphs
         raise ModelError(f"tf2onnx cannot convert {source.path}: {first_line(exc)}") from exc
     _check_converted(model, source.path)
+    _check_soft_nms(function.get_concrete_function().graph.as_graph_def(), tf)
     _freeze_captured_constants(model, function.get_concrete_function())
     return model
+
+
+def _check_soft_nms(graph_def, tf) -> None:
+    """ModelError when a TensorFlow NMS is Soft-NMS (``soft_nms_sigma`` not 0): tf2onnx drops the sigma,
+    and neither EfficientNMS_TRT nor edgekit's NMS decays scores, so the cut could not reproduce it."""
+    for nodes in [graph_def.node, *(f.node_def for f in graph_def.library.function)]:
+        by_name = {n.name: n for n in nodes}
+        for node in nodes:
+            if node.op != "NonMaxSuppressionV5":
+                continue
+            sigma = by_name.get(node.input[5].split(":")[0].lstrip("^"))
+            value = float(tf.make_ndarray(sigma.attr["value"].tensor)) if sigma is not None and sigma.op == "Const" else None
+            if value != 0.0:
+                raise ModelError(f"cannot cut the NMS: {node.name} is Soft-NMS (soft_nms_sigma "
+                                 f"{'not constant' if value is None else f'{value:g}'}), which EfficientNMS_TRT and "
+                                 "edgekit's NMS do not reproduce; use soft_nms_sigma=0")
 
 
 def _check_converted(model, path) -> None:

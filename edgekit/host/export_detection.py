@@ -124,6 +124,8 @@ def parity(source, model, prep, batch, samples: int, seed: int, cut) -> tuple[fl
     tf = tf_nms_outputs(want)
     dets = efficient_nms(boxes, scores, score_threshold=cut.score_threshold or 0.0,
                          iou_threshold=cut.iou_threshold or 0.5, max_output_boxes=tf["detection_boxes"].shape[1])
+    if cut.clip_boxes:
+        np.clip(dets["detection_boxes"], 0.0, 1.0, out=dets["detection_boxes"])
     return detection_difference(dets, tf), spread, n
 
 
