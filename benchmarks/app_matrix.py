@@ -4,8 +4,7 @@
 
 For each network and format, without a sidecar or --preprocess: does export find the preprocessing
 (and where), does the bundle's preprocessing of real photos equal ``keras.applications.<family>.
-preprocess_input`` (max abs difference), the TF vs ONNX Runtime parity error, the spread of the outputs
-across the probe photos (0: the model ignores its input), the FP32 graph's Transpose count and the
+preprocess_input`` (max abs difference), the TF vs ONNX Runtime parity error, the FP32 graph's Transpose count and the
 Mul/Add left right after a Conv (unfolded BatchNorm), and the export time. Batch-norm statistics are
 set from one batch of photos first, so that untrained networks answer different images differently.
 """
@@ -43,9 +42,10 @@ def build(keras, name: str, side: int, photos: np.ndarray):
 
 
 def unfolded(model) -> int:
-    """Mul/Add nodes that take a Conv's output and a constant (BatchNorm not folded into the Conv)."""
+    """Mul/Add nodes that take a Conv's output and a per-channel constant (BatchNorm not folded into the
+    Conv; a scalar, like hard-swish's ``x + 3``, is no BatchNorm)."""
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
-    consts = {i.name for i in model.graph.initializer}
+    consts = {i.name for i in model.graph.initializer if int(np.prod(i.dims)) > 1}
     return sum(1 for n in model.graph.node if n.op_type in ("Mul", "Add")
                and any(producers.get(i) == "Conv" for i in n.input) and any(i in consts for i in n.input))
 
