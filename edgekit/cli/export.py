@@ -18,6 +18,10 @@ from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, int8_kwa
                    "(RGB [0,1]), symmetric ([-1,1]), caffe (BGR, ImageNet mean subtracted), torch (ImageNet "
                    "mean/std), scale=S,mean=M1/M2/M3,std=S1/S2/S3,order=rgb|bgr, a keras.applications family "
                    "(mobilenet_v2, resnet, densenet …) or a JSON file.")
+@click.option("--task", type=click.Choice(("classify", "detect")), default=None,
+              help="What the model is, when it has no sidecar: detect = outputs boxes [B, N, 4] corners "
+                   "normalised to the input and scores [B, N, C] probabilities [default: the sidecar's, else "
+                   "classify, or detect for a graph ending in TensorFlow NMS].")
 @click.option("--unsafe-load", is_flag=True,
               help="Load a .keras model with Lambda layers (runs code stored in the file: only for files you trust).")
 @click.option("--force", is_flag=True, help="Replace the bundle folder if it exists.")
@@ -34,7 +38,7 @@ from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, int8_kwa
               help="Detectors: suppress overlapping boxes across classes (TensorRT 8.6+).")
 @click.option("--int8", is_flag=True, help="Also add INT8 and FP16 models, as `edgekit quantize` does, with its options:")
 @int8_options
-def command(model, out, target, batch, opset, allow_unsupported, tolerance, labels_arg, preprocess_arg, unsafe_load,
+def command(model, out, target, batch, opset, allow_unsupported, tolerance, labels_arg, preprocess_arg, task, unsafe_load,
             score_threshold, eval_score_threshold, iou_threshold, max_detections, class_agnostic, force, int8,
             calib_images, **int8_opts):
     """Convert MODEL (.keras, .h5 or a SavedModel folder) to a TensorRT-ready ONNX bundle.
@@ -82,7 +86,7 @@ def command(model, out, target, batch, opset, allow_unsupported, tolerance, labe
     bundle = export_bundle(
         model, out, target=target, batch=batch, opset=opset, allow_unsupported=allow_unsupported,
         force=force, tolerance=tolerance, labels=labels, preprocess=preprocess, unsafe_load=unsafe_load,
-        nms={k: v for k, v in nms.items() if v is not None} or None,
+        nms={k: v for k, v in nms.items() if v is not None} or None, task=task,
     )
     m = bundle.manifest
     say(

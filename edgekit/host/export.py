@@ -46,6 +46,7 @@ def export_bundle(
     seed: int = 0,
     unsafe_load: bool = False,
     nms: dict | None = None,
+    task: str | None = None,
 ) -> Bundle:
     """Convert ``model`` to a bundle at ``out`` for ``target``; return the loaded bundle.
 
@@ -57,7 +58,7 @@ def export_bundle(
     the batch size (default: dynamic). ``unsafe_load`` loads Lambda layers (see
     :func:`edgekit.host.convert.load`). Third-party output is held back (:func:`edgekit.quiet.captured`).
 
-    A detector (sidecar ``"task": "detection"``, or a graph ending in TensorFlow NMS, which is cut)
+    A detector (``task="detect"``, sidecar ``"task": "detection"``, or a graph ending in TensorFlow NMS, which is cut)
     gets the pre-plugin ``model.onnx`` plus ``model.trt.onnx`` with EfficientNMS_TRT for TensorRT;
     ``nms`` overrides :class:`edgekit.nms.NmsParams` fields (score_threshold, iou_threshold, …).
     """
@@ -66,11 +67,11 @@ def export_bundle(
     with captured():
         return _export(model, out, target=target, batch=batch, opset=opset, allow_unsupported=allow_unsupported,
                        force=force, tolerance=tolerance, labels=labels, preprocess=preprocess, samples=samples,
-                       seed=seed, unsafe_load=unsafe_load, nms=nms)
+                       seed=seed, unsafe_load=unsafe_load, nms=nms, task=task)
 
 
 def _export(model, out, *, target, batch, opset, allow_unsupported, force, tolerance, labels, preprocess, samples,
-            seed, unsafe_load, nms) -> Bundle:
+            seed, unsafe_load, nms, task) -> Bundle:
     from edgekit.graph.passes import Passes
     from edgekit.graph.support import check
     from edgekit.host import convert
@@ -89,6 +90,8 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
     model = Path(model)
     fmt = convert.source_format(model)
     meta = _sidecar(model)
+    if task is not None:  # --task: "detect" or "classify", as train names them
+        meta["task"] = "detection" if task == "detect" else "classification"
     labels = labels or meta.get("labels")
     given = preprocess if preprocess is not None else meta.get("preprocess")
     if isinstance(given, Preprocess):
@@ -118,7 +121,7 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
             raise UsageError("NMS options apply to detectors only (sidecar task 'detection' or a TensorFlow NMS)")
         if len(onnx_model.graph.output) != 1:
             raise ModelError(f"{model} has {len(onnx_model.graph.output)} outputs; a classifier has one "
-                             "(a detector needs \"task\": \"detection\" in its sidecar, or a TensorFlow NMS)")
+                             "(a detector needs --task detect, or \"task\": \"detection\" in its sidecar, or a TensorFlow NMS)")
         out_op = _last_op(onnx_model)
         out_name, meaning = ("probs", "probabilities") if out_op == "Softmax" else ("logits", "logits")
         passes = (

@@ -118,8 +118,13 @@ def parity(source, model, prep, batch, samples: int, seed: int, cut) -> tuple[fl
     if cut is None:
         tf_boxes = next((o for o in want if o.ndim == 3 and o.shape[-1] == 4), None)
         tf_scores = next((o for o in want if o is not tf_boxes), None)
-        if tf_boxes is None or tf_boxes.shape != boxes.shape or tf_scores.shape != scores.shape:
-            raise ModelError("ONNX detector outputs differ in shape from TensorFlow's")
+        if tf_boxes is None or tf_scores is None:
+            raise ModelError(f"a detector outputs boxes [B, N, 4] and scores [B, N, C]; TensorFlow gives "
+                             f"{', '.join(str(list(o.shape)) for o in want)}")
+        for name, onnx_out, tf_out in (("boxes", boxes, tf_boxes), ("scores", scores, tf_scores)):
+            if onnx_out.shape != tf_out.shape:
+                raise ModelError(f"detector output {name}: ONNX Runtime gives {list(onnx_out.shape)}, "
+                                 f"TensorFlow {list(tf_out.shape)}")
         return float(max(np.abs(boxes - tf_boxes).max(), np.abs(scores - tf_scores).max())), spread, n
     tf = tf_nms_outputs(want)
     dets = efficient_nms(boxes, scores, score_threshold=cut.score_threshold or 0.0,
