@@ -25,8 +25,7 @@ APPS = [
     ("EfficientNetB0", "efficientnet", 64), ("EfficientNetV2B0", "efficientnet_v2", 64),
     ("ResNet50", "resnet50", 64), ("DenseNet121", "densenet", 64), ("NASNetMobile", "nasnet", 64),
     ("Xception", "xception", 71), ("InceptionV3", "inception_v3", 75), ("ConvNeXtTiny", "convnext", 32),
-    ("RegNetX002", "regnet", 64),
-]
+]  # Keras 3 has no RegNet
 
 
 def build(keras, name: str, side: int, photos: np.ndarray):

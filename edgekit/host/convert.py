@@ -34,6 +34,7 @@ class Source:
     fn: Callable  # NHWC float32 tf.Tensor -> output tf.Tensor (a list of them for a multi-output model)
     in_graph_preprocessing: list = field(default_factory=list)  # leading Rescaling/Normalization layers
     scopes: list = field(default_factory=list)  # model names (nested ones too): see edgekit.host.scaling
+    detector_nms: dict | None = None  # an adapted anchor detector's own NMS parameters (edgekit.host.adapters)
 
     def run(self, x_nhwc: np.ndarray):
         """The model's output for an NHWC float32 batch, computed by TensorFlow (a list for several outputs)."""
@@ -84,10 +85,11 @@ def load(path: str | os.PathLike, unsafe: bool = False) -> Source:
     _check_container(path, fmt)
     from edgekit.host import import_tf
 
+    from edgekit.host import adapters
     from edgekit.host.scaling import graph_scopes, keras_scopes
 
     tf, keras = import_tf()
-    prep_layers = []
+    prep_layers, detector_nms = [], None
     try:
         if fmt == "saved_model":
             loaded = tf.saved_model.load(str(path))
@@ -111,6 +113,8 @@ def load(path: str | os.PathLike, unsafe: bool = False) -> Source:
             if unsafe and fmt == "keras":
                 log.warning("--unsafe-load: loading %s with Keras' safe_mode off; its Lambda layers run code "
                             "stored in the file", path.name)
+            if fmt == "keras" and adapters.needs_keras_hub(path):
+                adapters.import_keras_hub()
             model = keras.models.load_model(path, compile=False, **({"safe_mode": False} if unsafe else {}))
             if len(model.inputs) != 1:
                 raise ModelError(f"{path}: edgekit exports models with one input")
@@ -121,6 +125,13 @@ def load(path: str | os.PathLike, unsafe: bool = False) -> Source:
             def fn(x, _model=model):
                 return _model(tf.convert_to_tensor(x, tf.float32), training=False)
 
+            if adapters.is_anchor_detector(model):  # decoding outside call: brought into the function
+                decode = adapters.detector_function(model)
+                detector_nms = adapters.detector_nms(model)
+
+                def fn(x, _decode=decode):  # noqa: F811
+                    return _decode(tf.convert_to_tensor(x, tf.float32))
+
     except ModelError:
         raise
     except Exception as exc:  # Keras/TF raise many types for a corrupt or foreign file
@@ -130,7 +141,7 @@ def load(path: str | os.PathLike, unsafe: bool = False) -> Source:
         raise ModelError(f"cannot load {path} as a {fmt} model: {first_line(exc)}") from exc
     if len(shape) != 4 or shape[-1] != 3:
         raise ModelError(f"{path}: input shape {shape} is not an NHWC 3-channel image batch")
-    return Source(path, fmt, shape[1], shape[2], fn, prep_layers, scopes)
+    return Source(path, fmt, shape[1], shape[2], fn, prep_layers, scopes, detector_nms)
 
 
 PREPROCESSING_LAYERS = ("Rescaling", "Normalization")

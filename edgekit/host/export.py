@@ -102,6 +102,9 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
 
         decode_boxes_layer()
     source = convert.load(model, unsafe=unsafe_load)
+    if source.detector_nms is not None:  # an anchor detector adapted: a detector, with its own NMS's parameters
+        meta["task"] = "detection"
+        nms = {**source.detector_nms, **(nms or {})}
     height, width = _input_size(source, given, model)
 
     log.info("converting %s (%s) to ONNX opset %d for %s (TensorRT %s)",
