@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import assert_one_line_error
+
 pytest.importorskip("tensorflow")
-keras_hub = pytest.importorskip("keras_hub")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 SIZE = 64
@@ -17,6 +18,7 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def retinanet(tmp_path_factory):
     """A small RetinaNet (ResNet basic blocks, levels 3-5, random weights), its NMS keeping 20 boxes."""
+    pytest.importorskip("keras_hub")
     from keras_hub.layers import NonMaxSuppression
     from keras_hub.models import ResNetBackbone, RetinaNetBackbone, RetinaNetObjectDetector
 
@@ -68,3 +70,33 @@ def test_retinanet_exports_with_its_decoding_and_matches_predict(retinanet, tmp_
         np.testing.assert_allclose(got["detection_boxes"][b, :n], yx[:, [1, 0, 3, 2]], atol=1e-4)
         np.testing.assert_allclose(got["detection_scores"][b, :n], np.asarray(want["confidence"])[b, :n], atol=1e-5)
         np.testing.assert_array_equal(got["detection_classes"][b, :n], np.asarray(want["labels"])[b, :n])
+
+
+def test_detector_outputs_chosen_by_name(cli, tmp_path):
+    """A model with a third output: --boxes-output/--scores-output pick the two; a wrong name lists the
+    outputs there are; boxes and scores swapped is named with both shapes."""
+    from edgekit.host import import_tf
+
+    _, keras = import_tf()
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 4, strides=4)(keras.layers.Rescaling(1 / 255)(inp))
+    cells = keras.layers.Reshape((64, 8))(x)
+    a = keras.layers.Dense(2, activation="sigmoid")(cells)
+    b = keras.layers.Dense(2, activation="sigmoid")(cells)
+    boxes = keras.layers.Concatenate(name="boxes_out")([keras.ops.minimum(a, b), keras.ops.maximum(a, b)])
+    scores = keras.layers.Dense(3, activation="sigmoid", name="scores_out")(cells)
+    aux = keras.layers.GlobalAveragePooling2D(name="aux")(x)
+    keras.Model(inp, [scores, aux, boxes]).save(tmp_path / "three.keras")
+
+    r = cli("export", tmp_path / "three.keras", "-o", tmp_path / "b", "--labels", "a,b,c",
+            "--boxes-output", "boxes_out", "--scores-output", "scores_out")
+    assert r.code == 0, r
+    import json
+
+    m = json.loads((tmp_path / "b" / "edgekit.json").read_text())
+    assert m["task"] == "detection" and m["parity"]["max_abs_error"] <= 1e-4
+    assert_one_line_error(cli("export", tmp_path / "three.keras", "-o", tmp_path / "c", "--boxes-output", "box",
+                              "--scores-output", "scores_out"), "has no output 'box'", "scores_out, aux, boxes_out")
+    assert_one_line_error(cli("export", tmp_path / "three.keras", "-o", tmp_path / "c", "--labels", "a,b,c",
+                              "--boxes-output", "scores_out", "--scores-output", "boxes_out"),
+                          "boxes [1, 64, 3] and scores [1, 64, 4]")

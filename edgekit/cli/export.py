@@ -22,6 +22,8 @@ from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, int8_kwa
               help="What the model is, when it has no sidecar: detect = outputs boxes [B, N, 4] corners "
                    "normalised to the input and scores [B, N, C] probabilities [default: the sidecar's, else "
                    "classify, or detect for a graph ending in TensorFlow NMS].")
+@click.option("--boxes-output", default=None, help="Detectors: the model output holding boxes [B, N, 4] (by name).")
+@click.option("--scores-output", default=None, help="Detectors: the model output holding scores [B, N, C] (by name).")
 @click.option("--unsafe-load", is_flag=True,
               help="Load a .keras model with Lambda layers (runs code stored in the file: only for files you trust).")
 @click.option("--force", is_flag=True, help="Replace the bundle folder if it exists.")
@@ -38,7 +40,8 @@ from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, int8_kwa
               help="Detectors: suppress overlapping boxes across classes (TensorRT 8.6+).")
 @click.option("--int8", is_flag=True, help="Also add INT8 and FP16 models, as `edgekit quantize` does, with its options:")
 @int8_options
-def command(model, out, target, batch, opset, allow_unsupported, tolerance, labels_arg, preprocess_arg, task, unsafe_load,
+def command(model, out, target, batch, opset, allow_unsupported, tolerance, labels_arg, preprocess_arg, task, boxes_output,
+            scores_output, unsafe_load,
             score_threshold, eval_score_threshold, iou_threshold, max_detections, class_agnostic, force, int8,
             calib_images, **int8_opts):
     """Convert MODEL (.keras, .h5 or a SavedModel folder) to a TensorRT-ready ONNX bundle.
@@ -51,6 +54,8 @@ def command(model, out, target, batch, opset, allow_unsupported, tolerance, labe
     from edgekit.cli import is_quiet, say
     from edgekit.errors import InputError, UsageError
 
+    if bool(boxes_output) != bool(scores_output):
+        raise UsageError("--boxes-output and --scores-output go together")
     if int8 and not calib_images:
         raise UsageError("--int8 needs --calib-images DIR_OR_VIDEO")
     ctx = click.get_current_context()
@@ -87,6 +92,7 @@ def command(model, out, target, batch, opset, allow_unsupported, tolerance, labe
         model, out, target=target, batch=batch, opset=opset, allow_unsupported=allow_unsupported,
         force=force, tolerance=tolerance, labels=labels, preprocess=preprocess, unsafe_load=unsafe_load,
         nms={k: v for k, v in nms.items() if v is not None} or None, task=task,
+        outputs=(boxes_output, scores_output) if boxes_output or scores_output else None,
     )
     m = bundle.manifest
     say(

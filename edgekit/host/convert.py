@@ -35,6 +35,23 @@ class Source:
     in_graph_preprocessing: list = field(default_factory=list)  # leading Rescaling/Normalization layers
     scopes: list = field(default_factory=list)  # model names (nested ones too): see edgekit.host.scaling
     detector_nms: dict | None = None  # an adapted anchor detector's own NMS parameters (edgekit.host.adapters)
+    output_names: list = field(default_factory=list)  # in the order fn returns the outputs
+
+    def select_outputs(self, names: list[str]) -> None:
+        """Keep only the outputs called ``names``, in that order; ModelError naming the outputs there are."""
+        missing = [n for n in names if n not in self.output_names]
+        if missing:
+            raise ModelError(f"{self.path.name} has no output {missing[0]!r}; its outputs are "
+                             f"{', '.join(self.output_names) or 'unnamed'}")
+        picks = [self.output_names.index(n) for n in names]
+        inner = self.fn
+
+        def fn(x):
+            out = inner(x)
+            out = out if isinstance(out, (list, tuple)) else [out]
+            return [out[i] for i in picks]
+
+        self.fn, self.output_names = fn, list(names)
 
     def run(self, x_nhwc: np.ndarray):
         """The model's output for an NHWC float32 batch, computed by TensorFlow (a list for several outputs)."""
@@ -89,7 +106,7 @@ def load(path: str | os.PathLike, unsafe: bool = False) -> Source:
     from edgekit.host.scaling import graph_scopes, keras_scopes
 
     tf, keras = import_tf()
-    prep_layers, detector_nms = [], None
+    prep_layers, detector_nms, output_names = [], None, []
     try:
         if fmt == "saved_model":
             loaded = tf.saved_model.load(str(path))
@@ -108,7 +125,7 @@ def load(path: str | os.PathLike, unsafe: bool = False) -> Source:
                 return result[_out[0]] if len(_out) == 1 else [result[k] for k in _out]
 
             fn.keep_alive = loaded  # the signature needs its object alive
-            scopes = graph_scopes(sig)
+            scopes, output_names = graph_scopes(sig), out_keys
         else:
             if unsafe and fmt == "keras":
                 log.warning("--unsafe-load: loading %s with Keras' safe_mode off; its Lambda layers run code "
@@ -120,7 +137,7 @@ def load(path: str | os.PathLike, unsafe: bool = False) -> Source:
                 raise ModelError(f"{path}: edgekit exports models with one input")
             shape = list(model.inputs[0].shape)
             prep_layers = leading_preprocessing(model)
-            scopes = keras_scopes(model)
+            scopes, output_names = keras_scopes(model), list(getattr(model, "output_names", None) or [])
 
             def fn(x, _model=model):
                 return _model(tf.convert_to_tensor(x, tf.float32), training=False)
@@ -141,7 +158,7 @@ def load(path: str | os.PathLike, unsafe: bool = False) -> Source:
         raise ModelError(f"cannot load {path} as a {fmt} model: {first_line(exc)}") from exc
     if len(shape) != 4 or shape[-1] != 3:
         raise ModelError(f"{path}: input shape {shape} is not an NHWC 3-channel image batch")
-    return Source(path, fmt, shape[1], shape[2], fn, prep_layers, scopes, detector_nms)
+    return Source(path, fmt, shape[1], shape[2], fn, prep_layers, scopes, detector_nms, output_names)
 
 
 PREPROCESSING_LAYERS = ("Rescaling", "Normalization")

@@ -47,6 +47,7 @@ def export_bundle(
     unsafe_load: bool = False,
     nms: dict | None = None,
     task: str | None = None,
+    outputs: tuple[str, str] | None = None,
 ) -> Bundle:
     """Convert ``model`` to a bundle at ``out`` for ``target``; return the loaded bundle.
 
@@ -61,17 +62,18 @@ def export_bundle(
     A detector (``task="detect"``, sidecar ``"task": "detection"``, or a graph ending in TensorFlow NMS, which is cut)
     gets the pre-plugin ``model.onnx`` plus ``model.trt.onnx`` with EfficientNMS_TRT for TensorRT;
     ``nms`` overrides :class:`edgekit.nms.NmsParams` fields (score_threshold, iou_threshold, …).
+    ``outputs`` names a detector's (boxes, scores) outputs among the model's.
     """
     from edgekit.quiet import captured
 
     with captured():
         return _export(model, out, target=target, batch=batch, opset=opset, allow_unsupported=allow_unsupported,
                        force=force, tolerance=tolerance, labels=labels, preprocess=preprocess, samples=samples,
-                       seed=seed, unsafe_load=unsafe_load, nms=nms, task=task)
+                       seed=seed, unsafe_load=unsafe_load, nms=nms, task=task, outputs=outputs)
 
 
 def _export(model, out, *, target, batch, opset, allow_unsupported, force, tolerance, labels, preprocess, samples,
-            seed, unsafe_load, nms, task) -> Bundle:
+            seed, unsafe_load, nms, task, outputs) -> Bundle:
     from edgekit.graph.passes import Passes
     from edgekit.graph.support import check
     from edgekit.host import convert
@@ -102,6 +104,9 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
 
         decode_boxes_layer()
     source = convert.load(model, unsafe=unsafe_load)
+    if outputs:  # --boxes-output/--scores-output: a detector's outputs by name
+        meta["task"] = "detection"
+        source.select_outputs(list(outputs))
     if source.detector_nms is not None:  # an anchor detector adapted: a detector, with its own NMS's parameters
         meta["task"] = "detection"
         nms = {**source.detector_nms, **(nms or {})}
@@ -116,7 +121,8 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
     detection = meta.get("task") == "detection" or det.has_tf_nms(onnx_model)
     cut = None
     if detection:
-        onnx_model, passes, cut = det.pre_plugin_graph(onnx_model, convert.INPUT_NAME, batch, tgt.supported_ops)
+        onnx_model, passes, cut = det.pre_plugin_graph(onnx_model, convert.INPUT_NAME, batch, tgt.supported_ops,
+                                                        named=bool(outputs))
         n_out = onnx_model.graph.output[1].type.tensor_type.shape.dim[2].dim_value
         params = det.nms_params(cut, nms)
     else:

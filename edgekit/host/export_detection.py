@@ -27,8 +27,9 @@ def has_tf_nms(model) -> bool:
     return op_histogram(model).get("NonMaxSuppression", 0) > 0
 
 
-def pre_plugin_graph(onnx_model, input_name: str, batch, supported_ops):
-    """The cleaned pre-plugin graph (``onnx.ModelProto``), its Passes, and the NMS Cut (None for a native detector)."""
+def pre_plugin_graph(onnx_model, input_name: str, batch, supported_ops, named: bool = False):
+    """The cleaned pre-plugin graph (``onnx.ModelProto``), its Passes, and the NMS Cut (None for a native
+    detector). ``named``: the outputs are (boxes, scores) in that order, as the user named them."""
     import onnx_graphsurgeon as gs
 
     from edgekit.graph.nms import BOXES, SCORES, cut_tf_nms, find_nms
@@ -43,7 +44,8 @@ def pre_plugin_graph(onnx_model, input_name: str, batch, supported_ops):
         if len(graph.outputs) != 2:
             raise ModelError(f"a detector exports two outputs (boxes [B, N, 4], scores [B, N, C]); this one has "
                              f"{len(graph.outputs)} and no TensorFlow NMS to cut")
-        graph.outputs = sorted(graph.outputs, key=lambda t: not _is_boxes(t))
+        if not named:
+            graph.outputs = sorted(graph.outputs, key=lambda t: not _is_boxes(t))
     passes = (
         Passes(graph).strip_training().cast_double().fold_constants().fold_batchnorm()
         .replace_unsupported(supported_ops)
@@ -72,8 +74,8 @@ def _fix_output_shapes(graph, batch) -> None:
     except Exception as exc:  # onnxruntime raises untyped errors
         raise ModelError(f"ONNX Runtime cannot run the detector graph: {exc}") from exc
     if boxes.ndim != 3 or boxes.shape[2] != 4 or scores.ndim != 3 or scores.shape[:2] != boxes.shape[:2]:
-        raise ModelError(f"detector outputs must be boxes [B, N, 4] and scores [B, N, C]; got {list(boxes.shape)} "
-                         f"and {list(scores.shape)}")
+        raise ModelError(f"detector outputs must be boxes [B, N, 4] and scores [B, N, C]; got boxes "
+                         f"{list(boxes.shape)} and scores {list(scores.shape)}")
     for tensor, value in zip(graph.outputs, (boxes, scores)):
         tensor.shape = [batch, *value.shape[1:]]
         tensor.dtype = np.float32
