@@ -306,7 +306,8 @@ def test_cli_export_labels_and_preprocess_override(cli, trained_model, tmp_path)
     assert r.code == 0, r
     m = json.loads((tmp_path / "b" / "edgekit.json").read_text())
     assert m["preprocess"]["color"] == "BGR" and m["preprocess"]["std"] == [2.0, 2.0, 2.0]
-    r = cli("export", trained_model, "-o", tmp_path / "d", "--preprocess", "scale=1/255,mean=0.5,std=0.25/0.5/1,order=bgr")
+    inline = "scale=1/255,mean=0.5,std=0.25/0.5/1,order=bgr"
+    r = cli("export", trained_model, "-o", tmp_path / "d", "--preprocess", inline)
     assert r.code == 0, r
     m = json.loads((tmp_path / "d" / "edgekit.json").read_text())["preprocess"]
     assert (m["color"], m["scale"], m["mean"], m["std"]) == ("BGR", 1 / 255, [0.5] * 3, [0.25, 0.5, 1.0])

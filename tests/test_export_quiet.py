@@ -68,7 +68,8 @@ def test_scaling_twice_is_called_out(cli, keras_models, tmp_path):
 
 
 def test_constant_output_is_called_out(cli, keras_models, tmp_path):
-    r = cli("export", keras_models / "constant.keras", "-o", tmp_path / "b", "--labels", "x,y,z", "--preprocess", "unit")
+    r = cli("export", keras_models / "constant.keras", "-o", tmp_path / "b", "--labels", "x,y,z",
+            "--preprocess", "unit")
     assert r.code == 0, r
     assert "gives the same output for 8 different images" in r.err and "proves little" in r.err
 

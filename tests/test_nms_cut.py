@@ -44,8 +44,9 @@ def _detector(path, nms: str, clip_boxes: bool = True, sigma: float = 0.0):
             boxes = tf.concat([centre - half, centre + half], -1)
             scores = tf.sigmoid(raw[..., 4:])
             if nms == "combined":
-                r = tf.image.combined_non_max_suppression(boxes[:, :, None, :], scores, GRID * GRID, 20, iou_threshold=0.5,
-                                                          score_threshold=0.3, clip_boxes=clip_boxes)
+                r = tf.image.combined_non_max_suppression(boxes[:, :, None, :], scores, GRID * GRID, 20,
+                                                          iou_threshold=0.5, score_threshold=0.3,
+                                                          clip_boxes=clip_boxes)
                 return {"a": r.nmsed_boxes, "b": r.nmsed_scores, "c": r.nmsed_classes, "d": r.valid_detections}
             best = tf.reduce_max(scores[0], -1)
             idx, kept = tf.image.non_max_suppression_with_scores(boxes[0], best, 15, iou_threshold=0.4,

@@ -40,9 +40,8 @@ from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, int8_kwa
               help="Detectors: suppress overlapping boxes across classes (TensorRT 8.6+).")
 @click.option("--int8", is_flag=True, help="Also add INT8 and FP16 models, as `edgekit quantize` does, with its options:")
 @int8_options
-def command(model, out, target, batch, opset, allow_unsupported, tolerance, labels_arg, preprocess_arg, task, boxes_output,
-            scores_output, unsafe_load,
-            score_threshold, eval_score_threshold, iou_threshold, max_detections, class_agnostic, force, int8,
+def command(model, out, target, batch, opset, allow_unsupported, tolerance, labels_arg, preprocess_arg, task,
+            boxes_output, scores_output, unsafe_load, score_threshold, eval_score_threshold, iou_threshold, max_detections, class_agnostic, force, int8,
             calib_images, **int8_opts):
     """Convert MODEL (.keras, .h5 or a SavedModel folder) to a TensorRT-ready ONNX bundle.
 

@@ -213,7 +213,8 @@ def _check_soft_nms(graph_def, tf) -> None:
             if node.op != "NonMaxSuppressionV5":
                 continue
             sigma = by_name.get(node.input[5].split(":")[0].lstrip("^"))
-            value = float(tf.make_ndarray(sigma.attr["value"].tensor)) if sigma is not None and sigma.op == "Const" else None
+            constant = sigma is not None and sigma.op == "Const"
+            value = float(tf.make_ndarray(sigma.attr["value"].tensor)) if constant else None
             if value != 0.0:
                 raise ModelError(f"cannot cut the NMS: {node.name} is Soft-NMS (soft_nms_sigma "
                                  f"{'not constant' if value is None else f'{value:g}'}), which EfficientNMS_TRT and "

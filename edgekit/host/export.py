@@ -130,7 +130,8 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
             raise UsageError("NMS options apply to detectors only (sidecar task 'detection' or a TensorFlow NMS)")
         if len(onnx_model.graph.output) != 1:
             raise ModelError(f"{model} has {len(onnx_model.graph.output)} outputs; a classifier has one "
-                             "(a detector needs --task detect, or \"task\": \"detection\" in its sidecar, or a TensorFlow NMS)")
+                             "(a detector needs --task detect, or \"task\": \"detection\" in its sidecar, "
+                             "or a TensorFlow NMS)")
         out_op = _last_op(onnx_model)
         out_name, meaning = ("probs", "probabilities") if out_op == "Softmax" else ("logits", "logits")
         passes = (

@@ -106,7 +106,9 @@ def leading_affine(model) -> str | None:
             axes = [axes[p] for p in node.attrs.get("perm", range(4))]
         elif node.op in AFFINE_OPS:
             other = [t for t in node.inputs if t is not tensor]
-            if len(other) != 1 or not isinstance(other[0], gs.Constant) or node.op in ("Sub", "Div") and node.inputs[0] is not tensor:
+            if len(other) != 1 or not isinstance(other[0], gs.Constant):
+                break
+            if node.op in ("Sub", "Div") and node.inputs[0] is not tensor:  # c - x, c / x: not x * a + b
                 break
             arithmetic += 1
         else:
