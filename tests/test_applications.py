@@ -51,7 +51,6 @@ def test_stock_networks_are_recognised_by_their_model_names(keras):
                                                        include_top=False),
         "resnet": keras.applications.ResNet50(input_shape=(32, 32, 3), weights=None, include_top=False),
         "densenet": keras.applications.DenseNet121(input_shape=(32, 32, 3), weights=None, include_top=False),
-        "nasnet": keras.applications.NASNetMobile(input_shape=(32, 32, 3), weights=None, include_top=False),
     }
     for family, net in built.items():
         wrapped = keras.Sequential([keras.Input((32, 32, 3)), net, keras.layers.GlobalAveragePooling2D()])
@@ -93,9 +92,9 @@ def test_mobilenetv3_saved_model_finds_its_own_scaling_and_runs_fast(keras, tmp_
     from edgekit.host.export import export_bundle
     from edgekit.host.probe import photo_frames
 
-    frames = photo_frames((64, 64), 8, seed=1)
+    frames = photo_frames((32, 32), 8, seed=1)
     rgb = np.stack(frames)[..., ::-1].astype(np.float32)
-    net = _stats_from(keras, keras.applications.MobileNetV3Small(input_shape=(64, 64, 3), weights=None, classes=4),
+    net = _stats_from(keras, keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None, classes=4),
                       rgb)
     net.export(str(tmp_path / "saved"), verbose=False)
     b = export_bundle(tmp_path / "saved", tmp_path / "b", labels=list("abcd"))
