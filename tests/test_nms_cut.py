@@ -18,7 +18,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SIZE, GRID, CLASSES = 64, 8, 3
 
 
-def _detector(path, nms: str, clip_boxes: bool = True, sigma: float = 0.0):
+def _detector(path, nms: str, clip_boxes: bool = True, sigma: float = 0.0, pad_per_class: bool = False):
     """A SavedModel: two random convolutions -> per-cell boxes [y1, x1, y2, x2] (past the edges at the
     border cells) and sigmoid scores -> ``nms`` ("combined" or "v5")."""
     from edgekit.host import import_tf
@@ -36,7 +36,7 @@ def _detector(path, nms: str, clip_boxes: bool = True, sigma: float = 0.0):
 
         @tf.function(input_signature=[tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32)])
         def __call__(self, x):
-            h = tf.nn.relu(tf.nn.conv2d(x - 0.5, self.k1, 4, "SAME"))
+            h = tf.tanh(tf.nn.conv2d(x - 0.5, self.k1, 4, "SAME") + 0.1)  # no dead cells: no tied scores
             h = tf.nn.conv2d(h, self.k2, 2, "SAME")
             raw = tf.reshape(h, (tf.shape(x)[0], GRID * GRID, 4 + CLASSES))
             centre = (cells + 0.5 + 0.5 * tf.tanh(raw[..., :2])) / GRID
@@ -44,9 +44,10 @@ def _detector(path, nms: str, clip_boxes: bool = True, sigma: float = 0.0):
             boxes = tf.concat([centre - half, centre + half], -1)
             scores = tf.sigmoid(raw[..., 4:])
             if nms == "combined":
-                r = tf.image.combined_non_max_suppression(boxes[:, :, None, :], scores, GRID * GRID, 20,
+                total = 400 if pad_per_class else 20  # padded per class: min(total, 64 per class x 3) rows
+                r = tf.image.combined_non_max_suppression(boxes[:, :, None, :], scores, GRID * GRID, total,
                                                           iou_threshold=0.5, score_threshold=0.3,
-                                                          clip_boxes=clip_boxes)
+                                                          clip_boxes=clip_boxes, pad_per_class=pad_per_class)
                 return {"a": r.nmsed_boxes, "b": r.nmsed_scores, "c": r.nmsed_classes, "d": r.valid_detections}
             best = tf.reduce_max(scores[0], -1)
             idx, kept = tf.image.non_max_suppression_with_scores(boxes[0], best, 15, iou_threshold=0.4,
@@ -89,11 +90,12 @@ def frames():
     return photo_frames((SIZE, SIZE), 12, seed=5)
 
 
-@pytest.mark.parametrize("clip", [True, False])
-def test_combined_nms_clip_boxes_kept_box_for_box(tmp_path, frames, clip):
-    src = _detector(tmp_path / "det", "combined", clip_boxes=clip)
+@pytest.mark.parametrize("clip, pad", [(True, False), (False, False), (True, True)])
+def test_combined_nms_clip_boxes_kept_box_for_box(tmp_path, frames, clip, pad):
+    src = _detector(tmp_path / "det", "combined", clip_boxes=clip, pad_per_class=pad)
     for bundle, got, want in _tf_vs_bundle(src, tmp_path / "b", frames):
         assert bundle.manifest["nms_cut"]["clip_boxes"] is clip
+        assert bundle.manifest["nms"]["max_detections"] == (GRID * GRID * CLASSES if pad else 20)
         _assert_same(got, want)
         valid = np.concatenate([want["detection_boxes"][b, :n] for b, n in enumerate(want["num_detections"].ravel())])
         assert len(valid) >= len(frames)
