@@ -83,7 +83,8 @@ def main() -> None:
                 try:
                     bundle = export_bundle(src, Path(tmp) / f"b_{name}_{fmt}", labels=list("abcde"))
                 except EdgekitError as exc:
-                    rows.append((name, fmt, "FAILED: " + str(exc)[:150]))
+                    rows.append((name, fmt, "FAILED: " + str(exc)[:220]))
+                    print(" | ".join(rows[-1]), flush=True)
                     continue
                 seconds = time.perf_counter() - start
                 prep = bundle.preprocess
