@@ -137,3 +137,23 @@ def test_saved_model_without_scaling_is_refused(cli, keras, tmp_path):
     assert_one_line_error(cli("export", tmp_path / "saved", "-o", tmp_path / "b", "--labels", "x,y,z"),
                           "cannot tell how saved expects its input scaled", "give --preprocess raw, unit, symmetric")
     assert not (tmp_path / "b").exists()
+
+
+def test_grouped_conv_and_exact_gelu_convert(keras, tmp_path):
+    """What stopped ConvNeXt: Keras 3 runs a grouped Conv2D as an XLA function and exact GELU as Erfc;
+    both convert now (a grouped ONNX Conv, 1 - Erf), with parity."""
+    import onnx
+
+    from edgekit.graph.support import op_histogram
+    from edgekit.host.export import export_bundle
+
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same")(keras.layers.Rescaling(1 / 255)(inp))
+    x = keras.layers.Conv2D(8, 3, padding="same", groups=8)(x)
+    x = keras.layers.Activation("gelu")(x)  # exact GELU (approximate=False): Erfc in TensorFlow
+    x = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    keras.Model(inp, x).save(tmp_path / "grouped.keras")
+    b = export_bundle(tmp_path / "grouped.keras", tmp_path / "b", labels=list("abc"))
+    assert b.manifest["parity"]["max_abs_error"] <= 1e-5
+    ops = op_histogram(onnx.load(b.model_path()))
+    assert ops["Conv"] == 2 and ops["Erf"] == 1 and "Transpose" not in ops, ops

@@ -192,9 +192,10 @@ def to_onnx(source: Source, height: int, width: int, batch: int | None, opset: i
     spec = (tf.TensorSpec((batch, height, width, 3), tf.float32, name=INPUT_NAME),)
     function = tf.function(tf.autograph.experimental.do_not_convert(source.fn), input_signature=spec)
     try:
-        with _transpose_optimizer_fixed():
+        with _transpose_optimizer_fixed(), _grouped_conv_traceable(tf):
             model, _ = tf2onnx.convert.from_function(
-                function, input_signature=spec, opset=opset, inputs_as_nchw=[INPUT_NAME]
+                function, input_signature=spec, opset=opset, inputs_as_nchw=[INPUT_NAME],
+                custom_op_handlers={"Erfc": (_erfc_as_erf, [])},
             )
     except Exception as exc:  # tf2onnx raises bare exceptions for unconvertible graphs
         raise ModelError(f"tf2onnx cannot convert {source.path}: {first_line(exc)}") from exc
@@ -261,6 +262,42 @@ def _transpose_optimizer_fixed():
         yield
     finally:
         cls._add_handler = original
+
+
+@contextmanager
+def _grouped_conv_traceable(tf):
+    """Keras 3 (TensorFlow backend) runs a grouped convolution (ConvNeXt's depthwise Conv2D with
+    ``groups``) as an XLA-compiled function, which tf2onnx cannot look into. While converting, a
+    grouped 2-D NHWC convolution is traced as the plain TensorFlow Conv2D op it is (tf2onnx converts
+    it to a grouped ONNX Conv); the model itself, and a SavedModel's saved graph, are unchanged.
+    """
+    try:
+        from keras.src import backend
+    except ImportError:  # another Keras layout: nothing to trace differently
+        yield
+        return
+    original = backend.nn.conv
+
+    def conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
+        if (backend.standardize_data_format(data_format) == "channels_last" and len(inputs.shape) == 4
+                and inputs.shape[-1] != kernel.shape[-2]):
+            return tf.nn.convolution(inputs, kernel, strides, padding.upper(), data_format="NHWC",
+                                     dilations=dilation_rate)
+        return original(inputs, kernel, strides, padding, data_format, dilation_rate)
+
+    backend.nn.conv = conv
+    try:
+        yield
+    finally:
+        backend.nn.conv = original
+
+
+def _erfc_as_erf(ctx, node, name, args):
+    """tf2onnx handler: TensorFlow's Erfc (exact GELU) as ``1 - Erf(x)``."""
+    node.type = "Erf"
+    one = ctx.make_const(f"{name}_one", np.array(1, np.float32))
+    ctx.insert_new_node_on_output("Sub", node.output[0], inputs=[one.output[0], node.output[0]], name=f"{name}_erfc")
+    return node
 
 
 def _freeze_captured_constants(model, concrete) -> None:
