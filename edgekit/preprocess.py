@@ -10,13 +10,72 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from edgekit.errors import BundleError
+from edgekit.errors import BundleError, UsageError
 
 RESIZE_MODES = ("stretch", "letterbox", "center_crop")
 COLOR_ORDERS = ("RGB", "BGR")
 LAYOUTS = ("NCHW", "NHWC")
 LETTERBOX_FILL = 114
 MAX_SIDE = 8192  # pixels: a larger model input is a corrupt manifest, not a model
+
+# What --preprocess names: colour order, scale, mean, std (``y = (x * scale - mean) / std``).
+MODES = {
+    "raw": ("RGB", 1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # 0..255: the model scales its own input
+    "unit": ("RGB", 1 / 255, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # [0, 1]
+    "symmetric": ("RGB", 1 / 127.5, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0)),  # [-1, 1] (Keras "tf" mode)
+    "caffe": ("BGR", 1.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0)),  # BGR, ImageNet mean subtracted
+    "torch": ("RGB", 1 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet mean/std
+}
+# keras.applications modules (and edgekit's arch names) -> the mode their preprocess_input applies.
+FAMILIES = {
+    **dict.fromkeys(("resnet", "resnet50", "vgg16", "vgg19"), "caffe"),
+    **dict.fromkeys(("mobilenet", "mobilenet_v2", "mobilenetv2", "inception_v3", "inception_resnet_v2",
+                     "xception", "nasnet", "resnet_v2"), "symmetric"),
+    "densenet": "torch",
+    **dict.fromkeys(("efficientnet", "efficientnetb0", "efficientnet_v2", "convnext", "mobilenet_v3", "regnet",
+                     "resnet_rs"), "raw"),
+    "small": "unit",
+}
+SPEC_HELP = "raw, unit, symmetric, caffe, torch, or scale=S,mean=M1/M2/M3,std=S1/S2/S3,order=rgb|bgr"
+
+
+def named(spec: str) -> dict:
+    """A ``--preprocess`` value as Preprocess fields (no size): a mode of MODES, a keras.applications family
+    of FAMILIES, or ``scale=…,mean=…,std=…,order=rgb|bgr`` (a mean/std is one number or three split by
+    ``/``; ``scale`` may be a fraction ``1/255``). UsageError names what is wrong."""
+    spec = spec.strip()
+    mode = FAMILIES.get(spec.lower(), spec.lower())
+    if mode in MODES:
+        color, scale, mean, std = MODES[mode]
+        return {"color": color, "scale": scale, "mean": list(mean), "std": list(std)}
+    if "=" not in spec:
+        raise UsageError(f"unknown preprocessing {spec!r}; give {SPEC_HELP}, or a family ({', '.join(FAMILIES)})")
+    fields = {"color": "RGB", "scale": 1.0, "mean": [0.0] * 3, "std": [1.0] * 3}
+    for part in filter(None, spec.split(",")):
+        key, _, value = part.partition("=")
+        key = key.strip().lower()
+        try:
+            if key == "order":
+                if value.strip().upper() not in COLOR_ORDERS:
+                    raise ValueError
+                fields["color"] = value.strip().upper()
+            elif key == "scale":
+                fields["scale"] = _number(value)
+            elif key in ("mean", "std"):
+                values = [_number(v) for v in value.split("/")]
+                if len(values) not in (1, 3):
+                    raise ValueError
+                fields[key] = values * 3 if len(values) == 1 else values
+            else:
+                raise UsageError(f"unknown preprocessing field {key!r} in {spec!r}; give {SPEC_HELP}")
+        except ValueError:
+            raise UsageError(f"bad preprocessing {part!r} in {spec!r}; give {SPEC_HELP}") from None
+    return fields
+
+
+def _number(text: str) -> float:
+    top, _, bottom = text.strip().partition("/")
+    return float(top) / float(bottom) if bottom else float(top)
 
 
 @dataclass(frozen=True)

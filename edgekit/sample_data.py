@@ -80,7 +80,7 @@ DETECT_SCENE = (240, 320)  # (height, width) of the detection scenes: 4:3, like 
 DETECT_COUNTS = {"train": 480, "val": 120}
 
 
-def _backgrounds() -> list[np.ndarray]:
+def sample_photos() -> list[np.ndarray]:
     """scikit-learn's two real photos (china.jpg, flower.jpg) as BGR images, read with OpenCV."""
     import cv2
 
@@ -156,7 +156,7 @@ def write_detection_sample_data(
     if not 64 <= size <= MAX_SIZE:
         raise UsageError(f"--image-size must be between 64 and {MAX_SIZE} for detection, got {size}")
     scene_size = (size * 3 // 4, size)
-    photos = _backgrounds()
+    photos = sample_photos()
     digits, labels = load_digits_images(32)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(digits))

@@ -87,7 +87,7 @@ def test_mobilenetv2_passes_op_check(mobilenet_keras, tmp_path, target, trt):
     from edgekit.graph.support import op_histogram
     import onnx
 
-    b = _export(mobilenet_keras, tmp_path / "b", target=target)
+    b = _export(mobilenet_keras, tmp_path / "b", target=target, preprocess="mobilenetv2")
     assert b.manifest["target"]["verdict"] == "ok" and b.manifest["target"]["tensorrt"] == trt
     assert b.manifest["labels"] == ["0", "1", "2", "3", "4"]  # no sidecar: default labels
     assert b.manifest["parity"]["max_abs_error"] <= 1e-4
@@ -120,7 +120,8 @@ def test_layernorm_reciprocal_replaced_for_jetpack_4_6(tmp_path):
     x = keras.layers.LayerNormalization()(inp)
     x = keras.layers.GlobalAveragePooling2D()(x)
     keras.Model(inp, keras.layers.Dense(3, activation="softmax")(x)).save(tmp_path / "ln.keras")
-    b = _export(tmp_path / "ln.keras", tmp_path / "b", target="jetpack-4.6.1", labels=["a", "b", "c"])
+    b = _export(tmp_path / "ln.keras", tmp_path / "b", target="jetpack-4.6.1", labels=["a", "b", "c"],
+                preprocess="unit")
     assert b.manifest["target"]["verdict"] == "ok"
     assert {"name": "replace_unsupported", "changes": 1} in b.manifest["passes"]
     assert "Reciprocal" not in op_histogram(onnx.load(b.model_path()))
@@ -180,7 +181,7 @@ def nonzero_saved_model(tmp_path_factory):
 
 def test_cli_unsupported_op_fails_with_op_named_and_writes_nothing(cli, nonzero_saved_model, tmp_path):
     out = tmp_path / "bundle"
-    args = ("export", nonzero_saved_model, "-o", out, "--labels", "r,g,b")
+    args = ("export", nonzero_saved_model, "-o", out, "--labels", "r,g,b", "--preprocess", "unit")
     r = cli(*args, "--target", "jetpack-4.6.1")
     assert_one_line_error(r, "NonZero", "TensorRT 8.2", "hint:", "--allow-unsupported")
     assert _no_leftovers(tmp_path, "bundle")
@@ -304,9 +305,15 @@ def test_cli_export_labels_and_preprocess_override(cli, trained_model, tmp_path)
     assert r.code == 0, r
     m = json.loads((tmp_path / "b" / "edgekit.json").read_text())
     assert m["preprocess"]["color"] == "BGR" and m["preprocess"]["std"] == [2.0, 2.0, 2.0]
+    inline = "scale=1/255,mean=0.5,std=0.25/0.5/1,order=bgr"
+    r = cli("export", trained_model, "-o", tmp_path / "d", "--preprocess", inline)
+    assert r.code == 0, r
+    m = json.loads((tmp_path / "d" / "edgekit.json").read_text())["preprocess"]
+    assert (m["color"], m["scale"], m["mean"], m["std"]) == ("BGR", 1 / 255, [0.5] * 3, [0.25, 0.5, 1.0])
     r = cli("export", trained_model, "-o", tmp_path / "c", "--labels", "a,b")
     assert_one_line_error(r, "10 outputs", "2 labels")
-    assert_one_line_error(cli("export", trained_model, "-o", tmp_path / "c", "--preprocess", "vgg"), "unknown arch")
+    assert_one_line_error(cli("export", trained_model, "-o", tmp_path / "c", "--preprocess", "vgg"),
+                          "unknown preprocessing 'vgg'; give raw, unit, symmetric")
     labels.write_bytes(b"\xff\xfe not utf-8")
     assert_one_line_error(cli("export", trained_model, "-o", tmp_path / "c", "--labels", labels), "cannot read labels")
     assert _no_leftovers(tmp_path, "c")

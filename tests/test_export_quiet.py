@@ -68,10 +68,25 @@ def test_scaling_twice_is_called_out(cli, keras_models, tmp_path):
 
 
 def test_constant_output_is_called_out(cli, keras_models, tmp_path):
-    r = cli("export", keras_models / "constant.keras", "-o", tmp_path / "b", "--labels", "x,y,z")
+    r = cli("export", keras_models / "constant.keras", "-o", tmp_path / "b", "--labels", "x,y,z",
+            "--preprocess", "unit")
     assert r.code == 0, r
-    assert "gives the same output for 8 different random frames" in r.err and "proves little" in r.err
-    assert "assuming RGB scaled to [0, 1] (give --preprocess" in r.err  # no sidecar, no scaling layer
+    assert "gives the same output for 8 different images" in r.err and "proves little" in r.err
+
+
+def test_trained_model_is_not_called_constant(cli, trained_model, tmp_path):
+    """The probe feeds photo crops: a trained model answers them differently, so no "same output" warning."""
+    r = cli("export", trained_model, "-o", tmp_path / "b")
+    assert r.code == 0, r
+    assert "same output" not in r.err, r.err
+
+
+def test_model_without_scaling_or_sidecar_is_refused(cli, keras_models, tmp_path):
+    """No sidecar, no scaling in the graph, no stock network name: export does not guess."""
+    assert_one_line_error(cli("export", keras_models / "constant.keras", "-o", tmp_path / "b", "--labels", "x,y,z"),
+                          "cannot tell how constant.keras expects its input scaled", "--preprocess raw, unit, "
+                          "symmetric, caffe, torch, or scale=")
+    assert not (tmp_path / "b").exists()
 
 
 def test_lambda_layer_needs_unsafe_load(cli, keras_models, tmp_path):

@@ -5,7 +5,8 @@ wrote: the loop's, at least 0.01, or validate's eval threshold) computes them; o
 :func:`edgekit.nms.efficient_nms` does, from the pre-plugin graph's ``boxes`` and ``scores``, with the
 manifest's ``nms`` parameters and the pre-NMS top-k of the plugin on this machine's GPU (5000; 2000 on
 TX1/TX2/Nano; 5000 without a GPU). Both are then held to ``score_threshold`` (the
-manifest's run threshold unless given), so the backends return the same detections.
+manifest's run threshold unless given), so the backends return the same detections. A detector whose
+TensorFlow NMS clipped its output boxes to [0, 1] (``nms_cut.clip_boxes``) gets them clipped after the NMS.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ class DetectionRunner(Runner):
     pre-plugin graph (``boxes``, ``scores``); which, it learns from the model's outputs on activation."""
 
     def __init__(self, inner: Runner, params: NmsParams, score_threshold: float | None = None,
-                 engine_threshold: float | None = None):
+                 engine_threshold: float | None = None, clip_boxes: bool = False):
         super().__init__()
+        self.clip_boxes = clip_boxes
         self.inner = inner
         self.name = inner.name
         self.params = params
@@ -78,8 +80,12 @@ class DetectionRunner(Runner):
             dets = {k: np.asarray(out[k]) for k in OUTPUTS}
             dets["num_detections"] = dets["num_detections"].astype(np.int32).reshape(-1, 1)
             dets["detection_classes"] = dets["detection_classes"].astype(np.int32)
-            return filter_detections(dets, self.score_threshold)
-        p = self.params
-        return efficient_nms(out["boxes"], out["scores"], score_threshold=self.score_threshold,
-                             iou_threshold=p.iou_threshold, max_output_boxes=p.max_detections,
-                             class_agnostic=p.class_agnostic, pre_nms_top_k=self.pre_nms_top_k)
+            dets = filter_detections(dets, self.score_threshold)
+        else:
+            p = self.params
+            dets = efficient_nms(out["boxes"], out["scores"], score_threshold=self.score_threshold,
+                                 iou_threshold=p.iou_threshold, max_output_boxes=p.max_detections,
+                                 class_agnostic=p.class_agnostic, pre_nms_top_k=self.pre_nms_top_k)
+        if self.clip_boxes:
+            np.clip(dets["detection_boxes"], 0.0, 1.0, out=dets["detection_boxes"])
+        return dets

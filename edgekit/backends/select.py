@@ -273,8 +273,9 @@ def open_runner(bundle: Bundle, backend: str = "auto", precision: str = "auto", 
     if params is not None:
         from edgekit.backends.detection import DetectionRunner
 
+        clip = bool((bundle.manifest.get("nms_cut") or {}).get("clip_boxes"))  # TensorFlow clipped after its NMS
         runner = DetectionRunner(runner, params, chosen.get("score_threshold"), trt_options.get("nms_score_threshold")
-                                 if backend == "tensorrt" else None)
+                                 if backend == "tensorrt" else None, clip_boxes=clip)
     runner.choice = choice
     return runner
 

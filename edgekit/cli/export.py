@@ -14,8 +14,16 @@ from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, Number, 
 @click.option("--labels", "labels_arg", default=None,
               help="Labels for a model without a sidecar: a file (one per line) or a comma-separated list.")
 @click.option("--preprocess", "preprocess_arg", default=None,
-              help="Preprocessing for a model without a sidecar: an arch preset (small: RGB [0,1]; mobilenetv2: "
-                   "[-1,1]; resnet50: BGR mean-subtracted; efficientnetb0: raw 0-255) or a JSON file.")
+              help="Preprocessing for a model without a sidecar, when export cannot find it: raw (RGB 0-255), unit "
+                   "(RGB [0,1]), symmetric ([-1,1]), caffe (BGR, ImageNet mean subtracted), torch (ImageNet "
+                   "mean/std), scale=S,mean=M1/M2/M3,std=S1/S2/S3,order=rgb|bgr, a keras.applications family "
+                   "(mobilenet_v2, resnet, densenet …) or a JSON file.")
+@click.option("--task", type=click.Choice(("classify", "detect")), default=None,
+              help="What the model is, when it has no sidecar: detect = outputs boxes [B, N, 4] corners "
+                   "normalised to the input and scores [B, N, C] probabilities [default: the sidecar's, else "
+                   "classify, or detect for a graph ending in TensorFlow NMS].")
+@click.option("--boxes-output", default=None, help="Detectors: the model output holding boxes [B, N, 4] (by name).")
+@click.option("--scores-output", default=None, help="Detectors: the model output holding scores [B, N, C] (by name).")
 @click.option("--unsafe-load", is_flag=True,
               help="Load a .keras model with Lambda layers (runs code stored in the file: only for files you trust).")
 @click.option("--force", is_flag=True, help="Replace the bundle folder if it exists.")
@@ -35,8 +43,9 @@ from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, Number, 
                    "[default: native for TensorRT 10.12+ (the plugin is deprecated there), else plugin].")
 @click.option("--int8", is_flag=True, help="Also add INT8 and FP16 models, as `edgekit quantize` does, with its options:")
 @int8_options
-def command(model, out, target, batch, opset, allow_unsupported, tolerance, labels_arg, preprocess_arg, unsafe_load,
-            score_threshold, eval_score_threshold, iou_threshold, max_detections, class_agnostic, nms_mode, force, int8,
+def command(model, out, target, batch, opset, allow_unsupported, tolerance, labels_arg, preprocess_arg, task,
+            boxes_output, scores_output, unsafe_load, score_threshold, eval_score_threshold, iou_threshold,
+            max_detections, class_agnostic, nms_mode, force, int8,
             calib_images, **int8_opts):
     """Convert MODEL (.keras, .h5 or a SavedModel folder) to a TensorRT-ready ONNX bundle.
 
@@ -52,6 +61,8 @@ def command(model, out, target, batch, opset, allow_unsupported, tolerance, labe
     if iou_threshold == 0:  # before any conversion: TensorRT's NMS plugin validates iouThreshold > 0
         raise UsageError("--iou-threshold must be above 0 (TensorRT's NMS plugin refuses 0), got 0")
     refuse_inputs({"-o": out}, {"MODEL": model, "--calib-images": calib_images})  # --force would replace them
+    if bool(boxes_output) != bool(scores_output):
+        raise UsageError("--boxes-output and --scores-output go together")
     if int8 and not calib_images:
         raise UsageError("--int8 needs --calib-images DIR_OR_VIDEO")
     ctx = click.get_current_context()
@@ -87,7 +98,8 @@ def command(model, out, target, batch, opset, allow_unsupported, tolerance, labe
            "tensorrt_nms": nms_mode}
     options = dict(target=target, batch=batch, opset=opset, allow_unsupported=allow_unsupported, tolerance=tolerance,
                    labels=labels, preprocess=preprocess, unsafe_load=unsafe_load,
-                   nms={k: v for k, v in nms.items() if v is not None} or None)
+                   nms={k: v for k, v in nms.items() if v is not None} or None, task=task,
+                   outputs=(boxes_output, scores_output) if boxes_output or scores_output else None)
     if not int8:
         bundle = export_bundle(model, out, force=force, **options)
         _wrote(bundle.manifest, out)

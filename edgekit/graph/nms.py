@@ -7,9 +7,10 @@ ONNX NonMaxSuppression with the same outputs (:mod:`edgekit.graph.native_nms`). 
 TensorFlow NMS (``combined_non_max_suppression``, ``non_max_suppression_v4/v5``, padded variants),
 cuts the graph at its boxes/scores inputs, reorders TensorFlow's ``[y1, x1, y2, x2]`` to corners
 ``[x1, y1, x2, y2]`` and makes them the graph's ``boxes``/``scores``; it reports what it removed, or
-raises ModelError naming the nodes that stop the cut. TensorFlow's per-class output limit and the
-clipping of output boxes to [0, 1] (``clip_boxes``) go with the cut: detections equal TensorFlow's
-when the model's boxes lie in [0, 1] and the per-class limit is not reached.
+raises ModelError naming the nodes that stop the cut. The clipping of the NMS's output boxes to
+[0, 1] (``combined_non_max_suppression``'s ``clip_boxes``, a Max 0 / Min 1 after the NMS) is recorded
+in the Cut and redone after the NMS by the detection runner on every backend; TensorFlow's per-class
+output limit goes with the cut: detections equal TensorFlow's while it is not reached.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class Cut:
     iou_threshold: float | None = None
     score_threshold: float | None = None
     max_detections: int | None = None
+    clip_boxes: bool = False  # TensorFlow clipped the NMS's output boxes to [0, 1]
 
     def summary(self) -> str:
         ops = ", ".join(f"{op} {n}" for op, n in self.removed.most_common())
@@ -83,7 +85,7 @@ class Cut:
     def to_dict(self) -> dict:
         return {"nms_nodes": self.nms_nodes, "removed": dict(self.removed.most_common()),
                 "iou_threshold": self.iou_threshold, "score_threshold": self.score_threshold,
-                "max_detections": self.max_detections}
+                "max_detections": self.max_detections, "clip_boxes": self.clip_boxes}
 
 
 def find_nms(graph) -> list:
@@ -117,8 +119,10 @@ def cut_tf_nms(graph) -> Cut:
         raise ModelError("cannot cut the NMS: its boxes/scores come through "
                          + ", ".join(f"{n.op} {n.name}" for n in blockers))
     before = Counter(n.op for n in graph.nodes)
+    clip = _clips_to_unit(_consumers_downstream(*nms.outputs))
     cut = Cut([n.name for n in nodes], iou_threshold=_scalar(nms, 3), score_threshold=_scalar(nms, 4))
     cut.max_detections = _max_total(graph) or (int(_scalar(nms, 2)) if _scalar(nms, 2) else None)
+    cut.clip_boxes = clip
 
     # scores: ONNX NMS reads [B, C, N]; the contract wants [B, N, C].
     producer = scores_in.inputs[0] if scores_in.inputs else None
@@ -163,6 +167,28 @@ def _producers_upstream(*tensors) -> list:
                 nodes.append(node)
                 stack.extend(node.inputs)
     return nodes
+
+
+def _consumers_downstream(*tensors) -> list:
+    seen, stack, nodes = set(), list(tensors), []
+    while stack:
+        for node in stack.pop().outputs:
+            if id(node) not in seen:
+                seen.add(id(node))
+                nodes.append(node)
+                stack.extend(node.outputs)
+    return nodes
+
+
+def _clips_to_unit(nodes) -> bool:
+    """Whether ``nodes`` clip a tensor to [0, 1]: a Clip(0, 1), or a Max with 0 feeding a Min with 1."""
+    for node in nodes:
+        if node.op == "Clip" and [_scalar(node, 1), _scalar(node, 2)] == [0.0, 1.0]:
+            return True
+        if node.op == "Max" and 0.0 in (_scalar(node, 0), _scalar(node, 1)):
+            if any(m.op == "Min" and 1.0 in (_scalar(m, 0), _scalar(m, 1)) for m in node.outputs[0].outputs):
+                return True
+    return False
 
 
 def _scalar(node, index: int) -> float | None:

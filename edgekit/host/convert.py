@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,7 +33,25 @@ class Source:
     width: int | None
     fn: Callable  # NHWC float32 tf.Tensor -> output tf.Tensor (a list of them for a multi-output model)
     in_graph_preprocessing: list = field(default_factory=list)  # leading Rescaling/Normalization layers
+    scopes: list = field(default_factory=list)  # model names (nested ones too): see edgekit.host.scaling
+    detector_nms: dict | None = None  # an adapted anchor detector's own NMS parameters (edgekit.host.adapters)
+    output_names: list = field(default_factory=list)  # in the order fn returns the outputs
 
+    def select_outputs(self, names: list[str]) -> None:
+        """Keep only the outputs called ``names``, in that order; ModelError naming the outputs there are."""
+        missing = [n for n in names if n not in self.output_names]
+        if missing:
+            raise ModelError(f"{self.path.name} has no output {missing[0]!r}; its outputs are "
+                             f"{', '.join(self.output_names) or 'unnamed'}")
+        picks = [self.output_names.index(n) for n in names]
+        inner = self.fn
+
+        def fn(x):
+            out = inner(x)
+            out = out if isinstance(out, (list, tuple)) else [out]
+            return [out[i] for i in picks]
+
+        self.fn, self.output_names = fn, list(names)
 
     def run(self, x_nhwc: np.ndarray):
         """The model's output for an NHWC float32 batch, computed by TensorFlow (a list for several outputs)."""
@@ -83,8 +102,11 @@ def load(path: str | os.PathLike, unsafe: bool = False) -> Source:
     _check_container(path, fmt)
     from edgekit.host import import_tf
 
+    from edgekit.host import adapters
+    from edgekit.host.scaling import graph_scopes, keras_scopes
+
     tf, keras = import_tf()
-    prep_layers = []
+    prep_layers, detector_nms, output_names = [], None, []
     try:
         if fmt == "saved_model":
             loaded = tf.saved_model.load(str(path))
@@ -103,18 +125,29 @@ def load(path: str | os.PathLike, unsafe: bool = False) -> Source:
                 return result[_out[0]] if len(_out) == 1 else [result[k] for k in _out]
 
             fn.keep_alive = loaded  # the signature needs its object alive
+            scopes, output_names = graph_scopes(sig), out_keys
         else:
             if unsafe and fmt == "keras":
                 log.warning("--unsafe-load: loading %s with Keras' safe_mode off; its Lambda layers run code "
                             "stored in the file", path.name)
+            if fmt == "keras" and adapters.needs_keras_hub(path):
+                adapters.import_keras_hub()
             model = keras.models.load_model(path, compile=False, **({"safe_mode": False} if unsafe else {}))
             if len(model.inputs) != 1:
                 raise ModelError(f"{path}: edgekit exports models with one input")
             shape = list(model.inputs[0].shape)
             prep_layers = leading_preprocessing(model)
+            scopes, output_names = keras_scopes(model), list(getattr(model, "output_names", None) or [])
 
             def fn(x, _model=model):
                 return _model(tf.convert_to_tensor(x, tf.float32), training=False)
+
+            if adapters.is_anchor_detector(model):  # decoding outside call: brought into the function
+                decode = adapters.detector_function(model)
+                detector_nms = adapters.detector_nms(model)
+
+                def fn(x, _decode=decode):  # noqa: F811
+                    return _decode(tf.convert_to_tensor(x, tf.float32))
 
     except ModelError:
         raise
@@ -125,7 +158,7 @@ def load(path: str | os.PathLike, unsafe: bool = False) -> Source:
         raise ModelError(f"cannot load {path} as a {fmt} model: {first_line(exc)}") from exc
     if len(shape) != 4 or shape[-1] != 3:
         raise ModelError(f"{path}: input shape {shape} is not an NHWC 3-channel image batch")
-    return Source(path, fmt, shape[1], shape[2], fn, prep_layers)
+    return Source(path, fmt, shape[1], shape[2], fn, prep_layers, scopes, detector_nms, output_names)
 
 
 PREPROCESSING_LAYERS = ("Rescaling", "Normalization")
@@ -159,13 +192,112 @@ def to_onnx(source: Source, height: int, width: int, batch: int | None, opset: i
     spec = (tf.TensorSpec((batch, height, width, 3), tf.float32, name=INPUT_NAME),)
     function = tf.function(tf.autograph.experimental.do_not_convert(source.fn), input_signature=spec)
     try:
-        model, _ = tf2onnx.convert.from_function(
-            function, input_signature=spec, opset=opset, inputs_as_nchw=[INPUT_NAME]
-        )
+        with _transpose_optimizer_fixed(), _grouped_conv_traceable(tf):
+            model, _ = tf2onnx.convert.from_function(
+                function, input_signature=spec, opset=opset, inputs_as_nchw=[INPUT_NAME],
+                custom_op_handlers={"Erfc": (_erfc_as_erf, [])},
+            )
     except Exception as exc:  # tf2onnx raises bare exceptions for unconvertible graphs
         raise ModelError(f"tf2onnx cannot convert {source.path}: {first_line(exc)}") from exc
+    _check_converted(model, source.path)
+    _check_soft_nms(function.get_concrete_function().graph.as_graph_def(), tf)
     _freeze_captured_constants(model, function.get_concrete_function())
     return model
+
+
+def _check_soft_nms(graph_def, tf) -> None:
+    """ModelError when a TensorFlow NMS is Soft-NMS (``soft_nms_sigma`` not 0): tf2onnx drops the sigma,
+    and neither EfficientNMS_TRT nor edgekit's NMS decays scores, so the cut could not reproduce it."""
+    for nodes in [graph_def.node, *(f.node_def for f in graph_def.library.function)]:
+        by_name = {n.name: n for n in nodes}
+        for node in nodes:
+            if node.op != "NonMaxSuppressionV5":
+                continue
+            sigma = by_name.get(node.input[5].split(":")[0].lstrip("^"))
+            constant = sigma is not None and sigma.op == "Const"
+            value = float(tf.make_ndarray(sigma.attr["value"].tensor)) if constant else None
+            if value != 0.0:
+                raise ModelError(f"cannot cut the NMS: {node.name} is Soft-NMS (soft_nms_sigma "
+                                 f"{'not constant' if value is None else f'{value:g}'}), which EfficientNMS_TRT and "
+                                 "edgekit's NMS do not reproduce; use soft_nms_sigma=0")
+
+
+def _check_converted(model, path) -> None:
+    """ModelError naming the TensorFlow ops tf2onnx left unconverted (it keeps them as foreign nodes)."""
+    from collections import Counter
+
+    import onnx
+
+    domains = {o.domain for o in model.opset_import}
+    left = Counter(n.op_type for n in model.graph.node
+                   if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type) or n.domain not in domains)
+    if left:
+        ops = ", ".join(f"{op} x{n}" for op, n in left.most_common())
+        hint = (" (StatefulPartitionedCall: a function TensorFlow compiles with XLA, e.g. Keras 3's grouped"
+                " convolutions)" if "StatefulPartitionedCall" in left else "")
+        raise ModelError(f"tf2onnx cannot convert {path}: TensorFlow ops without an ONNX equivalent: {ops}{hint}")
+
+
+@contextmanager
+def _transpose_optimizer_fixed():
+    """tf2onnx 1.16-1.17's transpose optimizer, able to push a Transpose through an Add of a scalar constant.
+
+    Its Add handler takes ``max()`` of the constant's shape, which fails for a scalar (the ``x + 3`` of
+    MobileNetV3's hard-swish after a Conv); the failure aborts the whole optimizer, leaving a Transpose
+    pair around every Conv (107 in MobileNetV3Small). A scalar goes the handler's general way instead.
+    """
+    from tf2onnx.optimizer import transpose_optimizer
+
+    cls = transpose_optimizer.TransposeOptimizer
+    original = cls._add_handler
+
+    def add_handler(self, trans, node):
+        const = node.inputs[1]
+        if const.is_const() and np.ndim(const.get_tensor_value(as_list=False)) == 0:
+            return self._handle_node_having_branches(trans, node)
+        return original(self, trans, node)
+
+    cls._add_handler = add_handler
+    try:
+        yield
+    finally:
+        cls._add_handler = original
+
+
+@contextmanager
+def _grouped_conv_traceable(tf):
+    """Keras 3 (TensorFlow backend) runs a grouped convolution (ConvNeXt's depthwise Conv2D with
+    ``groups``) as an XLA-compiled function, which tf2onnx cannot look into. While converting, a
+    grouped 2-D NHWC convolution is traced as the plain TensorFlow Conv2D op it is (tf2onnx converts
+    it to a grouped ONNX Conv); the model itself, and a SavedModel's saved graph, are unchanged.
+    """
+    try:
+        from keras.src import backend
+    except ImportError:  # another Keras layout: nothing to trace differently
+        yield
+        return
+    original = backend.nn.conv
+
+    def conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
+        if (backend.standardize_data_format(data_format) == "channels_last" and len(inputs.shape) == 4
+                and inputs.shape[-1] != kernel.shape[-2]):
+            return tf.nn.convolution(inputs, kernel, strides, padding.upper(), data_format="NHWC",
+                                     dilations=dilation_rate)
+        return original(inputs, kernel, strides, padding, data_format, dilation_rate)
+
+    backend.nn.conv = conv
+    try:
+        yield
+    finally:
+        backend.nn.conv = original
+
+
+def _erfc_as_erf(ctx, node, name, args):
+    """tf2onnx handler: TensorFlow's Erfc (exact GELU) as ``1 - Erf(x)``."""
+    node.type = "Erf"
+    one = ctx.make_const(f"{name}_one", np.array(1, np.float32))
+    ctx.insert_new_node_on_output("Sub", node.output[0], inputs=[one.output[0], node.output[0]], name=f"{name}_erfc")
+    return node
 
 
 def _freeze_captured_constants(model, concrete) -> None:

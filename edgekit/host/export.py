@@ -20,13 +20,13 @@ from edgekit.bundle import SCHEMA_VERSION, Bundle
 from edgekit.errors import InputError, ModelError, UsageError
 from edgekit.graph.targets import DEFAULT_TARGET, get_target
 from edgekit.preprocess import Preprocess
-from edgekit.host.probe import random_inputs
+from edgekit.host.probe import probe_inputs
 from edgekit.progress import heartbeat
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
-CONSTANT_OUTPUT = 1e-6  # output spread across random frames at or below which a model ignores its input
+CONSTANT_OUTPUT = 1e-6  # output spread across probe photos at or below which a model ignores its input
 TOOLS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "onnx-graphsurgeon")
 
 
@@ -46,31 +46,34 @@ def export_bundle(
     seed: int = 0,
     unsafe_load: bool = False,
     nms: dict | None = None,
+    task: str | None = None,
+    outputs: tuple[str, str] | None = None,
 ) -> Bundle:
     """Convert ``model`` to a bundle at ``out`` for ``target``; return the loaded bundle.
 
     Labels and preprocessing come from the sidecar ``train`` wrote (``<model>.edgekit.json``) unless
     ``labels``/``preprocess`` are given; ``preprocess`` is a Preprocess, its dict (size defaults to the
-    model's) or an arch name from :mod:`edgekit.host.archs` (``mobilenetv2`` …). Without either, a
-    model that starts with its own Rescaling/Normalization layers gets raw RGB 0-255 pixels; any other
-    model, RGB scaled to [0, 1], with a warning; labels are ``0..N-1``. ``batch`` fixes the batch size
-    (default: dynamic). ``unsafe_load`` loads Lambda layers (see :func:`edgekit.host.convert.load`).
-    Third-party output is held back (:func:`edgekit.quiet.captured`).
+    model's) or a ``--preprocess`` value (:func:`edgekit.preprocess.named`). Without either, it is found
+    (:mod:`edgekit.host.scaling`: the model's own scaling, or a stock keras.applications network) or
+    export refuses with a UsageError naming ``--preprocess``; labels are ``0..N-1``. ``batch`` fixes
+    the batch size (default: dynamic). ``unsafe_load`` loads Lambda layers (see
+    :func:`edgekit.host.convert.load`). Third-party output is held back (:func:`edgekit.quiet.captured`).
 
-    A detector (sidecar ``"task": "detection"``, or a graph ending in TensorFlow NMS, which is cut)
+    A detector (``task="detect"``, sidecar ``"task": "detection"``, or a graph ending in TensorFlow NMS, which is cut)
     gets the pre-plugin ``model.onnx`` plus ``model.trt.onnx`` with EfficientNMS_TRT for TensorRT;
     ``nms`` overrides :class:`edgekit.nms.NmsParams` fields (score_threshold, iou_threshold, …).
+    ``outputs`` names a detector's (boxes, scores) outputs among the model's.
     """
     from edgekit.quiet import captured
 
     with captured():
         return _export(model, out, target=target, batch=batch, opset=opset, allow_unsupported=allow_unsupported,
                        force=force, tolerance=tolerance, labels=labels, preprocess=preprocess, samples=samples,
-                       seed=seed, unsafe_load=unsafe_load, nms=nms)
+                       seed=seed, unsafe_load=unsafe_load, nms=nms, task=task, outputs=outputs)
 
 
 def _export(model, out, *, target, batch, opset, allow_unsupported, force, tolerance, labels, preprocess, samples,
-            seed, unsafe_load, nms) -> Bundle:
+            seed, unsafe_load, nms, task, outputs) -> Bundle:
     from edgekit.graph.passes import Passes
     from edgekit.graph.support import check
     from edgekit.host import convert
@@ -89,41 +92,25 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
     model = Path(model)
     fmt = convert.source_format(model)
     meta = _sidecar(model)
+    if task is not None:  # --task: "detect" or "classify", as train names them
+        meta["task"] = "detection" if task == "detect" else "classification"
     labels = labels or meta.get("labels")
-    prep = preprocess or meta.get("preprocess")
+    given = preprocess if preprocess is not None else meta.get("preprocess")
+    if isinstance(given, Preprocess):
+        given = given.to_dict()
 
     if meta.get("task") == "detection":  # edgekit's detector: its box-decoding layer must be registered to load
         from edgekit.host.detector import decode_boxes_layer
 
         decode_boxes_layer()
     source = convert.load(model, unsafe=unsafe_load)
-    if prep is None and source.in_graph_preprocessing:
-        log.info("%s scales its own input (%s): feeding it RGB pixels 0-255", model.name,
-                 ", ".join(source.in_graph_preprocessing))
-        prep = {"color": "RGB", "scale": 1.0}
-    elif prep is None:
-        log.warning("no preprocessing recorded for %s and none in the model; assuming RGB scaled to [0, 1] "
-                    "(give --preprocess ARCH_OR_JSON if it expects otherwise)", model.name)
-        prep = {}
-    if isinstance(prep, str):
-        from edgekit.host.archs import get_arch
-
-        prep = get_arch(prep).preprocess(1).to_dict()
-        prep.pop("size")
-    if isinstance(prep, dict):
-        if "size" not in prep and not (source.height and source.width):
-            raise UsageError(f"{model} has no fixed input size; give the preprocessing a size")
-        prep = Preprocess.from_dict({"size": (source.height, source.width), **prep})
-    height, width = prep.size
-    if (source.height, source.width) not in ((height, width), (None, None)):
-        raise ModelError(
-            f"{model} takes {source.height}x{source.width} images but its preprocessing says {height}x{width}"
-        )
-    prep = Preprocess.from_dict({**prep.to_dict(), "layout": "NCHW"})
-    if source.in_graph_preprocessing and (prep.scale != 1.0 or prep.mean != (0.0, 0.0, 0.0)):
-        log.warning("%s scales its own input (%s) and its preprocessing scales too (scale %g, mean %s): "
-                    "pixels are scaled twice unless the model expects that", model.name,
-                    ", ".join(source.in_graph_preprocessing), prep.scale, list(prep.mean))
+    if outputs:  # --boxes-output/--scores-output: a detector's outputs by name
+        meta["task"] = "detection"
+        source.select_outputs(list(outputs))
+    if source.detector_nms is not None:  # an anchor detector adapted: a detector, with its own NMS's parameters
+        meta["task"] = "detection"
+        nms = {**source.detector_nms, **(nms or {})}
+    height, width = _input_size(source, given, model)
 
     log.info("converting %s (%s) to ONNX opset %d for %s (TensorRT %s)",
              model.name, fmt, opset, tgt.name, tgt.tensorrt)
@@ -134,7 +121,8 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
     detection = meta.get("task") == "detection" or det.has_tf_nms(onnx_model)
     cut = None
     if detection:
-        onnx_model, passes, cut = det.pre_plugin_graph(onnx_model, convert.INPUT_NAME, batch, tgt.supported_ops)
+        onnx_model, passes, cut = det.pre_plugin_graph(onnx_model, convert.INPUT_NAME, batch, tgt.supported_ops,
+                                                        named=bool(outputs))
         n_out = onnx_model.graph.output[1].type.tensor_type.shape.dim[2].dim_value
         params = det.nms_params(cut, nms)
     else:
@@ -142,7 +130,8 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
             raise UsageError("NMS options apply to detectors only (sidecar task 'detection' or a TensorFlow NMS)")
         if len(onnx_model.graph.output) != 1:
             raise ModelError(f"{model} has {len(onnx_model.graph.output)} outputs; a classifier has one "
-                             "(a detector needs \"task\": \"detection\" in its sidecar, or a TensorFlow NMS)")
+                             "(a detector needs --task detect, or \"task\": \"detection\" in its sidecar, "
+                             "or a TensorFlow NMS)")
         out_op = _last_op(onnx_model)
         out_name, meaning = ("probs", "probabilities") if out_op == "Softmax" else ("logits", "logits")
         passes = (
@@ -153,6 +142,7 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
         )
         onnx_model = passes.model()
         n_out = _output_width(onnx_model)
+    prep, origin = _preprocess(given, source, onnx_model, height, width)
     if labels is None:
         labels = [str(i) for i in range(n_out)]
         log.warning("no labels recorded for %s (no sidecar from `edgekit train`); using 0..%d: pass --labels "
@@ -177,7 +167,7 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
         raise ModelError(f"ONNX Runtime differs from TensorFlow by {error:.3g} > tolerance {tolerance:g}")
     log.info("parity: max abs error %.3g (tolerance %g)", error, tolerance)
     if spread <= CONSTANT_OUTPUT:
-        log.warning("%s gives the same output for %d different random frames (spread %.2g): the parity check "
+        log.warning("%s gives the same output for %d different images (spread %.2g): the parity check "
                     "proves little, and the model cannot tell images apart (untrained weights?)",
                     model.name, samples, spread)
 
@@ -188,6 +178,7 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
         "input": {"name": convert.INPUT_NAME, "shape": [batch or "batch", 3, height, width],
                   "layout": "NCHW", "dtype": "float32"},
         "preprocess": prep.to_dict(),
+        "preprocess_origin": origin,
         "outputs": (
             [{"name": "boxes", "meaning": "boxes"}, {"name": "scores", "meaning": "scores"}] if detection
             else [{"name": out_name, "meaning": meaning, "shape": [batch or "batch", n_out]}]
@@ -263,6 +254,38 @@ def _with_plugin(model, params, tgt):
     return gs.export_onnx(graph)
 
 
+def _input_size(source, given, model: Path) -> tuple[int, int]:
+    """The model's (height, width): its fixed input size, else the given preprocessing's size."""
+    size = given.get("size") if isinstance(given, dict) else None
+    if size is None:
+        if not (source.height and source.width):
+            raise UsageError(f"{model} has no fixed input size; give the preprocessing a size")
+        return source.height, source.width
+    height, width = (int(v) for v in size)
+    if (source.height, source.width) not in ((height, width), (None, None)):
+        raise ModelError(f"{model} takes {source.height}x{source.width} images but its preprocessing says "
+                         f"{height}x{width}")
+    return height, width
+
+
+def _preprocess(given, source, onnx_model, height: int, width: int) -> tuple[Preprocess, str]:
+    """The bundle's Preprocess (NCHW) and where it came from (see :mod:`edgekit.host.scaling`)."""
+    from edgekit.host.scaling import leading_affine, resolve
+
+    affine = leading_affine(onnx_model)
+    fields, origin = resolve(given, source, affine)
+    fields = {k: v for k, v in fields.items() if k != "size"}
+    prep = Preprocess.from_dict({**fields, "size": (height, width), "layout": "NCHW"})
+    if origin != "given":
+        log.info("%s: %s", source.path.name, origin)
+    elif affine is not None and (prep.scale != 1.0 or prep.mean != (0.0, 0.0, 0.0)):
+        layers = ", ".join(source.in_graph_preprocessing) or "its graph"
+        log.warning("%s scales its own input (%s: %s) and its preprocessing scales too (scale %g, mean %s): "
+                    "pixels are scaled twice unless the model expects that", source.path.name, layers, affine,
+                    prep.scale, list(prep.mean))
+    return prep, origin
+
+
 def _last_op(model) -> str | None:
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
     return producers.get(model.graph.output[0].name)
@@ -279,11 +302,11 @@ def _output_width(model) -> int:
 
 def _parity(source, onnx_model, prep: Preprocess, batch: int | None, samples: int, seed: int
             ) -> tuple[float, float, int]:
-    """Max abs difference between TF and ONNX Runtime on preprocessed random frames, the spread of
+    """Max abs difference between TF and ONNX Runtime on preprocessed photo crops, the spread of
     TensorFlow's outputs across those frames (max - min, largest over outputs), and their count."""
     import onnxruntime as ort
 
-    nhwc, nchw = random_inputs(prep, batch, samples, seed)
+    nhwc, nchw = probe_inputs(prep, batch, samples, seed)
     n = len(nhwc)
     session = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: nchw})[0]

@@ -27,8 +27,9 @@ def has_tf_nms(model) -> bool:
     return op_histogram(model).get("NonMaxSuppression", 0) > 0
 
 
-def pre_plugin_graph(onnx_model, input_name: str, batch, supported_ops):
-    """The cleaned pre-plugin graph (``onnx.ModelProto``), its Passes, and the NMS Cut (None for a native detector)."""
+def pre_plugin_graph(onnx_model, input_name: str, batch, supported_ops, named: bool = False):
+    """The cleaned pre-plugin graph (``onnx.ModelProto``), its Passes, and the NMS Cut (None for a native
+    detector). ``named``: the outputs are (boxes, scores) in that order, as the user named them."""
     import onnx_graphsurgeon as gs
 
     from edgekit.graph.nms import BOXES, SCORES, cut_tf_nms, find_nms
@@ -43,7 +44,8 @@ def pre_plugin_graph(onnx_model, input_name: str, batch, supported_ops):
         if len(graph.outputs) != 2:
             raise ModelError(f"a detector exports two outputs (boxes [B, N, 4], scores [B, N, C]); this one has "
                              f"{len(graph.outputs)} and no TensorFlow NMS to cut")
-        graph.outputs = sorted(graph.outputs, key=lambda t: not _is_boxes(t))
+        if not named:
+            graph.outputs = sorted(graph.outputs, key=lambda t: not _is_boxes(t))
     passes = (
         Passes(graph).strip_training().cast_double().fold_constants().fold_batchnorm()
         .replace_unsupported(supported_ops)
@@ -72,8 +74,8 @@ def _fix_output_shapes(graph, batch) -> None:
     except Exception as exc:  # onnxruntime raises untyped errors
         raise ModelError(f"ONNX Runtime cannot run the detector graph: {exc}") from exc
     if boxes.ndim != 3 or boxes.shape[2] != 4 or scores.ndim != 3 or scores.shape[:2] != boxes.shape[:2]:
-        raise ModelError(f"detector outputs must be boxes [B, N, 4] and scores [B, N, C]; got {list(boxes.shape)} "
-                         f"and {list(scores.shape)}")
+        raise ModelError(f"detector outputs must be boxes [B, N, 4] and scores [B, N, C]; got boxes "
+                         f"{list(boxes.shape)} and scores {list(scores.shape)}")
     for tensor, value in zip(graph.outputs, (boxes, scores)):
         tensor.shape = [batch, *value.shape[1:]]
         tensor.dtype = np.float32
@@ -96,7 +98,7 @@ def nms_params(cut, overrides: dict | None) -> NmsParams:
 
 def parity(source, model, prep, batch, samples: int, seed: int, cut) -> tuple[float, float, int]:
     """Max abs difference between TensorFlow and ONNX Runtime (+ edgekit's NMS for a cut model), the
-    spread of the class scores across the random frames (max - min, largest over scores; 0: the model
+    spread of the class scores across the photo crops (max - min, largest over scores; 0: the model
     ignores its input), and the frame count.
 
     A native detector is compared output by output (boxes, scores). A model with TensorFlow NMS is
@@ -106,9 +108,9 @@ def parity(source, model, prep, batch, samples: int, seed: int, cut) -> tuple[fl
     """
     import onnxruntime as ort
 
-    from edgekit.host.probe import random_inputs
+    from edgekit.host.probe import probe_inputs
 
-    nhwc, nchw = random_inputs(prep, batch, samples, seed)
+    nhwc, nchw = probe_inputs(prep, batch, samples, seed)
     n = len(nhwc)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     boxes, scores = session.run(["boxes", "scores"], {session.get_inputs()[0].name: nchw})
@@ -118,12 +120,19 @@ def parity(source, model, prep, batch, samples: int, seed: int, cut) -> tuple[fl
     if cut is None:
         tf_boxes = next((o for o in want if o.ndim == 3 and o.shape[-1] == 4), None)
         tf_scores = next((o for o in want if o is not tf_boxes), None)
-        if tf_boxes is None or tf_boxes.shape != boxes.shape or tf_scores.shape != scores.shape:
-            raise ModelError("ONNX detector outputs differ in shape from TensorFlow's")
+        if tf_boxes is None or tf_scores is None:
+            raise ModelError(f"a detector outputs boxes [B, N, 4] and scores [B, N, C]; TensorFlow gives "
+                             f"{', '.join(str(list(o.shape)) for o in want)}")
+        for name, onnx_out, tf_out in (("boxes", boxes, tf_boxes), ("scores", scores, tf_scores)):
+            if onnx_out.shape != tf_out.shape:
+                raise ModelError(f"detector output {name}: ONNX Runtime gives {list(onnx_out.shape)}, "
+                                 f"TensorFlow {list(tf_out.shape)}")
         return float(max(np.abs(boxes - tf_boxes).max(), np.abs(scores - tf_scores).max())), spread, n
     tf = tf_nms_outputs(want)
     dets = efficient_nms(boxes, scores, score_threshold=cut.score_threshold or 0.0,
                          iou_threshold=cut.iou_threshold or 0.5, max_output_boxes=tf["detection_boxes"].shape[1])
+    if cut.clip_boxes:
+        np.clip(dets["detection_boxes"], 0.0, 1.0, out=dets["detection_boxes"])
     return detection_difference(dets, tf), spread, n
 
 
