@@ -108,10 +108,10 @@ def write_tracking_sample(out: str | os.PathLike, force: bool = False) -> Path:
     """Write ``track.mp4``, ``track.truth.json`` and ``cards.bundle`` under ``out``."""
     import cv2
 
-    from edgekit.sample_data import _backgrounds
+    from edgekit.sample_data import sample_photos
     from edgekit.tiny_detect import write_card_detector
 
-    frames = render(_backgrounds()[0])
+    frames = render(sample_photos()[0])
     with atomic_dir(out, force=force) as tmp:
         writer = cv2.VideoWriter(str(tmp / "track.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (SIZE[1], SIZE[0]))
         if not writer.isOpened():
