@@ -71,6 +71,10 @@ class DetectionRunner(Runner):
             dets["num_detections"] = dets["num_detections"].astype(np.int32).reshape(-1, 1)
             dets["detection_classes"] = dets["detection_classes"].astype(np.int32)
             return filter_detections(dets, self.score_threshold)
+        return self.nms(out)
+
+    def nms(self, out: dict) -> dict[str, np.ndarray]:
+        """The plugin's outputs from the pre-plugin graph's ``boxes`` and ``scores`` (edgekit's NMS)."""
         p = self.params
         return efficient_nms(out["boxes"], out["scores"], score_threshold=self.score_threshold,
                              iou_threshold=p.iou_threshold, max_output_boxes=p.max_detections,
