@@ -128,7 +128,7 @@ def natural_frames(count: int, size: tuple[int, int], seed: int = 0) -> list[np.
         for _ in range(rng.integers(2, 6)):
             centre = (int(rng.integers(w)), int(rng.integers(h)))
             axes = (int(rng.integers(4, w // 4 + 5)), int(rng.integers(4, h // 4 + 5)))
-            cv2.ellipse(img, centre, axes, float(rng.uniform(180)), 0, 360, rng.uniform(0, 255, 3).tolist(), -1)
+            cv2.ellipse(img, centre, axes, float(rng.uniform(0, 180)), 0, 360, rng.uniform(0, 255, 3).tolist(), -1)
         out.append(np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8))
     return out
 

@@ -10,7 +10,9 @@ The designs are the published ones, written here from the papers:
   reached on that box, so a score says how good the box is; the loss is varifocal (Zhang et al. 2021,
   VarifocalNet: ``BCE(p, t)`` weighted by ``t`` at positives and ``alpha * p**gamma`` elsewhere) or
   quality focal (Li et al. 2020, Generalized Focal Loss: weighted by ``|t - p|**gamma``), over every
-  cell and class;
+  cell and class, except that the other classes at a positive cell take plain cross-entropy (weight 1:
+  a wrong class on an object is never an easy negative, and short training otherwise leaves several
+  classes above the run threshold on one object);
 * the box loss is ``1 - CIoU`` (Zheng et al. 2020) at positives, weighted by their class target.
 
 Ground truth comes padded: boxes ``[B, M, 4]`` normalised corners, classes ``[B, M]`` with -1 for padding.
@@ -123,6 +125,9 @@ def detection_loss(logits, boxes, gt_boxes, gt_classes, centers, config: LossCon
         modulation = positive * target_scores + (1 - positive) * config.negative_weight * scores**config.gamma
     else:
         modulation = tf.abs(target_scores - scores) ** config.gamma
+    # at an object's cells a wrong class is never an easy negative: plain cross-entropy pushes it down
+    wrong_class = tf.cast(fg, logits.dtype)[..., None] * tf.cast(target_scores <= 0, logits.dtype)
+    modulation = wrong_class + (1 - wrong_class) * modulation
     cls_loss = tf.reduce_sum(bce * modulation) / norm
     weight = tf.reduce_sum(target_scores, -1) * tf.cast(fg, logits.dtype)
     box_loss = tf.reduce_sum((1.0 - ciou(boxes, target_boxes)) * weight) / norm

@@ -45,6 +45,7 @@ class Head:
     widths: tuple[int, ...]
     levels: int  # pyramid levels from stride 8 (1: stride 8 only)
     width: int  # neck and head channels
+    cls_convs: int = 2  # 3x3 convs of the class branch (the box branch has one)
     legacy: bool = False  # small-v1: one level, static targets and focal loss
 
 
@@ -218,7 +219,9 @@ def build_detector(arch, image_size: int, n_classes: int, weights: str = "none")
             pyramid.insert(0, conv(merged, width, f"fuse{i}"))
     logits, raws = [], []
     for i, p in enumerate(pyramid):
-        cls = conv(p, width, f"cls_tower_p{i}")
+        cls = p
+        for j in range(head.cls_convs if head is not None else 2):
+            cls = conv(cls, width, f"cls_tower{j}_p{i}")
         reg = conv(p, width, f"box_tower_p{i}")
         logit = L.Conv2D(n_classes, 1, bias_initializer=bias, name=f"cls_logits_p{i}")(cls)
         logits.append(L.Reshape((-1, n_classes), name=f"cls_flat_p{i}")(logit))
