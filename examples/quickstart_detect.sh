@@ -14,8 +14,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "edgekit sample-data --task detect data"
 edgekit sample-data --task detect data --force
 
-step "edgekit train data/yolo --task detect -o digits-det.keras --image-size 128 --epochs $epochs"
-edgekit train data/yolo --task detect -o digits-det.keras --image-size 128 --epochs "$epochs" --force
+# --no-flip: a mirrored digit is not that digit (leave flips on for most objects)
+step "edgekit train data/yolo --task detect -o digits-det.keras --image-size 128 --epochs $epochs --no-flip"
+edgekit train data/yolo --task detect -o digits-det.keras --image-size 128 --epochs "$epochs" --no-flip --force
 # the same scenes in COCO layout train the same way: edgekit train data/coco --task detect ...
 
 step "edgekit export digits-det.keras -o digits-det.bundle --target jetpack-6.1 --int8 --calib-images data/yolo/images/train"

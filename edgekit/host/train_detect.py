@@ -113,7 +113,7 @@ def train_detector(
     return result
 
 
-def _fit_aligned(keras, model, train, prep, epochs, batch_size, augment, lr, seed, verbose):
+def _fit_aligned(keras, model, train, prep, epochs, batch_size, augment, lr, seed, verbose, config=None):
     """Train a pyramid detector: tf.data batches, task-aligned targets from the current predictions,
     quality focal + CIoU losses, Adam with a one-epoch warm-up then cosine decay."""
     import time
@@ -121,7 +121,7 @@ def _fit_aligned(keras, model, train, prep, epochs, batch_size, augment, lr, see
     import tensorflow as tf
 
     from edgekit.host.augment import detection_batches
-    from edgekit.host.det_loss import detection_loss
+    from edgekit.host.det_loss import LossConfig, detection_loss
     from edgekit.host.detector import grid_of
 
     frames, boxes, classes = train
@@ -139,7 +139,7 @@ def _fit_aligned(keras, model, train, prep, epochs, batch_size, augment, lr, see
     def step(x, gt_boxes, gt_classes):
         with tf.GradientTape() as tape:
             pred_boxes, logits = trainer(x, training=True)
-            loss, parts = detection_loss(logits, pred_boxes, gt_boxes, gt_classes, centers)
+            loss, parts = detection_loss(logits, pred_boxes, gt_boxes, gt_classes, centers, config or LossConfig())
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return tf.stack([loss, parts["cls"], parts["box"]])
 
