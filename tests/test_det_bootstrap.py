@@ -60,3 +60,13 @@ def test_interval_covers_the_drop_and_narrows_with_more_images():
         widths.append(high - low)
         assert drop_interval(ref, ref, 3, resamples=20) == (0.0, 0.0)
     assert widths[1] < widths[0] * 0.7
+
+
+def test_unlabelled_interval_is_of_the_agreement_shortfall():
+    """Without labels the reference is FP32's own detections (100 by definition)."""
+    from edgekit.quant.det_bootstrap import drop_interval, map50, matches
+
+    truth, dets = _scenes(30, np.random.default_rng(3), 2.0)
+    model = matches(truth, dets, SIZE)
+    low, high = drop_interval(None, model, 3, resamples=50)
+    assert 0 < low <= 100 - map50(model, np.arange(30), 3) <= high

@@ -79,7 +79,7 @@ def drop_interval(reference: list[tuple] | None, model: list[tuple], num_classes
     """The ``level`` bootstrap interval (percentile) of ``map50(reference) - map50(model)``, in points
     (``reference`` None: 100, the score of FP32 against its own detections)."""
     rng = np.random.default_rng(seed)
-    n = len(reference)
+    n = len(model)
     drops = []
     for _ in range(resamples):
         idx = rng.integers(0, n, n)
