@@ -5,8 +5,8 @@
     python benchmarks/bench_detector.py --sets sample --archs small-v1,small,medium
 
 Sets: ``sample`` is `edgekit sample-data --task detect` (digits on real photos, 1-4 a scene, trained
-with --no-flip); ``hard`` is generated here: 2-12 shapes a scene (5 classes), 10-60 px on 320x240 real
-photo crops, overlapping up to IoU 0.3. Every model is trained by ``train_detector`` with the same
+with --no-flip); ``hard`` is generated here (320 train / 80 val): 2-12 shapes a scene (5 classes),
+10-60 px on 320x240 real photo crops, overlapping up to IoU 0.3, trained at 160 px. Every model is trained by ``train_detector`` with the same
 epochs and seed, exported (`export`), quantized with a CPU variant (`quantize --cpu-variant`) and
 scored by pycocotools' COCOeval on the val split at the bundle's eval threshold: mAP@0.5:0.95,
 mAP@0.5, mAP@0.75, AP_small; precision and recall (IoU >= 0.5, same class, greedy one-to-one) after
@@ -33,7 +33,7 @@ import numpy as np
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
 
 
-def hard_set(out: Path, seed: int = 1, counts=(("train", 480), ("val", 120))) -> Path:
+def hard_set(out: Path, seed: int = 1, counts=(("train", 320), ("val", 80))) -> Path:
     """A YOLO set of small, overlapping, varied shapes on real-photo crops (``out/yolo``)."""
     import cv2
 
@@ -227,7 +227,7 @@ def main() -> None:
     ap.add_argument("--archs", default="small-v1,small", help="the first is the baseline")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--image-size", type=int, default=128)
-    ap.add_argument("--hard-image-size", type=int, default=256, help="input side for the hard set (small objects)")
+    ap.add_argument("--hard-image-size", type=int, default=160, help="input side for the hard set (small objects)")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (0: its default)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=50)

@@ -35,7 +35,6 @@ class LossConfig:
     classification: str = "varifocal"  # or "quality_focal"
     gamma: float = 2.0  # focal modulation
     negative_weight: float = 0.75  # varifocal: alpha of the negatives' p**gamma weight
-    quality: str = "iou"  # class target at a box's best cell: its best IoU ("iou") or 1 ("one")
     box_weight: float = 2.5
     cls_weight: float = 1.0
 
@@ -106,9 +105,7 @@ def assign(scores, boxes, gt_boxes, gt_classes, centers, config: LossConfig = Lo
     target_cls = tf.gather(cls, owner, batch_dims=1)
     pos_f = tf.cast(positive, scores.dtype)
     aligned = align * pos_f
-    quality = aligned / (tf.reduce_max(aligned, -1, keepdims=True) + EPS)
-    if config.quality == "iou":
-        quality *= tf.reduce_max(iou * pos_f, -1, keepdims=True)
+    quality = aligned / (tf.reduce_max(aligned, -1, keepdims=True) + EPS) * tf.reduce_max(iou * pos_f, -1, keepdims=True)
     quality = tf.reduce_max(quality, axis=1) * tf.cast(fg, scores.dtype)  # [B, N]
     target_scores = tf.one_hot(target_cls, n_classes, dtype=scores.dtype) * quality[..., None]
     return tf.stop_gradient(target_boxes), tf.stop_gradient(target_scores), fg
