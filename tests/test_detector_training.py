@@ -193,3 +193,27 @@ def test_pyramid_detector_decodes_each_level_at_its_stride():
     assert grid_of(build_detector(detector_arch("small-v1"), 64, 3)) == Grid((64, 64), 8, 1)
     assert grid_of(build_detector(detector_arch("medium"), 64, 3)).strides == (8, 16, 32)
     assert detector_arch("mobilenetv2") == get_arch("mobilenetv2")
+
+
+def test_pyramid_detector_exports_with_the_contract(tmp_path):
+    """export converts the pyramid (nearest Resize, Add, Concat) and passes its own TF/ONNX parity check."""
+    import json
+
+    pytest.importorskip("tf2onnx")
+    import onnx
+
+    from edgekit.host.detector import build_detector, detector_arch
+    from edgekit.host.export import export_bundle
+
+    path = tmp_path / "det.keras"
+    build_detector(detector_arch("small"), 64, 3).save(path)
+    path.with_name("det.keras.edgekit.json").write_text(json.dumps({
+        "task": "detection", "labels": ["a", "b", "c"],
+        "preprocess": {"size": [64, 64], "resize": "letterbox", "color": "RGB", "scale": 1 / 255}}))
+    bundle = export_bundle(path, tmp_path / "bundle", target="jetpack-6.1")
+    assert bundle.task == "detection"
+    graph = onnx.load(bundle.model_path("fp32")).graph
+    dims = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim][1:] for o in graph.output}
+    assert dims == {"boxes": [80, 4], "scores": [80, 3]}
+    ops = {n.op_type for n in graph.node}
+    assert {"Resize", "Concat"} <= ops and "Tile" not in ops, sorted(ops)  # nearest Resize, not a Tile chain
