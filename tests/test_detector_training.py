@@ -196,7 +196,8 @@ def test_pyramid_detector_decodes_each_level_at_its_stride():
 
 
 def test_pyramid_detector_exports_with_the_contract(tmp_path):
-    """export converts the pyramid (nearest Resize, Add, Concat) and passes its own TF/ONNX parity check."""
+    """export converts the pyramid (ConvTranspose, Add, Concat), passes its own TF/ONNX parity check, and
+    quantizes to INT8 (ONNX Runtime's shape inference accepts the graph)."""
     import json
 
     pytest.importorskip("tf2onnx")
@@ -206,7 +207,11 @@ def test_pyramid_detector_exports_with_the_contract(tmp_path):
     from edgekit.host.export import export_bundle
 
     path = tmp_path / "det.keras"
-    build_detector(detector_arch("small"), 64, 3).save(path)
+    model = build_detector(detector_arch("small"), 64, 3)
+    for level in (0, 1):  # scores near 0.5, not the 0.01 prior: FP32 detects something for the INT8 gate
+        layer = model.get_layer(f"cls_logits_p{level}")
+        layer.set_weights([layer.get_weights()[0], np.zeros(3, np.float32)])
+    model.save(path)
     path.with_name("det.keras.edgekit.json").write_text(json.dumps({
         "task": "detection", "labels": ["a", "b", "c"],
         "preprocess": {"size": [64, 64], "resize": "letterbox", "color": "RGB", "scale": 1 / 255}}))
@@ -216,4 +221,18 @@ def test_pyramid_detector_exports_with_the_contract(tmp_path):
     dims = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim][1:] for o in graph.output}
     assert dims == {"boxes": [80, 4], "scores": [80, 3]}
     ops = {n.op_type for n in graph.node}
-    assert {"Resize", "Concat"} <= ops and "Tile" not in ops, sorted(ops)  # nearest Resize, not a Tile chain
+    assert {"ConvTranspose", "Concat"} <= ops and not ops & {"Tile", "Resize"}, sorted(ops)  # static upsampling
+    import cv2
+
+    from edgekit.bench import natural_frames
+    from edgekit.quant.quantize import quantize_bundle
+
+    (tmp_path / "calib").mkdir()
+    for i, frame in enumerate(natural_frames(16, (64, 64))):
+        cv2.imwrite(str(tmp_path / "calib" / f"{i}.png"), frame)
+    from edgekit.bundle import Bundle
+
+    quantize_bundle(tmp_path / "bundle", tmp_path / "calib", num_images=16, holdout=0, fp16=False, cpu_variant=True,
+                    progress=False)
+    quantized = Bundle.load(tmp_path / "bundle")
+    assert quantized.has_model("int8") and quantized.has_model("int8_cpu")

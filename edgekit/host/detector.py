@@ -214,8 +214,9 @@ def build_detector(arch, image_size: int, n_classes: int, weights: str = "none")
         stride, width = SMALL_STRIDE, head.width
         pyramid = [conv(features[-1], width, f"lateral{len(features) - 1}", kernel=1)]
         for i in range(len(features) - 2, -1, -1):  # top-down: upsampled coarser level + this level's features
-            side = image_size // (SMALL_STRIDE * 2**i)  # nearest Resize in ONNX (UpSampling2D becomes Tile + Shape)
-            up = L.Resizing(side, side, interpolation="nearest", name=f"up{i}")(pyramid[0])
+            # a learned 2x upsampling: one ConvTranspose (static shapes; Resize from tf2onnx breaks ONNX
+            # Runtime's shape inference before INT8 quantization, UpSampling2D becomes a Tile chain)
+            up = L.Conv2DTranspose(width, 2, strides=2, name=f"up{i}")(pyramid[0])
             merged = L.Add(name=f"merge{i}")([up, conv(features[i], width, f"lateral{i}", kernel=1)])
             pyramid.insert(0, conv(merged, width, f"fuse{i}"))
     logits, raws = [], []
