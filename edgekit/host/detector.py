@@ -16,7 +16,7 @@ with ``N`` the cells of all levels, finest first. Detector architectures (:data:
   comparison (benchmarks/bench_detector.py);
 * Keras applications: their stride-16 features with the task-aligned head.
 
-Only Conv, Relu, Resize (nearest), Add, Concat, Softplus, Sigmoid, Reshape and Mul: tf2onnx converts them
+Only Conv, ConvTranspose, Relu, Add, Concat, Softplus, Sigmoid, Reshape and Mul: tf2onnx converts them
 plainly, TensorRT runs them in INT8; NMS is appended at export (EfficientNMS_TRT), never here.
 
 Call :func:`decode_boxes_layer` before loading a saved detector: it registers the box-decoding layer.
