@@ -96,3 +96,65 @@ def test_cli_text_and_json(cli, tiny_bundle):
     assert figures["images_per_s"] == pytest.approx(figures["inferences_per_s"])
     both = cli("bench", tiny_bundle.path, "--iterations", "10", "--duration", "1")
     assert both.code == 2 and "--iterations or --duration" in both.err
+
+
+class RawDetector(Runner):
+    """A pre-plugin detection model stand-in: ``n`` boxes in a row, every one scoring ``score``."""
+
+    name = "onnxruntime"
+
+    def __init__(self, n, score):
+        super().__init__()
+        self.n, self.score = n, score
+
+    input_spec = TensorSpec("input", (None, 8, 8, 3), np.dtype(np.float32))
+    output_specs = [TensorSpec("boxes", (None, None, 4), np.dtype(np.float32)),
+                    TensorSpec("scores", (None, None, 1), np.dtype(np.float32))]
+
+    def activate_impl(self):
+        pass
+
+    def deactivate_impl(self):
+        pass
+
+    def infer_impl(self, batch):
+        x1 = np.arange(self.n, dtype=np.float32) / self.n  # disjoint boxes: NMS keeps every one
+        boxes = np.stack([x1, x1 * 0, x1 + 0.5 / self.n, x1 * 0 + 0.1], 1)
+        return {"boxes": np.repeat(boxes[None], len(batch), 0),
+                "scores": np.full((len(batch), self.n, 1), self.score, np.float32)}
+
+
+@pytest.mark.parametrize("n, score, capped", [(150, 0.9, True), (150, 0.1, False), (20, 0.9, False)])
+def test_detector_bench_times_model_and_nms_apart_and_reports_cap_hits(n, score, capped):
+    from edgekit.backends.detection import DetectionRunner
+    from edgekit.nms import NmsParams
+
+    runner = DetectionRunner(RawDetector(n, score), NmsParams(max_detections=100))
+    batches = [np.zeros((2, 8, 8, 3), np.float32), np.ones((2, 8, 8, 3), np.float32)]
+    with runner:
+        result = bench(runner, batches, warmup=1, iterations=5)
+    check_consistent(result, 2)
+    assert len(result.model_ms) == len(result.nms_ms) == 5
+    for model, nms, total in zip(result.model_ms, result.nms_ms, result.latencies_ms):
+        assert model > 0 and nms > 0 and model + nms <= total + 1e-6
+    expected = 0 if score < 0.25 else min(n, 100)
+    assert result.detections == [expected] * 10  # 5 inferences of 2 images
+    assert result.capped == (10 if capped else 0)
+    text = result.summary()
+    assert "model" in text and "NMS" in text and f"cap was hit on {result.capped} of 10 images" in text
+    assert ("every image filled the detection cap" in text) == capped
+    d = result.to_dict()
+    assert d["capped_images"] == result.capped and d["nms_ms_p50"] == pytest.approx(np.median(result.nms_ms))
+
+
+def test_natural_frames_look_like_images_not_noise():
+    from edgekit.bench import natural_frames
+
+    frames = natural_frames(4, (96, 128))
+    assert [f.shape for f in frames] == [(96, 128, 3)] * 4 and frames[0].dtype == np.uint8
+    for f in frames:
+        g = f.astype(np.float64).mean(2)
+        neighbours = np.corrcoef(g[:, :-1].ravel(), g[:, 1:].ravel())[0, 1]
+        assert neighbours > 0.9  # smooth like a photo (uniform noise: ~0)
+        assert g.std() > 10  # but not flat
+    assert not np.array_equal(frames[0], frames[1])

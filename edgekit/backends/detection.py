@@ -82,10 +82,14 @@ class DetectionRunner(Runner):
             dets["detection_classes"] = dets["detection_classes"].astype(np.int32)
             dets = filter_detections(dets, self.score_threshold)
         else:
-            p = self.params
-            dets = efficient_nms(out["boxes"], out["scores"], score_threshold=self.score_threshold,
-                                 iou_threshold=p.iou_threshold, max_output_boxes=p.max_detections,
-                                 class_agnostic=p.class_agnostic, pre_nms_top_k=self.pre_nms_top_k)
+            dets = self.nms(out)
         if self.clip_boxes:
             np.clip(dets["detection_boxes"], 0.0, 1.0, out=dets["detection_boxes"])
         return dets
+
+    def nms(self, out: dict) -> dict[str, np.ndarray]:
+        """The plugin's outputs from the pre-plugin graph's ``boxes`` and ``scores`` (edgekit's NMS)."""
+        p = self.params
+        return efficient_nms(out["boxes"], out["scores"], score_threshold=self.score_threshold,
+                             iou_threshold=p.iou_threshold, max_output_boxes=p.max_detections,
+                             class_agnostic=p.class_agnostic, pre_nms_top_k=self.pre_nms_top_k)

@@ -5,6 +5,7 @@ import click
 from edgekit.cli.options import Number
 
 ARCHS = ("small", "mobilenetv2", "resnet50", "efficientnetb0")  # edgekit.host.archs.ARCHS, without importing it
+DETECT_ARCHS = ("medium", "small-v1")  # edgekit.host.detector.HEADS beyond small: --task detect only
 DEFAULTS = {"classify": {"image_size": 32, "epochs": 10, "batch_size": 32},
             "detect": {"image_size": 160, "epochs": 30, "batch_size": 16}}
 
@@ -14,7 +15,9 @@ DEFAULTS = {"classify": {"image_size": 32, "epochs": 10, "batch_size": 32},
 @click.option("-o", "--output", "out", required=True, type=click.Path(), help="Model file to write (.keras).")
 @click.option("--task", type=click.Choice(tuple(DEFAULTS)), default="classify", show_default=True,
               help="classify: one subfolder per class; detect: a YOLO (data.yaml) or COCO (annotations/) folder.")
-@click.option("--arch", type=click.Choice(ARCHS), default="small", show_default=True, help="Architecture (backbone).")
+@click.option("--arch", type=click.Choice(ARCHS + DETECT_ARCHS), default="small", show_default=True,
+              help="Architecture (backbone). Detectors: small (CPUs, Nanos), medium (wider, three levels: Orin), "
+                   "small-v1 (the original single-level detector) or a Keras application.")
 @click.option("--weights", default="none", show_default=True,
               help="none, imagenet, or a weights file (Keras applications only).")
 @click.option("--image-size", type=click.IntRange(8, 4096), help="Square input side, in pixels [classify 32, detect 160].")
@@ -24,11 +27,14 @@ DEFAULTS = {"classify": {"image_size": 32, "epochs": 10, "batch_size": 32},
               help="Fraction of each class held out for validation [0.2]; classify only (a detection set has val/).")
 @click.option("--learning-rate", type=Number(0, 1, min_open=True), default=None,
               help="Initial Adam learning rate, cosine-decayed [small 3e-3; others 1e-3, 1e-4 pretrained].")
-@click.option("--no-augment", is_flag=True, help="Train without augmentation (random shifts, scale, brightness).")
+@click.option("--no-augment", is_flag=True,
+              help="Train without augmentation (random zoom and shift, colour; detect: left-right flips too).")
+@click.option("--no-flip", is_flag=True,
+              help="Detect: augment without left-right flips (for classes a mirror changes: digits, text, arrows).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace the model if it exists.")
 def command(data_dir, out, task, arch, weights, image_size, epochs, batch_size, val_split, learning_rate, no_augment,
-            seed, force):
+            no_flip, seed, force):
     """Train an image classifier or an object detector on DATA_DIR.
 
     \b
@@ -54,7 +60,7 @@ def command(data_dir, out, task, arch, weights, image_size, epochs, batch_size, 
             raise UsageError("--val-split is for --task classify; a detection dataset brings its own val split")
         from edgekit.host.train_detect import train_detector
 
-        r = train_detector(data_dir, out, **common)
+        r = train_detector(data_dir, out, flip=not no_flip, **common)
         recall, precision = ("n/a" if v is None else f"{v:.3f}" for v in (r["val_recall"], r["val_precision"]))
         skipped = sum(r["skipped"].values())
         say(
@@ -64,6 +70,8 @@ def command(data_dir, out, task, arch, weights, image_size, epochs, batch_size, 
             "(training-progress figures, not mAP)"
         )
     else:
+        if arch in DETECT_ARCHS or no_flip:
+            raise UsageError(f"{'--no-flip' if no_flip else f'--arch {arch}'} is for --task detect")
         from edgekit.host.train import train
 
         r = train(data_dir, out, val_split=0.2 if val_split is None else val_split, **common)

@@ -1,15 +1,23 @@
-"""A single-stage, anchor-free object detector in Keras (an FCOS-style grid), its targets and losses.
+"""Single-stage, anchor-free object detectors in Keras, and the targets of the original one.
 
-Every location of a stride-``s`` feature grid predicts class probabilities and the distances from
-its centre to the four sides of a box. The model ends in the outputs every detection bundle keeps:
+Every cell of a stride-``s`` feature grid predicts class probabilities and the distances from its
+centre to the four sides of a box. A detector ends in the outputs every detection bundle keeps:
 
 * ``boxes``  float32 ``[B, N, 4]``: corners ``(x1, y1, x2, y2)`` normalised to [0, 1] of the model input,
-  decoded inside the graph (softplus distances, times the stride, around constant cell centres);
+  decoded inside the graph (softplus distances, times each cell's stride, around constant cell centres);
 * ``scores`` float32 ``[B, N, C]``: sigmoid class probabilities,
 
-with ``N = (H / s) * (W / s)``. Only Conv, Relu, Softplus, Sigmoid, Reshape, Mul and Add: tf2onnx
-converts them plainly and TensorRT runs all of it; NMS is appended at export (EfficientNMS_TRT), never
-here. Target assignment (:func:`assign_targets`) and the losses are used only in training.
+with ``N`` the cells of all levels, finest first. Detector architectures (:data:`HEADS`):
+
+* ``small`` (default, CPUs and Nanos) and ``medium`` (wider, three levels; Orin): a feature pyramid
+  (strides 8 and 16, plus 32 for medium) with a box and a class branch per level, trained with
+  task-aligned assignment and an IoU-aware class target (:mod:`edgekit.host.det_loss`);
+* ``small-v1``: the original detector (stride 8 only, static centre targets, focal loss), kept for
+  comparison (benchmarks/bench_detector.py);
+* Keras applications: their stride-16 features with the task-aligned head.
+
+Only Conv, ConvTranspose, Relu, Add, Concat, Softplus, Sigmoid, Reshape and Mul: tf2onnx converts them
+plainly, TensorRT runs them in INT8; NMS is appended at export (EfficientNMS_TRT), never here.
 
 Call :func:`decode_boxes_layer` before loading a saved detector: it registers the box-decoding layer.
 """
@@ -26,39 +34,96 @@ from edgekit.errors import ModelError, UsageError
 OUTPUTS = ("boxes", "scores")
 SMALL_STRIDE = 8  # the small CNN; Keras applications use their stride-16 features
 APPLICATION_STRIDE = 16
-CENTER_RADIUS = 2.5  # positives: cells inside a box and within this many strides of its centre
+CENTER_RADIUS = 2.5  # small-v1 positives: cells inside a box and within this many strides of its centre
 PRIOR = 0.01  # initial foreground probability (focal-loss bias initialisation)
 
 
 @dataclass(frozen=True)
+class Head:
+    """A detector design: backbone widths per stage (stride 2, 4, 8, ...), pyramid levels, neck width."""
+
+    widths: tuple[int, ...]
+    levels: int  # pyramid levels from stride 8 (1: stride 8 only)
+    width: int  # neck and head channels
+    cls_convs: int = 2  # 3x3 convs of the class branch (the box branch has one)
+    legacy: bool = False  # small-v1: one level, static targets and focal loss
+
+
+HEADS = {
+    "small": Head((16, 32, 64, 96), 2, 64),
+    "medium": Head((24, 48, 96, 128, 160), 3, 96),
+    "small-v1": Head((16, 32, 64), 1, 64, legacy=True),
+}
+@dataclass(frozen=True)
 class Grid:
-    """The output grid of a detector: ``rows`` x ``cols`` cells of ``stride`` pixels on a ``size`` input."""
+    """The cells of a detector: ``levels`` grids of stride ``stride * 2**i`` on a ``size`` input, finest first.
+
+    ``rows`` and ``cols`` are those of the finest level.
+    """
 
     size: tuple[int, int]  # model input (height, width)
     stride: int
+    levels: int = 1
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return tuple(self.stride * 2**i for i in range(self.levels))
+
+    def shape(self, stride: int) -> tuple[int, int]:
+        return -(-self.size[0] // stride), -(-self.size[1] // stride)
 
     @property
     def rows(self) -> int:
-        return -(-self.size[0] // self.stride)
+        return self.shape(self.stride)[0]
 
     @property
     def cols(self) -> int:
-        return -(-self.size[1] // self.stride)
+        return self.shape(self.stride)[1]
 
     @property
     def n(self) -> int:
-        return self.rows * self.cols
+        return sum(r * c for r, c in map(self.shape, self.strides))
 
     def centers(self) -> np.ndarray:
-        """Cell centres ``[N, 2]`` as (x, y) normalised to the input, row-major like the outputs."""
+        """Cell centres ``[N, 2]`` as (x, y) normalised to the input, row-major per level like the outputs."""
         h, w = self.size
-        ys, xs = np.meshgrid(np.arange(self.rows), np.arange(self.cols), indexing="ij")
-        return np.stack([(xs.ravel() + 0.5) * self.stride / w, (ys.ravel() + 0.5) * self.stride / h], 1).astype(np.float32)
+        out = []
+        for s in self.strides:
+            rows, cols = self.shape(s)
+            ys, xs = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+            out.append(np.stack([(xs.ravel() + 0.5) * s / w, (ys.ravel() + 0.5) * s / h], 1))
+        return np.concatenate(out).astype(np.float32)
+
+    def cell_strides(self) -> np.ndarray:
+        """The stride of every cell ``[N]``, in pixels."""
+        return np.concatenate([np.full(np.prod(self.shape(s)), s) for s in self.strides]).astype(np.float32)
+
+
+def detector_arch(name: str):
+    """The :class:`~edgekit.host.archs.Arch` a detector called ``name`` is built on (the small CNN's
+    preprocessing for every :data:`HEADS` name); UsageError listing the valid names."""
+    import dataclasses
+
+    from edgekit.host.archs import ARCHS, get_arch
+
+    if name in HEADS:
+        return dataclasses.replace(get_arch("small"), name=name)
+    if name not in ARCHS or ARCHS[name].application is None:
+        choices = [*HEADS, *(a for a in ARCHS if ARCHS[a].application)]
+        raise UsageError(f"unknown detector arch {name!r}; choose one of: {', '.join(choices)}")
+    return get_arch(name)
+
+
+def head_for(arch) -> Head | None:
+    """The :class:`Head` of the small-CNN detector ``arch`` (an :class:`~edgekit.host.archs.Arch`), None
+    for a Keras application."""
+    return HEADS[arch.name] if arch.application is None else None
 
 
 def stride_for(arch) -> int:
-    """The output stride of ``arch`` (an :class:`~edgekit.host.archs.Arch`)."""
-    return SMALL_STRIDE if arch.application is None else APPLICATION_STRIDE
+    """The coarsest output stride of ``arch`` (an :class:`~edgekit.host.archs.Arch`)."""
+    head = head_for(arch)
+    return APPLICATION_STRIDE if head is None else SMALL_STRIDE * 2 ** (head.levels - 1)
 
 
 def check_image_size(arch, image_size: int) -> None:
@@ -79,20 +144,20 @@ def decode_boxes_layer():
 
     @keras.saving.register_keras_serializable(package="edgekit")
     class DecodeBoxes(keras.layers.Layer):
-        """Raw ``[B, rows, cols, 4]`` regressions -> ``[B, N, 4]`` normalised corners.
+        """Raw ``[B, N, 4]`` regressions (or ``[B, rows, cols, 4]`` of one level) -> ``[B, N, 4]`` corners.
 
         ``softplus(raw) * stride`` are the pixel distances (left, top, right, bottom) from each cell's
         centre; the centres and scales are constants of the graph.
         """
 
-        def __init__(self, size, stride, **kwargs):
+        def __init__(self, size, stride, levels=1, **kwargs):
             super().__init__(**kwargs)
-            self.size, self.stride = (int(size[0]), int(size[1])), int(stride)
-            grid = Grid(self.size, self.stride)
+            self.size, self.stride, self.levels = (int(size[0]), int(size[1])), int(stride), int(levels)
+            grid = Grid(self.size, self.stride, self.levels)
             self._n = grid.n
             self._centers = np.tile(grid.centers(), (1, 2))  # [N, 4]: cx, cy, cx, cy
             h, w = self.size
-            self._scale = np.array([-stride / w, -stride / h, stride / w, stride / h], np.float32)
+            self._scale = (grid.cell_strides()[:, None] * np.array([-1 / w, -1 / h, 1 / w, 1 / h])).astype(np.float32)
 
         def call(self, raw):
             flat = ops.reshape(raw, (-1, self._n, 4))
@@ -102,7 +167,7 @@ def decode_boxes_layer():
             return (input_shape[0], self._n, 4)
 
         def get_config(self):
-            return {**super().get_config(), "size": list(self.size), "stride": self.stride}
+            return {**super().get_config(), "size": list(self.size), "stride": self.stride, "levels": self.levels}
 
     return DecodeBoxes
 
@@ -110,7 +175,7 @@ def decode_boxes_layer():
 def build_detector(arch, image_size: int, n_classes: int, weights: str = "none"):
     """A Keras detector for ``arch`` (an :class:`~edgekit.host.archs.Arch`) on square ``image_size`` inputs.
 
-    The small CNN is built here (stride 8); a Keras application contributes its last stride-16
+    The small CNNs are built here (:data:`HEADS`); a Keras application contributes its last stride-16
     feature map, with ``weights`` as for classification.
     """
     from edgekit.host import import_tf
@@ -121,38 +186,72 @@ def build_detector(arch, image_size: int, n_classes: int, weights: str = "none")
     check_image_size(arch, image_size)
     if n_classes < 1:
         raise UsageError("a detector needs at least one class")
-    stride = stride_for(arch)
     inputs = keras.Input((image_size, image_size, 3), name="input")
 
-    def conv(x, filters, name, strides=1, dilation=1):
-        x = L.Conv2D(filters, 3, strides=strides, dilation_rate=dilation, padding="same", use_bias=False,
+    def conv(x, filters, name, strides=1, dilation=1, kernel=3):
+        x = L.Conv2D(filters, kernel, strides=strides, dilation_rate=dilation, padding="same", use_bias=False,
                      name=f"{name}_conv")(x)
         x = L.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
         return L.ReLU(name=f"{name}_relu")(x)
 
-    if arch.application is None:
-        if weights != "none":
-            raise UsageError("the small CNN has no pretrained weights; use --weights none")
-        x = conv(inputs, 16, "stem", strides=2)
-        x = conv(x, 32, "down1", strides=2)
-        x = conv(x, 32, "block1")
-        x = conv(x, 64, "down2", strides=2)
-        x = conv(x, 64, "block2")
-        features = conv(x, 64, "context", dilation=2)
-        width = 64
-    else:
+    head = head_for(arch)
+    bias = keras.initializers.Constant(float(-np.log((1 - PRIOR) / PRIOR)))
+    if head is not None and weights != "none":
+        raise UsageError("the small CNN has no pretrained weights; use --weights none")
+    if head is not None and head.legacy:
+        return _legacy(keras, conv, inputs, head, image_size, n_classes, bias, arch.name)
+    if head is None:
         backbone = application_backbone(arch, inputs, weights)
-        features = _feature_at(backbone, image_size // stride)
-        width = 128
-    grid = Grid((image_size, image_size), stride)
-    cls = conv(conv(features, width, "cls_tower1"), width, "cls_tower2")
-    reg = conv(features, width, "box_tower")
-    bias = float(-np.log((1 - PRIOR) / PRIOR))
-    logits = L.Conv2D(n_classes, 1, bias_initializer=keras.initializers.Constant(bias), name="cls_logits")(cls)
+        pyramid, stride, width = [_feature_at(backbone, image_size // APPLICATION_STRIDE)], APPLICATION_STRIDE, 96
+    else:
+        x, features = inputs, []
+        for i, filters in enumerate(head.widths):  # stage i has stride 2**(i+1); stride 8 and up feed the neck
+            x = conv(x, filters, f"down{i}", strides=2)
+            if i:
+                x = conv(x, filters, f"block{i}")
+            if 2 ** (i + 1) >= SMALL_STRIDE:
+                features.append(x)
+        stride, width = SMALL_STRIDE, head.width
+        pyramid = [conv(features[-1], width, f"lateral{len(features) - 1}", kernel=1)]
+        for i in range(len(features) - 2, -1, -1):  # top-down: upsampled coarser level + this level's features
+            # a learned 2x upsampling: one ConvTranspose (static shapes; Resize from tf2onnx breaks ONNX
+            # Runtime's shape inference before INT8 quantization, UpSampling2D becomes a Tile chain)
+            up = L.Conv2DTranspose(width, 2, strides=2, name=f"up{i}")(pyramid[0])
+            merged = L.Add(name=f"merge{i}")([up, conv(features[i], width, f"lateral{i}", kernel=1)])
+            pyramid.insert(0, conv(merged, width, f"fuse{i}"))
+    logits, raws = [], []
+    for i, p in enumerate(pyramid):
+        cls = p
+        for j in range(head.cls_convs if head is not None else 2):
+            cls = conv(cls, width, f"cls_tower{j}_p{i}")
+        reg = conv(p, width, f"box_tower_p{i}")
+        logit = L.Conv2D(n_classes, 1, bias_initializer=bias, name=f"cls_logits_p{i}")(cls)
+        logits.append(L.Reshape((-1, n_classes), name=f"cls_flat_p{i}")(logit))
+        raws.append(L.Reshape((-1, 4), name=f"box_flat_p{i}")(L.Conv2D(4, 1, name=f"box_raw_p{i}")(reg)))
+    concat = (lambda xs, name: xs[0]) if len(pyramid) == 1 else (lambda xs, name: L.Concatenate(1, name=name)(xs))
+    logit = L.Activation("linear", name="logits")(concat(logits, "cls_levels"))
+    scores = L.Activation("sigmoid", name="scores")(logit)
+    boxes = decode_boxes_layer()((image_size, image_size), stride, len(pyramid), name="boxes")(concat(raws, "box_levels"))
+    return keras.Model(inputs, [boxes, scores], name=f"edgekit_detect_{arch.name}")
+
+
+def _legacy(keras, conv, inputs, head, image_size, n_classes, bias, name):
+    """small-v1: the original stride-8 detector (one level, a dilated context layer, two class convs)."""
+    L = keras.layers
+    x = conv(inputs, head.widths[0], "stem", strides=2)
+    x = conv(x, head.widths[1], "down1", strides=2)
+    x = conv(x, head.widths[1], "block1")
+    x = conv(x, head.widths[2], "down2", strides=2)
+    x = conv(x, head.widths[2], "block2")
+    features = conv(x, head.width, "context", dilation=2)
+    grid = Grid((image_size, image_size), SMALL_STRIDE)
+    cls = conv(conv(features, head.width, "cls_tower1"), head.width, "cls_tower2")
+    reg = conv(features, head.width, "box_tower")
+    logits = L.Conv2D(n_classes, 1, bias_initializer=bias, name="cls_logits")(cls)
     scores = L.Activation("sigmoid", name="scores")(L.Reshape((grid.n, n_classes), name="cls_flat")(logits))
     raw = L.Conv2D(4, 1, name="box_raw")(reg)
-    boxes = decode_boxes_layer()((image_size, image_size), stride, name="boxes")(raw)
-    return keras.Model(inputs, [boxes, scores], name=f"edgekit_detect_{arch.name}")
+    boxes = decode_boxes_layer()((image_size, image_size), SMALL_STRIDE, name="boxes")(raw)
+    return keras.Model(inputs, [boxes, scores], name=f"edgekit_detect_{name}")
 
 
 def _feature_at(backbone, side: int):
@@ -170,10 +269,10 @@ def _feature_at(backbone, side: int):
 def grid_of(model) -> Grid:
     """The :class:`Grid` of a built or loaded detector."""
     layer = model.get_layer("boxes")
-    return Grid(layer.size, layer.stride)
+    return Grid(layer.size, layer.stride, layer.levels)
 
 
-# ---- training only ----------------------------------------------------------------------------
+# ---- training small-v1 only ----------------------------------------------------------------------------
 def assign_targets(boxes: np.ndarray, classes: np.ndarray, grid: Grid, n_classes: int,
                    radius: float = CENTER_RADIUS) -> tuple[np.ndarray, np.ndarray]:
     """Training targets of one image: ``scores`` ``[N, C]`` (one-hot at positives) and ``boxes`` ``[N, 5]``.

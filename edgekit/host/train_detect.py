@@ -1,8 +1,10 @@
-"""Train the Keras detector of :mod:`edgekit.host.detector` on a YOLO or COCO folder.
+"""Train a Keras detector of :mod:`edgekit.host.detector` on a YOLO or COCO folder.
 
 Images are letterboxed with the one :class:`~edgekit.preprocess.Preprocess` the bundle will carry
-(``resize: letterbox``) and their boxes mapped the same way; augmentation (scale, shift, brightness)
-happens only here. Writes ``.keras`` plus the sidecar ``<model>.edgekit.json`` with ``"task": "detection"``,
+(``resize: letterbox``) and their boxes mapped the same way. The pyramid detectors train in a
+tf.data pipeline with box-aware augmentation (:mod:`edgekit.host.augment`) and task-aligned,
+IoU-aware losses (:mod:`edgekit.host.det_loss`); ``small-v1`` trains as it always did (static
+centre targets, focal loss, :func:`augment_detection`). Writes ``.keras`` plus the sidecar ``<model>.edgekit.json`` with ``"task": "detection"``,
 labels and preprocessing for export (which records the NMS parameters: :class:`edgekit.nms.NmsParams`).
 """
 
@@ -14,7 +16,6 @@ import sys
 
 import numpy as np
 
-from edgekit.host.archs import get_arch
 from edgekit.data.detection import read_detection_set
 from edgekit.host.train import check_training_output, save_model
 from edgekit.images import ImageReader
@@ -36,16 +37,18 @@ def train_detector(
     weights: str = "none",
     seed: int = 0,
     augment: bool = True,
+    flip: bool = True,
     learning_rate: float | None = None,
     force: bool = False,
     verbose: int | None = None,
 ) -> dict:
     """Train a detector on ``data_dir`` (YOLO or COCO layout) and write it to ``out``; return counts and
-    the val recall and precision figures (see :func:`recall_precision`)."""
-    from edgekit.host.detector import build_detector, check_image_size, grid_of, losses
+    the val recall and precision figures (see :func:`recall_precision`). ``flip``: mirror training
+    images left-right (leave it off for classes a mirror changes)."""
+    from edgekit.host.detector import build_detector, check_image_size, detector_arch, grid_of, head_for, losses
 
     out = check_training_output(out, epochs, batch_size, force)
-    spec = get_arch(arch)
+    spec = detector_arch(arch)
     check_image_size(spec, image_size)
     prep = dataclasses.replace(spec.preprocess(image_size), resize="letterbox")
     dataset = read_detection_set(data_dir)
@@ -59,19 +62,26 @@ def train_detector(
     rng = np.random.default_rng(seed)
     model = build_detector(spec, image_size, n_classes, weights)
     grid = grid_of(model)
-    make = _dataset_class(keras)
-    fit_data = make(*splits["train"], prep, grid, n_classes, batch_size, augment, rng)
-    val_data = make(*splits["val"], prep, grid, n_classes, batch_size, False, rng)
     lr = learning_rate or (1e-4 if weights != "none" else 3e-3 if spec.application is None else 1e-3)
-    schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=epochs * len(fit_data), warmup_steps=0)
-    model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=10.0), loss=losses())
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     log.info("training a %s detector on %s (%s, %d classes) for %d epochs", arch, dataset.root, dataset.format,
              n_classes, epochs)
     for line in dataset.report().splitlines():
         log.info("  %s", line)
-    model.fit(fit_data, validation_data=val_data, epochs=epochs, verbose=verbose)
+    head = head_for(spec)
+    if head is not None and head.legacy:
+        make = _dataset_class(keras)
+        fit_data = make(*splits["train"], prep, grid, n_classes, batch_size, augment, rng)
+        val_data = make(*splits["val"], prep, grid, n_classes, batch_size, False, rng)
+        schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=epochs * len(fit_data), warmup_steps=0)
+        model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=10.0), loss=losses())
+        model.fit(fit_data, validation_data=val_data, epochs=epochs, verbose=verbose)
+    else:
+        from edgekit.host.augment import Augment
+
+        _fit_aligned(keras, model, splits["train"], prep, epochs, batch_size,
+                     Augment(flip=flip) if augment else None, lr, seed, verbose)
 
     frames, boxes, classes = splits["val"]
     pred_boxes, pred_scores = model.predict(np.stack([prep.hwc(f) for f in frames]), batch_size=batch_size, verbose=0)
@@ -89,6 +99,7 @@ def train_detector(
         "boxes": {split: dataset.boxes(split) for split in splits},
         "skipped": skipped,
         "epochs": epochs,
+        "augment": {"on": augment, "flip": flip and augment},
         "image_size": image_size,
         "val_recall": val_recall,
         "val_precision": val_precision,
@@ -100,6 +111,48 @@ def train_detector(
         "training": {k: v for k, v in result.items() if k not in ("model", "labels", "task")},
     })
     return result
+
+
+def _fit_aligned(keras, model, train, prep, epochs, batch_size, augment, lr, seed, verbose, config=None):
+    """Train a pyramid detector: tf.data batches, task-aligned targets from the current predictions,
+    quality focal + CIoU losses, Adam with a one-epoch warm-up then cosine decay."""
+    import time
+
+    import tensorflow as tf
+
+    from edgekit.host.augment import detection_batches
+    from edgekit.host.det_loss import LossConfig, detection_loss
+    from edgekit.host.detector import grid_of
+
+    frames, boxes, classes = train
+    steps = -(-len(frames) // batch_size)
+    warmup = min(steps, max(epochs * steps // 5, 1))
+    schedule = keras.optimizers.schedules.CosineDecay(lr / 10, decay_steps=max(epochs * steps - warmup, 1),
+                                                      warmup_target=lr, warmup_steps=warmup)
+    optimizer = keras.optimizers.Adam(schedule, clipnorm=10.0)
+    trainer = keras.Model(model.inputs[0], [model.get_layer("boxes").output, model.get_layer("logits").output])
+    variables = trainer.trainable_variables
+    optimizer.build(variables)
+    centers = tf.constant(grid_of(model).centers())
+
+    @tf.function
+    def step(x, gt_boxes, gt_classes):
+        with tf.GradientTape() as tape:
+            pred_boxes, logits = trainer(x, training=True)
+            loss, parts = detection_loss(logits, pred_boxes, gt_boxes, gt_classes, centers, config or LossConfig())
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return tf.stack([loss, parts["cls"], parts["box"]])
+
+    data = detection_batches(frames, boxes, classes, prep, batch_size, augment, epochs, seed)
+    totals, start = np.zeros(3), time.monotonic()
+    for i, (x, gt_boxes, gt_classes) in enumerate(data):
+        totals += step(x, gt_boxes, gt_classes).numpy()
+        if (i + 1) % steps == 0:
+            if verbose:
+                loss, cls, box = totals / steps
+                print(f"epoch {(i + 1) // steps}/{epochs}: loss {loss:.4f} (class {cls:.4f}, box {box:.4f}) "
+                      f"{time.monotonic() - start:.0f} s", flush=True)
+            totals[:] = 0
 
 
 def _load(samples, prep):
