@@ -20,8 +20,6 @@ above small-v1's; model latency <= 1.5x small-v1's at the same input size; INT8 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import statistics
 import tempfile
@@ -37,12 +35,12 @@ def hard_set(out: Path, seed: int = 1, counts=(("train", 320), ("val", 80))) -> 
     """A YOLO set of small, overlapping, varied shapes on real-photo crops (``out/yolo``)."""
     import cv2
 
-    from edgekit.sample_data import _backgrounds
+    from edgekit.sample_data import sample_photos
 
     root = out / "yolo"
     if (root / "data.yaml").is_file():
         return root
-    photos, rng = _backgrounds(), np.random.default_rng(seed)
+    photos, rng = sample_photos(), np.random.default_rng(seed)
     (root).mkdir(parents=True, exist_ok=True)
     (root / "data.yaml").write_text(f"path: .\ntrain: images/train\nval: images/val\nnc: {len(SHAPES)}\n"
                                     f"names: [{', '.join(SHAPES)}]\n")
@@ -98,35 +96,6 @@ def _iou(a, b) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def coco_stats(truth, dets, num_classes, size) -> list[float]:
-    """COCOeval's 12 summary figures (percent) of NMS outputs against truth rows (class, x1, y1, x2, y2)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    h, w = size
-    gt = {"images": [{"id": i, "width": w, "height": h} for i in range(len(truth))],
-          "categories": [{"id": c} for c in range(num_classes)], "annotations": []}
-    for i, rows in enumerate(truth):
-        for c, x1, y1, x2, y2 in np.asarray(rows, np.float64).reshape(-1, 5):
-            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": i, "category_id": int(c),
-                                      "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
-    rows = []
-    for i in range(len(truth)):
-        n = int(dets["num_detections"][i, 0])
-        for (x1, y1, x2, y2), s, c in zip(dets["detection_boxes"][i, :n] * [w, h, w, h],
-                                          dets["detection_scores"][i, :n], dets["detection_classes"][i, :n]):
-            rows.append([i, x1, y1, x2 - x1, y2 - y1, float(s), int(c)])
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        ev = COCOeval(coco_gt, coco_gt.loadRes(np.asarray(rows, np.float64)), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return [max(0.0, float(v) * 100) for v in ev.stats]
-
-
 def precision_recall(truth, dets, size, iou: float = 0.5) -> tuple[float, float, int]:
     """Precision, recall (greedy one-to-one matches by score, same class, IoU >= ``iou``) and the number of
     images whose detections filled the cap."""
@@ -173,7 +142,7 @@ def score(bundle_path: Path, data: Path) -> dict:
     """Accuracy figures of a bundle's FP32 model and mAP@0.5 of its INT8 models on ``data``'s val split."""
     from edgekit.bundle import Bundle
     from edgekit.nms import NmsParams, efficient_nms
-    from edgekit.quant.detection_gate import evaluate, fp32_reference, labelled_tensors
+    from edgekit.quant.detection_gate import coco_stats, evaluate, fp32_reference, labelled_tensors
 
     bundle = Bundle.load(bundle_path)
     x, truth = labelled_tensors(bundle, data)

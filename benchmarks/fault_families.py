@@ -19,7 +19,6 @@ import os
 import socket
 import stat
 import threading
-import time
 import urllib.request
 from pathlib import Path
 

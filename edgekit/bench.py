@@ -36,11 +36,11 @@ class BenchResult:
     iterations: int
     wall_s: float
     latencies_ms: list
-    chosen: str | None = None  # why this model ran (``auto``: the measured figures), from the runner's Choice
     model_ms: list | None = None  # detectors with NMS outside the model: the model's part of each inference
     nms_ms: list | None = None
     detections: list | None = None  # detectors: detections per image
     max_detections: int | None = None
+    chosen: str | None = None  # why this model ran (``auto``: the measured figures), from the runner's Choice
 
     @property
     def inferences_per_s(self) -> float:

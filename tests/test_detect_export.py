@@ -109,7 +109,6 @@ def test_op_check_knows_which_targets_ship_the_plugin(native_bundle):
 
 def test_cpu_nms_matches_onnx_nonmaxsuppression_box_for_box(native_bundle, scene_batch):
     """The pre-plugin graph + edgekit's NMS on ONNX Runtime against ONNX's own NonMaxSuppression op."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 

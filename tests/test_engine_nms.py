@@ -72,7 +72,7 @@ def fake_tensorrt(monkeypatch):
 def test_loop_and_validate_engines_carry_their_own_nms_threshold(tmp_path, fake_tensorrt):
     from edgekit.backends.select import open_runner
     from edgekit.backends.tensorrt.builder import device_key
-    from edgekit.backends.tensorrt.nms_model import engine_model
+    from edgekit.graph.engine_nms import engine_model
     from edgekit.backends.tensorrt.recipe import BuildOptions
 
     bundle = _detector_bundle(tmp_path / "det")
@@ -100,7 +100,7 @@ def test_loop_and_validate_engines_carry_their_own_nms_threshold(tmp_path, fake_
 
 
 def test_class_agnostic_plugin_is_refused_on_tensorrt_8_5(tmp_path):
-    from edgekit.backends.tensorrt.nms_model import engine_model
+    from edgekit.graph.engine_nms import engine_model
 
     bundle = _detector_bundle(tmp_path / "det", class_agnostic=True)
     with pytest.raises(DeviceError) as err:

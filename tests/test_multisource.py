@@ -280,7 +280,8 @@ def test_engine_profile_for_the_source_count(tiny_bundle, tmp_path, colour_media
     """The engine's profile is (1, N, N) for N sources (min 1: a batch missing a source still runs), is
     what run_loop asks the runner for, and is part of the engine cache key."""
     from edgekit.backends import select
-    from edgekit.backends.tensorrt.builder import BuildOptions, device_key, parse_batch, profile_shapes
+    from edgekit.backends.tensorrt.builder import device_key
+    from edgekit.backends.tensorrt.recipe import BuildOptions, parse_batch, profile_shapes
 
     assert engine_profile(4, ["batch", 3, 32, 32]) == (1, 4, 4)
     assert engine_profile(1, ["batch", 3, 32, 32]) == (1, 1, 1)

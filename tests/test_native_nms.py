@@ -97,7 +97,7 @@ def test_tensorrt11_bundle_uses_nonmaxsuppression_and_matches_edgekit_nms(tensor
     import onnx
 
     from edgekit.backends.onnxruntime import OnnxRuntimeRunner
-    from edgekit.backends.tensorrt.nms_model import edit_for_engine
+    from edgekit.graph.engine_nms import edit_for_engine
     from edgekit.graph.support import check, op_histogram
 
     bundle = tensorrt11_bundle

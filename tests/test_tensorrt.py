@@ -227,7 +227,7 @@ def test_tensorrt_and_pycuda_only_imported_inside_the_layer():
         "import sys, edgekit.cli.build, edgekit.cli.bench, edgekit.cli.doctor, edgekit.bench, edgekit.doctor,"
         " edgekit.backends.select, edgekit.backends.tensorrt.builder, edgekit.backends.tensorrt.runner,"
         " edgekit.backends.tensorrt.cache, edgekit.backends.tensorrt.cuda, edgekit.backends.tensorrt.network,"
-        " edgekit.backends.tensorrt.nms_model, edgekit.backends.measure;"
+        " edgekit.graph.engine_nms, edgekit.backends.measure;"
         " bad = [m for m in ('tensorrt', 'pycuda', 'cuda', 'tensorflow') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)

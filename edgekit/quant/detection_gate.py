@@ -101,7 +101,14 @@ def fp32_reference(bundle: Bundle, x: np.ndarray, batch_size: int = 32) -> tuple
 
 # ---- COCO evaluation ----------------------------------------------------------------------------
 def coco_map(truth: list[np.ndarray], dets: dict, num_classes: int, size: tuple[int, int]) -> tuple[float, float]:
-    """(mAP@0.5:0.95, mAP@0.5) in percent by pycocotools' COCOeval.
+    """(mAP@0.5:0.95, mAP@0.5) in percent by pycocotools' COCOeval (see :func:`coco_stats`)."""
+    stats = coco_stats(truth, dets, num_classes, size)
+    return stats[0], stats[1]
+
+
+def coco_stats(truth: list[np.ndarray], dets: dict, num_classes: int, size: tuple[int, int]) -> list[float]:
+    """COCOeval's 12 summary figures in percent (mAP@0.5:0.95, @0.5, @0.75, small/medium/large, AR…);
+    all 0 when there is no truth or no detection.
 
     ``truth``: per image an array of rows ``(class, x1, y1, x2, y2)`` in model-input pixels; ``dets``:
     the NMS plugin's outputs, boxes normalised to the model input of ``size`` (h, w).
@@ -117,16 +124,14 @@ def coco_map(truth: list[np.ndarray], dets: dict, num_classes: int, size: tuple[
             gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": i, "category_id": int(c),
                                       "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
                                       "iscrowd": 0})
-    if not gt["annotations"]:
-        return 0.0, 0.0
     rows = []
     for i in range(len(truth)):
         n = int(dets["num_detections"][i, 0])
         b = dets["detection_boxes"][i, :n].astype(np.float64) * [w, h, w, h]
         for (x1, y1, x2, y2), s, c in zip(b, dets["detection_scores"][i, :n], dets["detection_classes"][i, :n]):
             rows.append([i, x1, y1, x2 - x1, y2 - y1, float(s), int(c)])
-    if not rows:
-        return 0.0, 0.0
+    if not gt["annotations"] or not rows:
+        return [0.0] * 12
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and table
         coco_gt = COCO()
         coco_gt.dataset = gt
@@ -137,7 +142,7 @@ def coco_map(truth: list[np.ndarray], dets: dict, num_classes: int, size: tuple[
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return max(0.0, float(ev.stats[0]) * 100), max(0.0, float(ev.stats[1]) * 100)
+    return [max(0.0, float(v) * 100) for v in ev.stats]
 
 
 def _as_truth(dets: dict, size: tuple[int, int]) -> list[np.ndarray]:

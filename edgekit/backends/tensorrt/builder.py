@@ -2,7 +2,7 @@
 
 The caller chooses the precision (``select.choose_model``: ``auto`` resolved, failed gates refused);
 this module builds what it is given: :mod:`recipe` decides the source model, flags and shapes,
-:mod:`nms_model` sets a detector's NMS for this engine, :mod:`network` makes the TensorRT calls and
+:mod:`edgekit.graph.engine_nms` sets a detector's NMS for this engine, :mod:`network` makes the TensorRT calls and
 :mod:`cache` keys and stores the plan.
 """
 
@@ -73,7 +73,7 @@ def load_engine(bundle: Bundle, options: BuildOptions):
     sha = (detector.get("sha256") or sha256_file(onnx_path)) if detector else bundle.model_sha256(rec.model_key)
     onnx_bytes = nms = None
     if detector:
-        from edgekit.backends.tensorrt.nms_model import engine_model
+        from edgekit.graph.engine_nms import engine_model
 
         onnx_bytes, nms = engine_model(onnx_path, options.nms_score_threshold, probe.tensorrt_version())
     cache = EngineCache(options.cache_dir)
