@@ -83,9 +83,15 @@ def test_sigterm_stops_within_2_s_with_outputs_intact(tiny_bundle, tmp_path, col
     )
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 10):
+
+        def written() -> int:  # lines in the JSON output so far: its partial file until the run ends
+            partial = list(tmp_path.glob(".out.*.partial.jsonl"))
+            return len(partial[0].read_text().splitlines()) if partial else 0
+
+        while time.monotonic() < deadline and written() < 10:
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.05)
+        assert written() >= 10, "the run wrote no 10 lines in 60 s"
         proc.send_signal(signal.SIGTERM)
         sent = time.monotonic()
         _, err = proc.communicate(timeout=10)
