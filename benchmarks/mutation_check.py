@@ -51,8 +51,8 @@ NAMES = ("tests/test_tensorrt_api_names.py",)
 TRT_MODULE = "edgekit/backends/tensorrt/__init__.py"
 
 MUTATIONS = [
-    Mutation("detection gate disabled (drop <= max_drop + 1000)", "edgekit/quant/detection_gate.py",
-             r"r\.drop <= max_drop\b", "r.drop <= max_drop + 1000", DETECTION),
+    Mutation("detection gate disabled (drop interval <= max_drop + 1000)", "edgekit/quant/detection_gate.py",
+             r"r\.drop_interval\[0\] <= max_drop\b", "r.drop_interval[0] <= max_drop + 1000", DETECTION),
     Mutation("NMS never suppresses (hit = iou > 2.0)", "edgekit/nms.py",
              r"hit = iou >=? iou_threshold", "hit = iou > 2.0", NMS),
     Mutation("NMS suppresses only above the threshold (ONNX's >, not the plugin's >=)", "edgekit/nms.py",
