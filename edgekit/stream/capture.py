@@ -79,7 +79,8 @@ class Capture:
         except Exception as exc:
             if not missing_ok:
                 raise
-            log.error("source %s (%s) did not open: %s", self.name, self.source.name, exc)
+            log.warning("source %s (%s) did not open: %s; %s (--allow-missing)", self.name, self.source.name, exc,
+                        "it keeps trying" if self.source.live else "running without it")
             if not self.source.live:
                 self.state, self.ended = "failed", True
                 return self
