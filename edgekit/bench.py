@@ -5,7 +5,7 @@ TensorRT). Throughput counts inferences over the measured wall time; images/s mu
 
 A detector is timed on what a camera sees, not noise (on noise a detector fills its detection cap and
 NMS dominates): the frames of ``images`` or else natural-image-like synthetic frames
-(:func:`natural_frames`), cycled. Where NMS runs outside the model (ONNX Runtime) its time is
+(:func:`scene_frames`), cycled. Where NMS runs outside the model (ONNX Runtime) its time is
 reported apart from the model's; the detections per image are counted and a cap hit on every image
 is reported.
 """
@@ -106,9 +106,10 @@ class BenchResult:
         return lines
 
 
-def natural_frames(count: int, size: tuple[int, int], seed: int = 0) -> list[np.ndarray]:
-    """``count`` uint8 BGR frames with a natural image's statistics rather than noise's: smooth
-    colour fields at several scales (power falling with frequency), a few flat-shaded blobs and edges."""
+def scene_frames(count: int, size: tuple[int, int], seed: int = 0) -> list[np.ndarray]:
+    """``count`` uint8 BGR scenes for timing a detector: a natural image's statistics rather than noise's (smooth
+    colour fields at several scales, power falling with frequency) and a few flat-shaded blobs and edges
+    to detect (:func:`edgekit.tiny.natural_frames` are the self-test's smooth classifier frames)."""
     import cv2
 
     rng = np.random.default_rng(seed)
@@ -139,7 +140,7 @@ def frame_batches(bundle: Bundle, batch: int, images: str | None = None, count: 
         if not frames:
             raise UsageError(f"--images {images} holds no readable images")
     else:
-        frames = natural_frames(count, tuple(bundle.preprocess.size))
+        frames = scene_frames(count, tuple(bundle.preprocess.size))
     dtype = np.dtype(bundle.input.get("dtype", "float32"))
     frames = [frames[i % len(frames)] for i in range(max(len(frames), batch))]
     return [bundle.preprocess.batch(frames[i : i + batch]).astype(dtype)

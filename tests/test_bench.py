@@ -147,10 +147,10 @@ def test_detector_bench_times_model_and_nms_apart_and_reports_cap_hits(n, score,
     assert d["capped_images"] == result.capped and d["nms_ms_p50"] == pytest.approx(np.median(result.nms_ms))
 
 
-def test_natural_frames_look_like_images_not_noise():
-    from edgekit.bench import natural_frames
+def test_scene_frames_look_like_images_not_noise():
+    from edgekit.bench import scene_frames
 
-    frames = natural_frames(4, (96, 128))
+    frames = scene_frames(4, (96, 128))
     assert [f.shape for f in frames] == [(96, 128, 3)] * 4 and frames[0].dtype == np.uint8
     for f in frames:
         g = f.astype(np.float64).mean(2)

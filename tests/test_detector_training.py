@@ -224,11 +224,11 @@ def test_pyramid_detector_exports_with_the_contract(tmp_path):
     assert {"ConvTranspose", "Concat"} <= ops and not ops & {"Tile", "Resize"}, sorted(ops)  # static upsampling
     import cv2
 
-    from edgekit.bench import natural_frames
+    from edgekit.bench import scene_frames
     from edgekit.quant.quantize import quantize_bundle
 
     (tmp_path / "calib").mkdir()
-    for i, frame in enumerate(natural_frames(16, (64, 64))):
+    for i, frame in enumerate(scene_frames(16, (64, 64))):
         cv2.imwrite(str(tmp_path / "calib" / f"{i}.png"), frame)
     from edgekit.bundle import Bundle
 
