@@ -256,6 +256,8 @@ def test_broker_receives_every_event_of_a_run(broker, sample, tmp_path):
         _run(sample, broker.port, tmp_path, "--mqtt-detections", here=True)
         produced = _produced(tmp_path / "out.jsonl")
         assert _wait(lambda: len(sub.events()) >= len(produced), 10)
+        # the clean stop's retained "offline" may reach the subscriber after the last event
+        assert _wait(lambda: any(t == "test/dev1/status" and b'"offline"' in p for t, p, _ in sub.messages), 10)
     finally:
         sub.close()
     kinds = {e["event"] for e in produced}
