@@ -161,3 +161,26 @@ def labels_from_fp32(bundle, images: Path, out: Path) -> Path:
                                             "area": float((x2 - x1) * (y2 - y1))})
     (out / "annotations.json").write_text(json.dumps(coco))
     return out
+
+
+def onnx_nms(boxes, scores, iou, score, per_class=10000):
+    """ONNX NonMaxSuppression on ``boxes`` [B, N, 4] and ``scores`` [B, N, C]: selected [K, 3] (b, c, n)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["scores"], ["scores_bcn"], perm=[0, 2, 1]),
+         helper.make_node("NonMaxSuppression", ["boxes", "scores_bcn", "max", "iou", "thr"], ["selected"])],
+        "reference",
+        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("selected", TensorProto.INT64, None)],
+        [helper.make_tensor("max", TensorProto.INT64, [1], [per_class]),
+         helper.make_tensor("iou", TensorProto.FLOAT, [1], [iou]),
+         helper.make_tensor("thr", TensorProto.FLOAT, [1], [score])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"boxes": boxes, "scores": scores})[0]

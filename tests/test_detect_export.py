@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_one_line_error
+from detection_fixtures import onnx_nms
 from edgekit.backends.select import tensorrt_available
 
 pytest.importorskip("tensorflow")
@@ -110,7 +111,6 @@ def test_op_check_knows_which_targets_ship_the_plugin(native_bundle):
 def test_cpu_nms_matches_onnx_nonmaxsuppression_box_for_box(native_bundle, scene_batch):
     """The pre-plugin graph + edgekit's NMS on ONNX Runtime against ONNX's own NonMaxSuppression op."""
     import onnxruntime as ort
-    from onnx import TensorProto, helper
 
     from edgekit.backends.select import open_runner
 
@@ -118,21 +118,7 @@ def test_cpu_nms_matches_onnx_nonmaxsuppression_box_for_box(native_bundle, scene
     session = ort.InferenceSession(str(native_bundle.model_path()), providers=["CPUExecutionProvider"])
     boxes, scores = session.run(["boxes", "scores"], {"input": x})
     iou, thr, k = 0.5, 0.3, 50
-    graph = helper.make_graph(
-        [helper.make_node("Transpose", ["scores"], ["scores_bcn"], perm=[0, 2, 1]),
-         helper.make_node("NonMaxSuppression", ["boxes", "scores_bcn", "max", "iou", "thr"], ["selected"])],
-        "reference",
-        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, None),
-         helper.make_tensor_value_info("scores", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("selected", TensorProto.INT64, None)],
-        [helper.make_tensor("max", TensorProto.INT64, [1], [10000]),
-         helper.make_tensor("iou", TensorProto.FLOAT, [1], [iou]),
-         helper.make_tensor("thr", TensorProto.FLOAT, [1], [thr])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    selected = reference.run(None, {"boxes": boxes, "scores": scores})[0]
+    selected = onnx_nms(boxes, scores, iou, thr)
     with open_runner(native_bundle, "onnxruntime") as runner:  # the manifest's NMS: 0.3 / 0.5 / 50
         got = runner.infer(x)
     total = 0

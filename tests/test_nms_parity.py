@@ -14,32 +14,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from detection_fixtures import onnx_nms
 from edgekit.nms import efficient_nms
 
 ort = pytest.importorskip("onnxruntime")  # a third-party runtime, not edgekit's own module
 
 SCORE, IOU = 0.3, 0.5
-
-
-def onnx_nms(boxes, scores, iou, score, per_class=10000):
-    """ONNX NonMaxSuppression on ``boxes`` [B, N, 4] and ``scores`` [B, N, C]: selected [K, 3] (b, c, n)."""
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Transpose", ["scores"], ["scores_bcn"], perm=[0, 2, 1]),
-         helper.make_node("NonMaxSuppression", ["boxes", "scores_bcn", "max", "iou", "thr"], ["selected"])],
-        "reference",
-        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, None),
-         helper.make_tensor_value_info("scores", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("selected", TensorProto.INT64, None)],
-        [helper.make_tensor("max", TensorProto.INT64, [1], [per_class]),
-         helper.make_tensor("iou", TensorProto.FLOAT, [1], [iou]),
-         helper.make_tensor("thr", TensorProto.FLOAT, [1], [score])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"boxes": boxes, "scores": scores})[0]
 
 
 def clusters(seed, batch=3, objects=14, copies=6, classes=3):
