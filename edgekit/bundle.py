@@ -39,6 +39,7 @@ from pathlib import Path
 
 from edgekit.atomic import copy_file, sha256_file, write_json
 from edgekit.errors import BundleError, UsageError
+from edgekit.jsonfile import read_json
 from edgekit.preprocess import Preprocess
 
 SCHEMA_VERSION = 1
@@ -76,12 +77,7 @@ class Bundle:
             raise BundleError(f"bundle {path} does not exist")
         if not mpath.is_file():
             raise BundleError(f"{path} is not an edgekit bundle (no {MANIFEST})")
-        try:
-            manifest = json.loads(mpath.read_text("utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"corrupt manifest {mpath}: {exc}") from exc
-        except RecursionError:
-            raise BundleError(f"corrupt manifest {mpath}: nested too deeply") from None
+        manifest = read_json(mpath, BundleError, f"corrupt manifest {mpath}")
         bundle = cls(path, manifest)
         bundle.validate()
         if verify:

@@ -82,12 +82,9 @@ def command(model, out, target, batch, opset, allow_unsupported, tolerance, labe
         labels = [s.strip() for s in lines if s.strip()]
     preprocess = preprocess_arg
     if preprocess_arg and Path(preprocess_arg).is_file():
-        import json
+        from edgekit.jsonfile import read_json
 
-        try:
-            preprocess = json.loads(Path(preprocess_arg).read_text("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(f"{preprocess_arg} is not a JSON preprocessing spec: {exc}") from exc
+        preprocess = read_json(preprocess_arg, InputError, f"{preprocess_arg} is not a JSON preprocessing spec")
         if not isinstance(preprocess, dict):
             raise InputError(f"{preprocess_arg} is not a JSON object")
 

@@ -13,7 +13,6 @@ OpenCV: no TensorFlow.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import InputError, some
+from edgekit.jsonfile import read_json
 from edgekit.images import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
 
 log = logging.getLogger(__name__)
@@ -306,12 +306,7 @@ def _coco_annotations(root: Path, split: str) -> Path:
 
 def coco_json(path: Path) -> dict:
     """A COCO instances file, its categories and images checked (id kinds, duplicates, file names)."""
-    try:
-        doc = json.loads(path.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read {path}: {exc}") from exc
-    except RecursionError:
-        raise InputError(f"cannot read {path}: nested too deeply") from None
+    doc = read_json(path)
     if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list) for k in ("images", "annotations", "categories")):
         raise InputError(f"{path} is not COCO instances JSON (needs images, annotations and categories lists)")
     _check_entries(doc["categories"], "categories", "id", path)

@@ -6,7 +6,6 @@ source -> tf2onnx (NCHW input, named dynamic batch) -> graph passes -> op-suppor
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from importlib import metadata
@@ -18,6 +17,7 @@ from edgekit import __version__
 from edgekit.atomic import atomic_dir, check_output_dir, sha256_file
 from edgekit.bundle import SCHEMA_VERSION, Bundle
 from edgekit.errors import InputError, ModelError, UsageError
+from edgekit.jsonfile import read_json
 from edgekit.graph.targets import DEFAULT_TARGET, get_target
 from edgekit.preprocess import Preprocess
 from edgekit.host.probe import probe_inputs
@@ -233,10 +233,7 @@ def _sidecar(model: Path) -> dict:
     path = sidecar_path(model)
     if not path.is_file():
         return {}
-    try:
-        meta = json.loads(path.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"corrupt sidecar {path}: {exc}") from exc
+    meta = read_json(path, InputError, f"corrupt sidecar {path}")
     if not isinstance(meta, dict):
         raise InputError(f"corrupt sidecar {path}: not a JSON object")
     return meta
