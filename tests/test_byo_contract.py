@@ -181,3 +181,33 @@ def test_bad_sidecar_value_and_wrong_shapes_are_named(cli, centre_size, tmp_path
     assert_one_line_error(cli("export", copy, "-o", tmp_path / "b", "--boxes-output", "raw_scores",
                               "--scores-output", "raw_boxes", "--box-format", "yxyx"),
                           "boxes [1, 64, 3] and scores [1, 64, 4]")
+
+
+def test_int8_keeps_the_conversion_float(cli, centre_size, tmp_path):
+    """The appended ops (the corners' Add of two activations among them, which the INT8 recipe would
+    quantize as a residual Add) stay float in the TensorRT Q/DQ model and in the CPU variant."""
+    import cv2
+    import onnx
+
+    from edgekit.bundle import Bundle
+    from edgekit.host.probe import photo_frames
+
+    path, _ = centre_size
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, frame in enumerate(photo_frames((SIZE, SIZE), 24, seed=5)):
+        cv2.imwrite(str(calib / f"{i:02d}.png"), frame)
+    out = tmp_path / "b"
+    r = cli("export", path, "-o", out, "--task", "detect", "--labels", "cat,dog", *NMS, "--box-format", "cxcywh",
+            "--box-units", "pixels", "--score-activation", "softmax", "--background", "first",
+            "--int8", "--calib-images", calib, "--method", "minmax", "--max-drop", 100, "--cpu-variant", "--no-fp16")
+    assert r.code == 0, r
+    bundle = Bundle.load(out)
+    for key in ("int8", "int8_cpu"):
+        graph = onnx.load(str(bundle.model_path(key))).graph
+        producers = {o: n.op_type for n in graph.node for o in n.output}
+        added = [n for n in graph.node if n.name.startswith("contract/")]
+        assert {n.op_type for n in added} >= {"Slice", "Mul", "Sub", "Add", "Concat", "Div", "Softmax"}, key
+        quantized = [n.name for n in added if any(producers.get(i) == "DequantizeLinear" for i in n.input)]
+        assert not quantized, (key, quantized)
+        assert "QuantizeLinear" in producers.values(), key  # the convs are quantized
