@@ -211,3 +211,25 @@ def test_int8_keeps_the_conversion_float(cli, centre_size, tmp_path):
         quantized = [n.name for n in added if any(producers.get(i) == "DequantizeLinear" for i in n.input)]
         assert not quantized, (key, quantized)
         assert "QuantizeLinear" in producers.values(), key  # the convs are quantized
+
+
+def test_outputs_both_ending_in_4_need_names(cli, tmp_path):
+    """Boxes [B, N, 4] and 4 class scores: unnamed, export cannot tell them apart and says so; outputs
+    called ``boxes`` and ``scores`` are taken by name, in either order."""
+    from edgekit.host import import_tf
+
+    _, keras = import_tf()
+    L = keras.layers
+    inp = keras.Input((32, 32, 3))
+    cells = L.Reshape((16, 8))(L.Conv2D(8, 8, strides=8)(L.Rescaling(1 / 255)(inp)))
+    a, b = (L.Dense(2, activation="sigmoid")(cells) for _ in range(2))
+    corners = [L.Minimum()([a, b]), L.Maximum()([a, b])]
+    for name, box_name, score_name in (("plain", "box_head", "cls_head"), ("named", "boxes", "scores")):
+        boxes = L.Concatenate(name=box_name)(corners)
+        scores = L.Dense(4, activation="sigmoid", name=score_name)(cells)
+        keras.Model(inp, [scores, boxes]).save(tmp_path / f"{name}.keras")
+    assert_one_line_error(cli("export", tmp_path / "plain.keras", "-o", tmp_path / "p", "--task", "detect"),
+                          "both detector outputs end in 4", "--boxes-output NAME --scores-output NAME")
+    r = cli("export", tmp_path / "named.keras", "-o", tmp_path / "n", "--task", "detect")
+    assert r.code == 0, r
+    assert json.loads((tmp_path / "n" / "edgekit.json").read_text())["parity"]["max_abs_error"] <= 1e-4

@@ -21,7 +21,8 @@ from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, Number, 
                    "(mobilenet_v2, resnet, densenet …) or a JSON file.")
 @click.option("--task", type=click.Choice(("classify", "detect")), default=None,
               help="What the model is, when it has no sidecar: detect = outputs boxes [B, N, 4] corners "
-                   "normalised to the input and scores [B, N, C] probabilities [default: the sidecar's, else "
+                   "normalised to the input and scores [B, N, C] probabilities (else say how they differ with "
+                   "--box-format, --box-units, --score-activation, --background) [default: the sidecar's, else "
                    "classify, or detect for a graph ending in TensorFlow NMS].")
 @click.option("--boxes-output", default=None, help="Detectors: the model output holding boxes [B, N, 4] (by name).")
 @click.option("--scores-output", default=None, help="Detectors: the model output holding scores [B, N, C] (by name).")

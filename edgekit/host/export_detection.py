@@ -1,7 +1,8 @@
 """The detection branch of export: a detector -> pre-plugin graph (``boxes``, ``scores``) + EfficientNMS_TRT model.
 
 A detector is a model whose sidecar says ``"task": "detection"`` (outputs boxes [B, N, 4] corners
-normalised to the input and scores [B, N, C] probabilities), or any model whose graph ends in a
+normalised to the input and scores [B, N, C] probabilities, or raw outputs converted to them in the
+graph: :mod:`edgekit.graph.detector_outputs`), or any model whose graph ends in a
 TensorFlow NMS, which is cut off (:func:`edgekit.graph.nms.cut_tf_nms`) and replaced by the plugin
 on TensorRT and by :mod:`edgekit.nms` on ONNX Runtime. NMS parameters not given at export come from
 the cut TensorFlow NMS, else from :class:`edgekit.nms.NmsParams`' defaults.
