@@ -233,3 +233,34 @@ def test_outputs_both_ending_in_4_need_names(cli, tmp_path):
     r = cli("export", tmp_path / "named.keras", "-o", tmp_path / "n", "--task", "detect")
     assert r.code == 0, r
     assert json.loads((tmp_path / "n" / "edgekit.json").read_text())["parity"]["max_abs_error"] <= 1e-4
+
+
+@pytest.mark.parametrize("opset", [9, 17])  # Slice takes attributes before opset 10, inputs after
+def test_graph_conversion_equals_numpys_for_every_format(opset):
+    """Every combination of the four fields: ONNX Runtime on the appended ops equals export's numpy
+    conversion (the one parity uses) on random raw outputs, at an old and a current opset."""
+    import itertools
+
+    import onnx_graphsurgeon as gs
+    import onnxruntime as ort
+
+    from edgekit.graph.detector_outputs import CHOICES, OutputFormat, append_conversion, convert
+
+    rng = np.random.default_rng(0)
+    raw_boxes = rng.uniform(0, 50, (2, 7, 4)).astype(np.float32)
+    raw_scores = rng.normal(0, 3, (2, 7, 5)).astype(np.float32)
+    for values in itertools.product(*CHOICES.values()):
+        fmt = OutputFormat(**dict(zip(CHOICES, values)))
+        b_in, s_in = (gs.Variable(n, np.float32, [2, 7, c]) for n, c in (("b", 4), ("s", 5)))
+        b_out, s_out = (gs.Variable(n, np.float32) for n in ("b_raw", "s_raw"))
+        nodes = [gs.Node("Identity", inputs=[b_in], outputs=[b_out]), gs.Node("Identity", inputs=[s_in], outputs=[s_out])]
+        graph = gs.Graph(nodes, [b_in, s_in], [b_out, s_out], opset=opset)
+        append_conversion(graph, fmt, 48, 40)
+        model = gs.export_onnx(graph)
+        model.ir_version = 7
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"b": raw_boxes, "s": raw_scores})
+        want = convert(raw_boxes, raw_scores, fmt, 48, 40)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape, fmt
+            np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6, err_msg=str(fmt))
