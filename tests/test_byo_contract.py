@@ -253,7 +253,7 @@ def test_graph_conversion_equals_numpys_for_every_format(opset):
         fmt = OutputFormat(**dict(zip(CHOICES, values)))
         b_in, s_in = (gs.Variable(n, np.float32, [2, 7, c]) for n, c in (("b", 4), ("s", 5)))
         b_out, s_out = (gs.Variable(n, np.float32) for n in ("b_raw", "s_raw"))
-        nodes = [gs.Node("Identity", inputs=[b_in], outputs=[b_out]), gs.Node("Identity", inputs=[s_in], outputs=[s_out])]
+        nodes = [gs.Node("Identity", inputs=[i], outputs=[o]) for i, o in ((b_in, b_out), (s_in, s_out))]
         graph = gs.Graph(nodes, [b_in, s_in], [b_out, s_out], opset=opset)
         append_conversion(graph, fmt, 48, 40)
         model = gs.export_onnx(graph)

@@ -1,7 +1,7 @@
 import click
 
-from edgekit.graph.detector_outputs import CHOICES
 from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, Number, int8_kwargs, int8_options, positive
+from edgekit.graph.detector_outputs import CHOICES
 
 
 @click.command("export")
@@ -34,7 +34,8 @@ from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, Number, 
                    "input [default: the sidecar's box_units, else normalised].")
 @click.option("--score-activation", type=click.Choice(CHOICES["score_activation"]), default=None,
               help="Detectors: the scores output is logits to put through sigmoid or softmax (over its last "
-                   "axis, background included), or none: already probabilities [default: the sidecar's, else none].")
+                   "axis, background included), or none: already probabilities [default: the sidecar's "
+                   "score_activation, else none].")
 @click.option("--background", type=click.Choice(CHOICES["background"]), default=None,
               help="Detectors: the scores output's background column, dropped after the activation: first, "
                    "last or none [default: the sidecar's background, else none].")
@@ -58,9 +59,9 @@ from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, Number, 
 @click.option("--int8", is_flag=True, help="Also add INT8 and FP16 models, as `edgekit quantize` does, with its options:")
 @int8_options
 def command(model, out, target, batch, opset, allow_unsupported, tolerance, labels_arg, preprocess_arg, task,
-            boxes_output, scores_output, box_format, box_units, score_activation, background, unsafe_load, score_threshold, eval_score_threshold, iou_threshold,
-            max_detections, class_agnostic, nms_mode, force, int8,
-            calib_images, **int8_opts):
+            boxes_output, scores_output, box_format, box_units, score_activation, background, unsafe_load,
+            score_threshold, eval_score_threshold, iou_threshold, max_detections, class_agnostic, nms_mode, force,
+            int8, calib_images, **int8_opts):
     """Convert MODEL (.keras, .h5 or a SavedModel folder) to a TensorRT-ready ONNX bundle.
 
     The graph is cleaned, checked op by op against the target TensorRT, and compared with TensorFlow

@@ -57,7 +57,8 @@ class OutputFormat:
     def __post_init__(self):
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
-                raise InputError(f"{self.label(name)} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+                raise InputError(f"{self.label(name)} must be one of {', '.join(choices)}, "
+                                 f"got {getattr(self, name)!r}")
 
     @property
     def is_contract(self) -> bool:
@@ -68,7 +69,7 @@ class OutputFormat:
         return {k: v for k, v in asdict(self).items() if k != "given"}
 
     def describe(self) -> str:
-        """What the conversion does, for the log: ``cxcywh -> xyxy, pixels -> 0..1, softmax, background first dropped``."""
+        """What the conversion does, for the log (``cxcywh -> xyxy, pixels -> 0..1, softmax, …``)."""
         steps = [f"{self.box_format} -> xyxy" if self.box_format != "xyxy" else "",
                  "pixels -> 0..1" if self.box_units == "pixels" else "",
                  self.score_activation if self.score_activation != "none" else "",
@@ -76,8 +77,7 @@ class OutputFormat:
         return ", ".join(s for s in steps if s) or "none"
 
 
-def convert(boxes, scores, fmt: OutputFormat, height: int, width: int
-            ) -> tuple:
+def convert(boxes, scores, fmt: OutputFormat, height: int, width: int) -> tuple:
     """Raw (boxes, scores) as the contract's, in float32 numpy: what :func:`append_conversion`'s ops compute."""
     import numpy as np
 
@@ -157,4 +157,3 @@ def append_conversion(graph, fmt: OutputFormat, height: int, width: int) -> int:
     graph.nodes.extend(added)
     graph.outputs = [boxes, scores]
     return len(added)
-
