@@ -177,6 +177,8 @@ def test_bad_sidecar_value_and_wrong_shapes_are_named(cli, centre_size, tmp_path
     side.write_text(json.dumps({"task": "detection", "box_format": "xywh"}))
     assert_one_line_error(cli("export", copy, "-o", tmp_path / "b"), '"box_format" in det.keras.edgekit.json',
                           "xyxy, yxyx, cxcywh", "'xywh'")
+    side.write_text(json.dumps({"task": "detection", "boxes_output": "raw_boxes"}))
+    assert_one_line_error(cli("export", copy, "-o", tmp_path / "b"), '"boxes_output" and "scores_output" go together')
     side.write_text(json.dumps({"task": "detection"}))  # scores as boxes: named with both shapes
     assert_one_line_error(cli("export", copy, "-o", tmp_path / "b", "--boxes-output", "raw_scores",
                               "--scores-output", "raw_boxes", "--box-format", "yxyx"),
@@ -233,6 +235,16 @@ def test_outputs_both_ending_in_4_need_names(cli, tmp_path):
     r = cli("export", tmp_path / "named.keras", "-o", tmp_path / "n", "--task", "detect")
     assert r.code == 0, r
     assert json.loads((tmp_path / "n" / "edgekit.json").read_text())["parity"]["max_abs_error"] <= 1e-4
+
+
+def test_a_background_column_needs_a_class_beside_it():
+    from edgekit.errors import ModelError
+    from edgekit.graph.detector_outputs import OutputFormat, check_raw_shapes
+
+    fmt = OutputFormat.from_sources(({"background": "last"}, "--{option}"))
+    check_raw_shapes((1, 9, 4), (1, 9, 2), fmt)
+    with pytest.raises(ModelError, match=r"--background last\) needs scores \[B, N, C \+ 1\].*\[1, 9, 1\]"):
+        check_raw_shapes((1, 9, 4), (1, 9, 1), fmt)
 
 
 @pytest.mark.parametrize("opset", [9, 17])  # Slice takes attributes before opset 10, inputs after
