@@ -72,6 +72,13 @@ def test_retinanet_exports_with_its_decoding_and_matches_predict(retinanet, tmp_
         np.testing.assert_array_equal(got["detection_classes"][b, :n], np.asarray(want["labels"])[b, :n])
 
 
+def test_output_format_options_refused_for_the_adapted_detector(cli, retinanet, tmp_path):
+    """export decodes keras-hub's outputs itself: describing them is a mistake, said in one line."""
+    assert_one_line_error(cli("export", retinanet[1], "-o", tmp_path / "b", "--box-format", "cxcywh"),
+                          "--box-format describes", "keras-hub")
+    assert not (tmp_path / "b").exists()
+
+
 def test_detector_outputs_chosen_by_name(cli, tmp_path):
     """A model with a third output: --boxes-output/--scores-output pick the two; a wrong name lists the
     outputs there are; boxes and scores swapped is named with both shapes."""

@@ -1,6 +1,7 @@
 import click
 
 from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, Number, int8_kwargs, int8_options, positive
+from edgekit.graph.detector_outputs import CHOICES
 
 
 @click.command("export")
@@ -20,10 +21,24 @@ from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, Number, 
                    "(mobilenet_v2, resnet, densenet …) or a JSON file.")
 @click.option("--task", type=click.Choice(("classify", "detect")), default=None,
               help="What the model is, when it has no sidecar: detect = outputs boxes [B, N, 4] corners "
-                   "normalised to the input and scores [B, N, C] probabilities [default: the sidecar's, else "
+                   "normalised to the input and scores [B, N, C] probabilities (else say how they differ with "
+                   "--box-format, --box-units, --score-activation, --background) [default: the sidecar's, else "
                    "classify, or detect for a graph ending in TensorFlow NMS].")
 @click.option("--boxes-output", default=None, help="Detectors: the model output holding boxes [B, N, 4] (by name).")
 @click.option("--scores-output", default=None, help="Detectors: the model output holding scores [B, N, C] (by name).")
+@click.option("--box-format", type=click.Choice(CHOICES["box_format"]), default=None,
+              help="Detectors: the boxes output's coordinates: corners x first (xyxy), corners y first (yxyx), "
+                   "or centre and size (cxcywh) [default: the sidecar's box_format, else xyxy].")
+@click.option("--box-units", type=click.Choice(CHOICES["box_units"]), default=None,
+              help="Detectors: boxes as fractions of the input (normalised, 0..1) or in pixels of the model's "
+                   "input [default: the sidecar's box_units, else normalised].")
+@click.option("--score-activation", type=click.Choice(CHOICES["score_activation"]), default=None,
+              help="Detectors: the scores output is logits to put through sigmoid or softmax (over its last "
+                   "axis, background included), or none: already probabilities [default: the sidecar's "
+                   "score_activation, else none].")
+@click.option("--background", type=click.Choice(CHOICES["background"]), default=None,
+              help="Detectors: the scores output's background column, dropped after the activation: first, "
+                   "last or none [default: the sidecar's background, else none].")
 @click.option("--unsafe-load", is_flag=True,
               help="Load a .keras model with Lambda layers (runs code stored in the file: only for files you trust).")
 @click.option("--force", is_flag=True, help="Replace the bundle folder if it exists.")
@@ -44,9 +59,9 @@ from edgekit.cli.options import ALIAS_PARAMS, INT8_PARAMS, TARGET_HELP, Number, 
 @click.option("--int8", is_flag=True, help="Also add INT8 and FP16 models, as `edgekit quantize` does, with its options:")
 @int8_options
 def command(model, out, target, batch, opset, allow_unsupported, tolerance, labels_arg, preprocess_arg, task,
-            boxes_output, scores_output, unsafe_load, score_threshold, eval_score_threshold, iou_threshold,
-            max_detections, class_agnostic, nms_mode, force, int8,
-            calib_images, **int8_opts):
+            boxes_output, scores_output, box_format, box_units, score_activation, background, unsafe_load,
+            score_threshold, eval_score_threshold, iou_threshold, max_detections, class_agnostic, nms_mode, force,
+            int8, calib_images, **int8_opts):
     """Convert MODEL (.keras, .h5 or a SavedModel folder) to a TensorRT-ready ONNX bundle.
 
     The graph is cleaned, checked op by op against the target TensorRT, and compared with TensorFlow
@@ -63,6 +78,12 @@ def command(model, out, target, batch, opset, allow_unsupported, tolerance, labe
     refuse_inputs({"-o": out}, {"MODEL": model, "--calib-images": calib_images})  # --force would replace them
     if bool(boxes_output) != bool(scores_output):
         raise UsageError("--boxes-output and --scores-output go together")
+    output_format = {"box_format": box_format, "box_units": box_units, "score_activation": score_activation,
+                     "background": background}
+    if task == "classify" and any(output_format.values()):
+        given = next(k for k, v in output_format.items() if v)
+        raise UsageError(f"--{given.replace('_', '-')} describes a detector's outputs; --task classify says "
+                         "this model is a classifier")
     if int8 and not calib_images:
         raise UsageError("--int8 needs --calib-images DIR_OR_VIDEO")
     ctx = click.get_current_context()
@@ -96,7 +117,8 @@ def command(model, out, target, batch, opset, allow_unsupported, tolerance, labe
     options = dict(target=target, batch=batch, opset=opset, allow_unsupported=allow_unsupported, tolerance=tolerance,
                    labels=labels, preprocess=preprocess, unsafe_load=unsafe_load,
                    nms={k: v for k, v in nms.items() if v is not None} or None, task=task,
-                   outputs=(boxes_output, scores_output) if boxes_output or scores_output else None)
+                   outputs=(boxes_output, scores_output) if boxes_output or scores_output else None,
+                   output_format={k: v for k, v in output_format.items() if v} or None)
     if not int8:
         bundle = export_bundle(model, out, force=force, **options)
         _wrote(bundle.manifest, out)

@@ -96,6 +96,13 @@ class Passes:
         self.graph.cleanup()
         return self._done("fold_batchnorm", folded)
 
+    def to_detection_contract(self, fmt, height: int, width: int) -> "Passes":
+        """Convert a detector's raw (boxes, scores) outputs as ``fmt`` describes them (an
+        :class:`edgekit.graph.detector_outputs.OutputFormat`) to edgekit's contract."""
+        from edgekit.graph.detector_outputs import append_conversion
+
+        return self._done("to_detection_contract", append_conversion(self.graph, fmt, height, width))
+
     def rename_io(self, inputs: list[str] | None = None, outputs: list[str] | None = None) -> "Passes":
         """Give the graph inputs and outputs stable names (``input``, ``probs`` …)."""
         changed = 0

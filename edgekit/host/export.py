@@ -48,6 +48,7 @@ def export_bundle(
     nms: dict | None = None,
     task: str | None = None,
     outputs: tuple[str, str] | None = None,
+    output_format: dict | None = None,
 ) -> Bundle:
     """Convert ``model`` to a bundle at ``out`` for ``target``; return the loaded bundle.
 
@@ -62,18 +63,23 @@ def export_bundle(
     A detector (``task="detect"``, sidecar ``"task": "detection"``, or a graph ending in TensorFlow NMS, which is cut)
     gets the pre-plugin ``model.onnx`` plus ``model.trt.onnx`` with EfficientNMS_TRT for TensorRT;
     ``nms`` overrides :class:`edgekit.nms.NmsParams` fields (score_threshold, iou_threshold, …).
-    ``outputs`` names a detector's (boxes, scores) outputs among the model's.
+    ``outputs`` names a detector's (boxes, scores) outputs among the model's (else the sidecar's
+    ``boxes_output``/``scores_output``, else outputs called ``boxes`` and ``scores``, else the one ending in 4
+    is the boxes). ``output_format`` describes its raw outputs (``box_format``, ``box_units``,
+    ``score_activation``, ``background``: :class:`edgekit.graph.detector_outputs.OutputFormat`; fields not
+    given come from the sidecar), converted to the contract inside the graph.
     """
     from edgekit.quiet import captured
 
     with captured():
         return _export(model, out, target=target, batch=batch, opset=opset, allow_unsupported=allow_unsupported,
                        force=force, tolerance=tolerance, labels=labels, preprocess=preprocess, samples=samples,
-                       seed=seed, unsafe_load=unsafe_load, nms=nms, task=task, outputs=outputs)
+                       seed=seed, unsafe_load=unsafe_load, nms=nms, task=task, outputs=outputs,
+                       output_format=output_format)
 
 
 def _export(model, out, *, target, batch, opset, allow_unsupported, force, tolerance, labels, preprocess, samples,
-            seed, unsafe_load, nms, task, outputs) -> Bundle:
+            seed, unsafe_load, nms, task, outputs, output_format) -> Bundle:
     from edgekit.graph.passes import Passes
     from edgekit.graph.support import check
     from edgekit.host import convert
@@ -94,6 +100,10 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
     meta = _sidecar(model)
     if task is not None:  # --task: "detect" or "classify", as train names them
         meta["task"] = "detection" if task == "detect" else "classification"
+    raw, outputs = _detector_outputs(meta, model, output_format, outputs)
+    if raw.given and meta.get("task") == "classification":
+        raise UsageError(f"{raw.first_given} describes a detector's outputs; this model is a classifier "
+                         "(task classification)")
     labels = labels or meta.get("labels")
     given = preprocess if preprocess is not None else meta.get("preprocess")
     if isinstance(given, Preprocess):
@@ -104,10 +114,15 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
 
         decode_boxes_layer()
     source = convert.load(model, unsafe=unsafe_load)
+    if not outputs and meta.get("task") == "detection" and {"boxes", "scores"} <= set(source.output_names):
+        outputs = ("boxes", "scores")  # named as the contract names them (edgekit's own detectors are)
     if outputs:  # --boxes-output/--scores-output: a detector's outputs by name
         meta["task"] = "detection"
         source.select_outputs(list(outputs))
     if source.detector_nms is not None:  # an anchor detector adapted: a detector, with its own NMS's parameters
+        if raw.given:
+            raise UsageError(f"{raw.first_given} describes a detector's raw outputs; export decodes "
+                             f"this keras-hub detector's outputs itself")
         meta["task"] = "detection"
         nms = {**source.detector_nms, **(nms or {})}
     height, width = _input_size(source, given, model)
@@ -118,11 +133,17 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
         onnx_model = convert.to_onnx(source, height, width, batch, opset)
     from edgekit.host import export_detection as det
 
-    detection = meta.get("task") == "detection" or det.has_tf_nms(onnx_model)
+    tf_nms = det.has_tf_nms(onnx_model)
+    detection = meta.get("task") == "detection" or tf_nms
+    if raw.given and (tf_nms or not detection):
+        raise UsageError(f"{raw.first_given} describes a detector's raw outputs (boxes, scores); "
+                         + ("this graph ends in TensorFlow NMS, whose outputs export reads as they are" if tf_nms
+                            else "this model is not a detector (--task detect, or \"task\": \"detection\" "
+                                 "in its sidecar)"))
     cut = None
     if detection:
         onnx_model, passes, cut = det.pre_plugin_graph(onnx_model, convert.INPUT_NAME, batch, tgt.supported_ops,
-                                                        named=bool(outputs))
+                                                        named=bool(outputs), fmt=raw)
         n_out = onnx_model.graph.output[1].type.tensor_type.shape.dim[2].dim_value
         params = det.nms_params(cut, nms)
     else:
@@ -160,7 +181,7 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
         log.warning("%s; writing the bundle anyway (--allow-unsupported)", report.summary())
 
     if detection:
-        error, spread, samples = det.parity(source, onnx_model, prep, batch, samples, seed, cut)
+        error, spread, samples = det.parity(source, onnx_model, prep, batch, samples, seed, cut, raw, bool(outputs))
     else:
         error, spread, samples = _parity(source, onnx_model, prep, batch, samples, seed)
     if not error <= tolerance:
@@ -195,6 +216,8 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
         manifest["nms"] = params.to_dict()
         if cut is not None:
             manifest["nms_cut"] = cut.to_dict()
+        elif not raw.is_contract:
+            manifest["detector_outputs"] = raw.to_dict()
     import onnx
 
     with atomic_dir(out, force=force) as tmp:
@@ -237,6 +260,22 @@ def _sidecar(model: Path) -> dict:
     if not isinstance(meta, dict):
         raise InputError(f"corrupt sidecar {path}: not a JSON object")
     return meta
+
+
+def _detector_outputs(meta: dict, model: Path, given: dict | None, outputs):
+    """The detector's OutputFormat (``given`` over the sidecar's fields) and its (boxes, scores) output names
+    (``outputs``, else the sidecar's ``boxes_output``/``scores_output``)."""
+    from edgekit.graph.detector_outputs import OutputFormat
+    from edgekit.host.train import sidecar_path
+
+    side = sidecar_path(model).name
+    fmt = OutputFormat.from_sources((meta, f'"{{field}}" in {side}'), (given or {}, "--{option}"))
+    if outputs or not (meta.get("boxes_output") or meta.get("scores_output")):
+        return fmt, outputs
+    names = (meta.get("boxes_output"), meta.get("scores_output"))
+    if not all(isinstance(n, str) and n for n in names):
+        raise InputError(f'{side}: "boxes_output" and "scores_output" go together, each an output\'s name')
+    return fmt, names
 
 
 def _with_plugin(model, params, tgt):

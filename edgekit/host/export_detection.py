@@ -1,7 +1,8 @@
 """The detection branch of export: a detector -> pre-plugin graph (``boxes``, ``scores``) + EfficientNMS_TRT model.
 
 A detector is a model whose sidecar says ``"task": "detection"`` (outputs boxes [B, N, 4] corners
-normalised to the input and scores [B, N, C] probabilities), or any model whose graph ends in a
+normalised to the input and scores [B, N, C] probabilities, or raw outputs converted to them in the
+graph: :mod:`edgekit.graph.detector_outputs`), or any model whose graph ends in a
 TensorFlow NMS, which is cut off (:func:`edgekit.graph.nms.cut_tf_nms`) and replaced by the plugin
 on TensorRT and by :mod:`edgekit.nms` on ONNX Runtime. NMS parameters not given at export come from
 the cut TensorFlow NMS, else from :class:`edgekit.nms.NmsParams`' defaults.
@@ -27,11 +28,14 @@ def has_tf_nms(model) -> bool:
     return op_histogram(model).get("NonMaxSuppression", 0) > 0
 
 
-def pre_plugin_graph(onnx_model, input_name: str, batch, supported_ops, named: bool = False):
+def pre_plugin_graph(onnx_model, input_name: str, batch, supported_ops, named: bool = False, fmt=None):
     """The cleaned pre-plugin graph (``onnx.ModelProto``), its Passes, and the NMS Cut (None for a native
-    detector). ``named``: the outputs are (boxes, scores) in that order, as the user named them."""
+    detector). ``named``: the outputs are (boxes, scores) in that order, as the user named them. ``fmt``
+    (:class:`edgekit.graph.detector_outputs.OutputFormat`) describes a native detector's raw outputs,
+    converted to the contract inside the graph."""
     import onnx_graphsurgeon as gs
 
+    from edgekit.graph.detector_outputs import OutputFormat, check_raw_shapes, convert
     from edgekit.graph.nms import BOXES, SCORES, cut_tf_nms, find_nms
     from edgekit.graph.passes import Passes
 
@@ -45,20 +49,40 @@ def pre_plugin_graph(onnx_model, input_name: str, batch, supported_ops, named: b
             raise ModelError(f"a detector exports two outputs (boxes [B, N, 4], scores [B, N, C]); this one has "
                              f"{len(graph.outputs)} and no TensorFlow NMS to cut")
         if not named:
-            graph.outputs = sorted(graph.outputs, key=lambda t: not _is_boxes(t))
+            graph.outputs = _boxes_first(graph.outputs)
     passes = (
         Passes(graph).strip_training().cast_double().fold_constants().fold_batchnorm()
         .replace_unsupported(supported_ops)
-        .rename_io(inputs=[input_name], outputs=[BOXES, SCORES]).set_batch(batch or "batch")
-        .cleanup().toposort()
     )
-    _fix_output_shapes(passes.graph, batch or "batch")
+    boxes, scores = _output_values(passes.graph)
+    if cut is None:
+        fmt = fmt or OutputFormat()
+        check_raw_shapes(boxes.shape, scores.shape, fmt)  # before a conversion could hide a wrong shape
+        _, _, height, width = passes.graph.inputs[0].shape
+        passes.to_detection_contract(fmt, height, width)
+        boxes, scores = convert(boxes, scores, fmt, height, width)
+        if not fmt.is_contract:
+            log.info("detector outputs converted to the contract: %s", fmt.describe())
+    if boxes.ndim != 3 or boxes.shape[2] != 4 or scores.ndim != 3 or scores.shape[:2] != boxes.shape[:2]:
+        raise ModelError(f"detector outputs must be boxes [B, N, 4] and scores [B, N, C]; got boxes "
+                         f"{list(boxes.shape)} and scores {list(scores.shape)}")
+    passes.rename_io(inputs=[input_name], outputs=[BOXES, SCORES]).set_batch(batch or "batch").cleanup().toposort()
+    for tensor, value in zip(passes.graph.outputs, (boxes, scores)):
+        tensor.shape, tensor.dtype = [batch or "batch", *value.shape[1:]], np.float32
     model = passes.model()
     return model, passes, cut
 
 
-def _fix_output_shapes(graph, batch) -> None:
-    """Declare ``boxes`` [batch, N, 4] and ``scores`` [batch, N, C] from one ONNX Runtime run on a blank image.
+def _boxes_first(outputs: list) -> list:
+    """(boxes, scores): the output whose last dimension is 4 first; ModelError when both end in 4."""
+    if all(_is_boxes(t) for t in outputs):
+        raise ModelError(f"both detector outputs end in 4 ({', '.join(f'{t.name} {t.shape}' for t in outputs)}): "
+                         "say which holds the boxes with --boxes-output NAME --scores-output NAME")
+    return sorted(outputs, key=lambda t: not _is_boxes(t))
+
+
+def _output_values(graph) -> list[np.ndarray]:
+    """The graph's outputs for one blank image, computed by ONNX Runtime: their true shapes.
 
     Shape inference cannot see through a TensorFlow reshape to ``tf.shape(x)[0]``; N and C are fixed
     for a fixed input size, and the plugin and the runners need them.
@@ -68,17 +92,11 @@ def _fix_output_shapes(graph, batch) -> None:
 
     model = gs.export_onnx(graph.copy())
     shape = [d if isinstance(d, int) else 1 for d in graph.inputs[0].shape]
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     try:
-        boxes, scores = session.run([t.name for t in graph.outputs], {graph.inputs[0].name: np.zeros(shape, np.float32)})
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run([t.name for t in graph.outputs], {graph.inputs[0].name: np.zeros(shape, np.float32)})
     except Exception as exc:  # onnxruntime raises untyped errors
         raise ModelError(f"ONNX Runtime cannot run the detector graph: {exc}") from exc
-    if boxes.ndim != 3 or boxes.shape[2] != 4 or scores.ndim != 3 or scores.shape[:2] != boxes.shape[:2]:
-        raise ModelError(f"detector outputs must be boxes [B, N, 4] and scores [B, N, C]; got boxes "
-                         f"{list(boxes.shape)} and scores {list(scores.shape)}")
-    for tensor, value in zip(graph.outputs, (boxes, scores)):
-        tensor.shape = [batch, *value.shape[1:]]
-        tensor.dtype = np.float32
 
 
 def nms_params(cut, overrides: dict | None) -> NmsParams:
@@ -96,12 +114,15 @@ def nms_params(cut, overrides: dict | None) -> NmsParams:
     return NmsParams(**values)
 
 
-def parity(source, model, prep, batch, samples: int, seed: int, cut) -> tuple[float, float, int]:
+def parity(source, model, prep, batch, samples: int, seed: int, cut, fmt=None, named: bool = False
+           ) -> tuple[float, float, int]:
     """Max abs difference between TensorFlow and ONNX Runtime (+ edgekit's NMS for a cut model), the
     spread of the class scores across the photo crops (max - min, largest over scores; 0: the model
     ignores its input), and the frame count.
 
-    A native detector is compared output by output (boxes, scores). A model with TensorFlow NMS is
+    A native detector is compared output by output (boxes, scores), TensorFlow's raw outputs converted
+    as ``fmt`` says (:func:`edgekit.graph.detector_outputs.convert`, what the graph's added ops do);
+    ``named``: TensorFlow gives (boxes, scores) in that order. A model with TensorFlow NMS is
     compared on detections: ONNX Runtime's boxes/scores through :func:`edgekit.nms.efficient_nms`
     at the TensorFlow NMS's own thresholds against TensorFlow's NMS outputs; a different number of
     detections, or different classes, is a ModelError.
@@ -118,11 +139,17 @@ def parity(source, model, prep, batch, samples: int, seed: int, cut) -> tuple[fl
     want = source.run(nhwc)
     want = want if isinstance(want, list) else [want]
     if cut is None:
-        tf_boxes = next((o for o in want if o.ndim == 3 and o.shape[-1] == 4), None)
-        tf_scores = next((o for o in want if o is not tf_boxes), None)
+        from edgekit.graph.detector_outputs import OutputFormat, convert
+
+        if named and len(want) == 2:
+            tf_boxes, tf_scores = want
+        else:
+            tf_boxes = next((o for o in want if o.ndim == 3 and o.shape[-1] == 4), None)
+            tf_scores = next((o for o in want if o is not tf_boxes), None)
         if tf_boxes is None or tf_scores is None:
             raise ModelError(f"a detector outputs boxes [B, N, 4] and scores [B, N, C]; TensorFlow gives "
                              f"{', '.join(str(list(o.shape)) for o in want)}")
+        tf_boxes, tf_scores = convert(tf_boxes, tf_scores, fmt or OutputFormat(), *nhwc.shape[1:3])
         for name, onnx_out, tf_out in (("boxes", boxes, tf_boxes), ("scores", scores, tf_scores)):
             if onnx_out.shape != tf_out.shape:
                 raise ModelError(f"detector output {name}: ONNX Runtime gives {list(onnx_out.shape)}, "
