@@ -18,7 +18,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SIZE, GRID, CLASSES = 64, 8, 3
 
 
-def _detector(path, nms: str, clip_boxes: bool = True, sigma: float = 0.0, pad_per_class: bool = False):
+def _detector(path, nms: str, clip_boxes: bool = True, sigma: float = 0.0, pad_per_class: bool = False,
+              per_class: int = GRID * GRID):
     """A SavedModel: two random convolutions -> per-cell boxes [y1, x1, y2, x2] (past the edges at the
     border cells) and sigmoid scores -> ``nms`` ("combined" or "v5")."""
     from edgekit.host import import_tf
@@ -45,7 +46,7 @@ def _detector(path, nms: str, clip_boxes: bool = True, sigma: float = 0.0, pad_p
             scores = tf.sigmoid(raw[..., 4:])
             if nms == "combined":
                 total = 400 if pad_per_class else 20  # padded per class: min(total, 64 per class x 3) rows
-                r = tf.image.combined_non_max_suppression(boxes[:, :, None, :], scores, GRID * GRID, total,
+                r = tf.image.combined_non_max_suppression(boxes[:, :, None, :], scores, per_class, total,
                                                           iou_threshold=0.5, score_threshold=0.3,
                                                           clip_boxes=clip_boxes, pad_per_class=pad_per_class)
                 return {"a": r.nmsed_boxes, "b": r.nmsed_scores, "c": r.nmsed_classes, "d": r.valid_detections}
@@ -95,6 +96,7 @@ def test_combined_nms_clip_boxes_kept_box_for_box(tmp_path, frames, clip, pad):
     src = _detector(tmp_path / "det", "combined", clip_boxes=clip, pad_per_class=pad)
     for bundle, got, want in _tf_vs_bundle(src, tmp_path / "b", frames):
         assert bundle.manifest["nms_cut"]["clip_boxes"] is clip
+        assert bundle.manifest["nms_cut"]["per_class_cap"] is None  # 64 per class: as many as there are boxes
         assert bundle.manifest["nms"]["max_detections"] == (GRID * GRID * CLASSES if pad else 20)
         _assert_same(got, want)
         valid = np.concatenate([want["detection_boxes"][b, :n] for b, n in enumerate(want["num_detections"].ravel())])
@@ -118,3 +120,9 @@ def test_soft_nms_is_named_when_it_cannot_be_cut(cli, tmp_path):
     src = _detector(tmp_path / "det", "v5", sigma=0.5)
     assert_one_line_error(cli("export", src, "-o", tmp_path / "b", "--preprocess", "unit", "--batch", "1"),
                           "soft_nms_sigma")
+
+
+def test_a_per_class_cap_the_cut_cannot_keep_is_named(cli, tmp_path):
+    src = _detector(tmp_path / "det", "combined", per_class=2)  # 2 per class of 20: reached on these photos
+    assert_one_line_error(cli("export", src, "-o", tmp_path / "b", "--preprocess", "unit"),
+                          "max_output_size_per_class")

@@ -10,7 +10,9 @@ cuts the graph at its boxes/scores inputs, reorders TensorFlow's ``[y1, x1, y2, 
 raises ModelError naming the nodes that stop the cut. The clipping of the NMS's output boxes to
 [0, 1] (``combined_non_max_suppression``'s ``clip_boxes``, a Max 0 / Min 1 after the NMS) is recorded
 in the Cut and redone after the NMS by the detection runner on every backend; TensorFlow's per-class
-output limit goes with the cut: detections equal TensorFlow's while it is not reached.
+output limit (``max_output_size_per_class`` below ``max_total_size``) has no equal in EfficientNMS_TRT,
+ONNX NMS as TensorRT runs it, or edgekit's NMS: the Cut records it as ``per_class_cap`` and export names
+it; detections equal TensorFlow's while no class reaches it.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class Cut:
     score_threshold: float | None = None
     max_detections: int | None = None
     clip_boxes: bool = False  # TensorFlow clipped the NMS's output boxes to [0, 1]
+    per_class_cap: int | None = None  # TensorFlow's max_output_size_per_class, where below max_detections
 
     def summary(self) -> str:
         ops = ", ".join(f"{op} {n}" for op, n in self.removed.most_common())
@@ -85,7 +88,21 @@ class Cut:
     def to_dict(self) -> dict:
         return {"nms_nodes": self.nms_nodes, "removed": dict(self.removed.most_common()),
                 "iou_threshold": self.iou_threshold, "score_threshold": self.score_threshold,
-                "max_detections": self.max_detections, "clip_boxes": self.clip_boxes}
+                "max_detections": self.max_detections, "clip_boxes": self.clip_boxes,
+                "per_class_cap": self.per_class_cap}
+
+    def candidates(self, n: int) -> None:
+        """The NMS reads ``n`` boxes: a per-class cap of ``n`` or more is never reached."""
+        if self.per_class_cap is not None and self.per_class_cap >= n:
+            self.per_class_cap = None
+
+    def per_class_note(self) -> str:
+        """What the per-class cap changes ("" when there is none)."""
+        if self.per_class_cap is None:
+            return ""
+        return (f"TensorFlow's NMS keeps at most {self.per_class_cap} boxes per class (max_output_size_per_class) "
+                f"of {self.max_detections}; edgekit's and TensorRT's NMS have no per-class cap, so detections "
+                f"differ where a class has more")
 
 
 def find_nms(graph) -> list:
@@ -121,7 +138,10 @@ def cut_tf_nms(graph) -> Cut:
     before = Counter(n.op for n in graph.nodes)
     clip = _clips_to_unit(_consumers_downstream(*nms.outputs))
     cut = Cut([n.name for n in nodes], iou_threshold=_scalar(nms, 3), score_threshold=_scalar(nms, 4))
-    cut.max_detections = _max_total(graph) or (int(_scalar(nms, 2)) if _scalar(nms, 2) else None)
+    per_class = int(_scalar(nms, 2)) if _scalar(nms, 2) else None
+    cut.max_detections = _max_total(graph) or per_class
+    if per_class and cut.max_detections and per_class < cut.max_detections:
+        cut.per_class_cap = per_class  # export drops it when no class can reach it (see Cut.candidates)
     cut.clip_boxes = clip
 
     # scores: ONNX NMS reads [B, C, N]; the contract wants [B, N, C].

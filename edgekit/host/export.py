@@ -146,6 +146,8 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
                                                         named=bool(outputs), fmt=raw)
         n_out = onnx_model.graph.output[1].type.tensor_type.shape.dim[2].dim_value
         params = det.nms_params(cut, nms)
+        if cut is not None and cut.per_class_cap is not None:
+            log.warning("%s", cut.per_class_note())
     else:
         if nms:
             raise UsageError("NMS options apply to detectors only (sidecar task 'detection' or a TensorFlow NMS)")

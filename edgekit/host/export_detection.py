@@ -55,7 +55,9 @@ def pre_plugin_graph(onnx_model, input_name: str, batch, supported_ops, named: b
         .replace_unsupported(supported_ops)
     )
     boxes, scores = _output_values(passes.graph)
-    if cut is None:
+    if cut is not None:
+        cut.candidates(boxes.shape[1])
+    else:
         fmt = fmt or OutputFormat()
         check_raw_shapes(boxes.shape, scores.shape, fmt)  # before a conversion could hide a wrong shape
         _, _, height, width = passes.graph.inputs[0].shape
@@ -160,7 +162,11 @@ def parity(source, model, prep, batch, samples: int, seed: int, cut, fmt=None, n
                          iou_threshold=cut.iou_threshold or 0.5, max_output_boxes=tf["detection_boxes"].shape[1])
     if cut.clip_boxes:
         np.clip(dets["detection_boxes"], 0.0, 1.0, out=dets["detection_boxes"])
-    return detection_difference(dets, tf), spread, n
+    try:
+        return detection_difference(dets, tf), spread, n
+    except ModelError as exc:
+        note = cut.per_class_note()
+        raise ModelError(f"{exc}; {note}" if note else str(exc)) from exc
 
 
 def tf_nms_outputs(outputs: list) -> dict[str, np.ndarray]:
