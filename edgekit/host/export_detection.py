@@ -47,7 +47,7 @@ def pre_plugin_graph(onnx_model, input_name: str, batch, supported_ops, named: b
         if not named:
             graph.outputs = sorted(graph.outputs, key=lambda t: not _is_boxes(t))
     passes = (
-        Passes(graph).strip_training().cast_double().fold_constants().fold_batchnorm()
+        Passes(graph).strip_training().cast_double().fold_constants().channels_first().fold_batchnorm()
         .replace_unsupported(supported_ops)
         .rename_io(inputs=[input_name], outputs=[BOXES, SCORES]).set_batch(batch or "batch")
         .cleanup().toposort()
