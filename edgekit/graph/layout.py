@@ -7,9 +7,9 @@ channel-last ``Dense`` on a feature map (ConvNeXt's pointwise layers: a ``Tensor
 such an entry and its exits; when every node in it is one this module understands, it is rewritten
 in NCHW and both Transposes go:
 
-- MatMul by a constant ``[Cin, Cout]`` (on ``[N, H, W, C]`` or on the ``[N*H*W, C]`` rows) and Gemm
-  on the rows become a 1x1 Conv with weight ``[Cout, Cin, 1, 1]`` (a Gemm's bias as the Conv's bias;
-  a following per-channel Add or Mul, e.g. ConvNeXt's LayerScale, folds later with fold_batchnorm);
+- MatMul by a constant ``[Cin, Cout]`` (on ``[N, H, W, C]`` or on the ``[N*H*W, C]`` rows) becomes a
+  1x1 Conv with weight ``[Cout, Cin, 1, 1]`` (the bias Add and a per-channel Mul after it, e.g.
+  ConvNeXt's LayerScale, fold into it later with fold_batchnorm);
 - the Reshapes to rows and back disappear, once their shape (computed from ``Shape`` nodes) is proven
   to be ``[-1, C]`` and ``[N, H, W, C]`` of the region's own tensors;
 - elementwise ops keep their op; a constant operand of rank >= 1 is padded to rank 4 and transposed
@@ -143,8 +143,6 @@ class _Region:
             w = _const(node.inputs[1])
             ok = ins[0] is not None and w is not None and w.ndim == 2 and w.shape[0] == ins[0][1]
             return (ins[0][0], w.shape[1]) if ok else None
-        if node.op == "Gemm":
-            return self._gemm(node, ins[0])
         if node.op in UNARY:
             return ins[0] if ins[0] is not None and len(node.inputs) == 1 else None
         if node.op in BROADCAST:
@@ -171,19 +169,6 @@ class _Region:
     def pixels(self):
         """N*H*W: an int, or "NHW" when any of them is unknown."""
         return "NHW" if any(isinstance(d, str) for d in self.dims) else int(np.prod(self.dims))
-
-    def _gemm(self, node, spec):
-        w = _const(node.inputs[1])
-        bias = _const(node.inputs[2]) if len(node.inputs) > 2 else None
-        a = node.attrs
-        if spec is None or spec[0] != ROWS or w is None or w.ndim != 2 or a.get("transA", 0) \
-                or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
-            return None
-        cin, cout = w.shape[::-1] if a.get("transB", 0) else w.shape
-        if cin != spec[1] or len(node.inputs) > 2 and (bias is None or bias.size not in (1, cout) or bias.ndim > 1
-                                                       and bias.shape[0] != 1):
-            return None
-        return (ROWS, cout)
 
     def _broadcast(self, node, ins):
         rank = {s[0] for s in ins if s is not None}
@@ -246,20 +231,21 @@ class _Region:
             new = gs.Variable(f"{out.name}_nchw", dtype=out.dtype)
             nchw[out.name] = new
             x = nchw.get(node.inputs[0].name)
-            if node.op in ("MatMul", "Gemm"):
-                inputs = [x, *_conv_params(node)]
-                self.graph.nodes.append(gs.Node("Conv", f"{node.name}_conv", inputs=inputs, outputs=[new]))
+            if node.op == "MatMul":
+                w = _const(node.inputs[1])  # [Cin, Cout]
+                inputs = [x, gs.Constant(f"{out.name}_weight", np.ascontiguousarray(w.T[:, :, None, None]))]
+                self.graph.nodes.append(gs.Node("Conv", new.name, inputs=inputs, outputs=[new]))
             elif node.op in CHANNEL_REDUCE:
                 attrs, inputs = dict(node.attrs), [x]
                 if len(node.inputs) > 1:
-                    inputs.append(gs.Constant(f"{node.name}_axes", np.array([1], np.int64)))
+                    inputs.append(gs.Constant(f"{out.name}_axes", np.array([1], np.int64)))
                 else:
                     attrs["axes"] = [1]
-                self.graph.nodes.append(gs.Node(node.op, f"{node.name}_nchw", attrs, inputs, [new]))
+                self.graph.nodes.append(gs.Node(node.op, new.name, attrs, inputs, [new]))
             else:
                 rank = self.spec[out.name][0]
                 inputs = [nchw[t.name] if t.name in nchw else self._const_nchw(t, rank) for t in node.inputs]
-                self.graph.nodes.append(gs.Node(node.op, f"{node.name}_nchw", dict(node.attrs), inputs, [new]))
+                self.graph.nodes.append(gs.Node(node.op, new.name, dict(node.attrs), inputs, [new]))
         for node in self.exits:
             for user in list(node.outputs[0].outputs):
                 for i, tensor in enumerate(user.inputs):
@@ -277,18 +263,6 @@ class _Region:
                 else value.reshape(1, value.shape[-1], 1, 1)
             self.consts[id(tensor)] = _gs().Constant(f"{tensor.name}_nchw", np.ascontiguousarray(shaped))
         return self.consts[id(tensor)]
-
-
-def _conv_params(node) -> list:
-    """A MatMul's or Gemm's constant weight (and Gemm bias) as a 1x1 Conv's weight [Cout, Cin, 1, 1] and bias."""
-    gs = _gs()
-    w = _const(node.inputs[1])
-    w = w.T if node.op == "Gemm" and node.attrs.get("transB", 0) else w  # now [Cin, Cout]
-    params = [gs.Constant(f"{node.name}_weight_oihw", np.ascontiguousarray(w.T[:, :, None, None]))]
-    if node.op == "Gemm" and len(node.inputs) > 2:
-        bias = np.broadcast_to(np.ravel(_const(node.inputs[2])), (w.shape[1],)).astype(w.dtype)
-        params.append(gs.Constant(f"{node.name}_bias", np.ascontiguousarray(bias)))
-    return params
 
 
 # ---- shapes, computed symbolically ------------------------------------------------------------------
