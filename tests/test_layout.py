@@ -17,28 +17,30 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 C, COUT, H, W = 4, 6, 3, 5  # H != W: a Reshape back to [N, W, H, C] must not pass for [N, H, W, C]
 
 
-def _region_model(middle="Erf", back=(0, 1, 2), batch=2):
+def _region_model(middle="Erf", back=(0, 1, 2), batch=2, pixel=False):
     """x [N, C, H, W] -> Transpose to NHWC -> rows [N*H*W, C] -> MatMul + bias -> back to [N, H, W, COUT]
     (shape computed from Shape, as tf2onnx's Tensordot does) -> GELU-like (``middle``) -> per-channel
     Mul -> channel mean subtracted -> Transpose to NCHW -> Relu. ``back``: which of the NHWC dims the
-    Reshape back takes."""
+    Reshape back takes. ``pixel``: x is [N, C, 1, 1], made rows by a Reshape (no Transpose), as tf2onnx
+    leaves it for 1x1 pixels, and the shape back comes from x's."""
+    h, w = (1, 1) if pixel else (H, W)
     rng = np.random.default_rng(0)
     inits = [
         numpy_helper.from_array(rng.normal(size=(C, COUT)).astype(np.float32), "w"),
         numpy_helper.from_array(rng.normal(size=COUT).astype(np.float32), "b"),
         numpy_helper.from_array(rng.uniform(0.5, 1.5, COUT).astype(np.float32), "gamma"),
         numpy_helper.from_array(np.array([-1, C], np.int64), "rows_shape"),
-        numpy_helper.from_array(np.array(back, np.int64), "nhw"),
+        numpy_helper.from_array(np.array([0, 2, 3] if pixel else back, np.int64), "nhw"),
         numpy_helper.from_array(np.array([COUT], np.int64), "cout"),
     ]
     middle_node = (helper.make_node("Softmax", ["u"], ["e"], axis=-1) if middle == "Softmax"
                    else helper.make_node(middle, ["u"], ["e"]))
-    nodes = [
-        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
-        helper.make_node("Shape", ["t"], ["shp"]),
+    nodes = [] if pixel else [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1])]
+    nodes += [
+        helper.make_node("Shape", ["x" if pixel else "t"], ["shp"]),
         helper.make_node("Gather", ["shp", "nhw"], ["dims"], axis=0),
         helper.make_node("Concat", ["dims", "cout"], ["back"], axis=0),
-        helper.make_node("Reshape", ["t", "rows_shape"], ["r"]),
+        helper.make_node("Reshape", ["x" if pixel else "t", "rows_shape"], ["r"]),
         helper.make_node("MatMul", ["r", "w"], ["m"]),
         helper.make_node("Add", ["m", "b"], ["a"]),
         helper.make_node("Reshape", ["a", "back"], ["u"]),
@@ -50,8 +52,8 @@ def _region_model(middle="Erf", back=(0, 1, 2), batch=2):
         helper.make_node("Transpose", ["d"], ["y_nchw"], perm=[0, 3, 1, 2]),
         helper.make_node("Relu", ["y_nchw"], ["y"]),
     ]
-    out_hw = [H, W] if list(back) == [0, 1, 2] else [W, H]
-    graph = helper.make_graph(nodes, "region", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, C, H, W])],
+    out_hw = [h, w] if list(back) == [0, 1, 2] else [w, h]
+    graph = helper.make_graph(nodes, "region", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, C, h, w])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, COUT, *out_hw])],
                               initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -71,14 +73,15 @@ def _channels_first(model):
     return passes.model(), dict(passes.applied)["channels_first"]
 
 
-def test_region_rewritten_in_nchw_with_the_same_numbers():
-    """The rows' MatMul becomes a 1x1 Conv, both Transposes and both Reshapes go, the outputs stay
+@pytest.mark.parametrize("pixel", [False, True], ids=["HxW", "1x1 pixels"])
+def test_region_rewritten_in_nchw_with_the_same_numbers(pixel):
+    """The rows' MatMul becomes a 1x1 Conv, the Transposes and both Reshapes go, the outputs stay
     (1e-5), and every op left is one each target TensorRT's parser takes."""
-    model = _region_model()
-    x = np.random.default_rng(1).normal(size=(2, C, H, W)).astype(np.float32)
+    model = _region_model(pixel=pixel)
+    x = np.random.default_rng(1).normal(size=(2, C, *((1, 1) if pixel else (H, W)))).astype(np.float32)
     rewritten, removed = _channels_first(model)
     ops = op_histogram(rewritten)
-    assert removed == 2 and "Transpose" not in ops and "Reshape" not in ops and "MatMul" not in ops, ops
+    assert removed == (1 if pixel else 2) and "Transpose" not in ops and "Reshape" not in ops and "MatMul" not in ops, ops
     assert ops["Conv"] == 1 and ops["ReduceMean"] == 1, ops
     want = _run(model, x)
     assert np.abs(_run(rewritten, x) - want).max() <= 1e-5 * np.abs(want).max()

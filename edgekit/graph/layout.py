@@ -3,9 +3,10 @@
 tf2onnx makes the input NCHW and pushes Transposes through convolutions, but not through Keras'
 channel-last ``Dense`` on a feature map (ConvNeXt's pointwise layers: a ``Tensordot``, i.e. Reshape to
 ``[N*H*W, C]``, MatMul, Reshape back): each block keeps ``Transpose(0,2,3,1)`` before it and
-``Transpose(0,3,1,2)`` after it (36 in ConvNeXtTiny at 64 px). A *region* is everything between
-such an entry and its exits; when every node in it is one this module understands, it is rewritten
-in NCHW and both Transposes go:
+``Transpose(0,3,1,2)`` after it (36 in ConvNeXtTiny at 64 px; on 1x1 pixels tf2onnx may make the
+first a Reshape to rows). A *region* is everything between such an entry and the Transposes back to
+NCHW; when every node in it is one this module understands, it is rewritten in NCHW and the Transposes
+go:
 
 - MatMul by a constant ``[Cin, Cout]`` (on ``[N, H, W, C]`` or on the ``[N*H*W, C]`` rows) becomes a
   1x1 Conv with weight ``[Cout, Cin, 1, 1]`` (the bias Add and a per-channel Mul after it, e.g.
@@ -46,13 +47,13 @@ def channels_first(graph) -> int:
     order = {id(n): i for i, n in enumerate(graph.nodes)}
     removed, tried, consts = 0, set(), {}
     for node in list(graph.nodes):
-        if id(node) in tried or not _is_transpose(node, TO_NHWC):
+        if id(node) in tried or not (_is_transpose(node, TO_NHWC) or _is_pixel_rows(node)):
             continue
         region = _Region(graph, node, order, consts)
         tried.update(region.entries)
         if region.understood():
             region.rewrite()
-            removed += len(region.entries) + len(region.exits)
+            removed += len(region.exits) + sum(e.op == "Transpose" for e in region.entry_nodes)
     graph.cleanup()
     return removed
 
@@ -67,23 +68,32 @@ def _is_transpose(node, perm) -> bool:
     return node.op == "Transpose" and list(node.attrs.get("perm", [])) == perm
 
 
+def _is_pixel_rows(node) -> bool:
+    """A Reshape of an NCHW tensor of 1x1 pixels: its rows are the channel-last pixels, as after a Transpose
+    (where tf2onnx's transpose optimizer turned the Transpose into this Reshape)."""
+    shape = node.inputs[0].shape if node.op == "Reshape" else None
+    return bool(shape) and len(shape) == 4 and isinstance(shape[1], int) and list(shape[2:]) == [1, 1]
+
+
 def _const(tensor):
     return tensor.values if isinstance(tensor, _gs().Constant) else None
 
 
 class _Region:
-    """The nodes between one Transpose to NHWC and the Transposes back, with each tensor's (rank, channels)."""
+    """The nodes between an entry (Transpose to NHWC, or rows of 1x1 NCHW pixels) and the Transposes back
+to NCHW (exits), with each tensor's (rank, channels)."""
 
     def __init__(self, graph, entry, order, consts):
         self.graph, self.order, self.consts = graph, order, consts
-        self.entries, self.exits, self.nodes = {id(entry)}, [], []  # entries, node ids: the Transposes to NHWC
+        self.entries, self.exits, self.nodes = {id(entry)}, [], []  # entries by node id
+        self.entry_nodes = [entry]
         self.spec = {}  # tensor name -> (NHWC or ROWS, channels)
         self.dims = ("N", "H", "W")  # the region's N, H, W: ints where the entries' shapes say so
         self.error = self._collect(entry)
 
     # ---- which nodes, and are they understood ------------------------------------------------------
     def _collect(self, entry) -> str | None:
-        seen, todo, entries = {id(entry)}, [entry], [entry]
+        seen, todo, entries = {id(entry)}, [entry], self.entry_nodes
         while todo:
             node = todo.pop()
             self.nodes.append(node)
@@ -134,7 +144,7 @@ class _Region:
         """(rank, channels) of ``node``'s one output, or None when the node is not understood."""
         if len(node.outputs) != 1 or node.domain not in ("", None, "ai.onnx"):
             return None
-        if id(node) in self.entries:
+        if id(node) in self.entries and node.op == "Transpose":
             return NHWC, node.inputs[0].shape[1]
         ins = [self._in(t) for t in node.inputs]
         if node.op == "Reshape":
@@ -152,13 +162,15 @@ class _Region:
         return None
 
     def _reshape(self, node, spec):
+        if id(node) in self.entries:  # the rows of 1x1 NCHW pixels
+            spec = ("NCHW", node.inputs[0].shape[1])
         if spec is None:
             return None
         target = _symbolic(node.inputs[1], self)
         rank, ch = spec
         if target is None or len(target) not in (ROWS, NHWC) or node.attrs.get("allowzero", 0):
             return None
-        if len(target) == ROWS and target[1] == ch and (rank == NHWC or target[0] in (-1, self.pixels)):
+        if len(target) == ROWS and target[1] == ch and (rank != ROWS or target[0] in (-1, self.pixels)):
             return (ROWS, ch)
         if len(target) == NHWC and target[3] == ch and rank == ROWS and sum(t == -1 for t in target[:3]) <= 1 \
                 and all(t in (-1, d) for t, d in zip(target[:3], self.dims)):

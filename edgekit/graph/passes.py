@@ -90,8 +90,10 @@ class Passes:
         from edgekit.graph.layout import channels_first
 
         gs = _gs()
-        if any(node.op == "Transpose" for node in self.graph.nodes):  # it reads the channels from inferred shapes
-            self.graph = gs.import_onnx(onnx.shape_inference.infer_shapes(gs.export_onnx(self.graph)))
+        if not any(node.op == "Transpose" for node in self.graph.nodes):
+            return self._done("channels_first", 0)
+        # the pass reads channel counts from shapes, which tf2onnx leaves out: inferred (as model() does)
+        self.graph = gs.import_onnx(onnx.shape_inference.infer_shapes(gs.export_onnx(self.graph)))
         return self._done("channels_first", channels_first(self.graph))
 
     def fold_batchnorm(self) -> "Passes":
