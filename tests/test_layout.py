@@ -17,13 +17,13 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 C, COUT, H, W = 4, 6, 3, 5  # H != W: a Reshape back to [N, W, H, C] must not pass for [N, H, W, C]
 
 
-def _region_model(middle="Erf", back=(0, 1, 2), batch=2, pixel=False):
+def _region_model(middle="Erf", back=(0, 1, 2), batch=2, pixel=False, size=(1, 1)):
     """x [N, C, H, W] -> Transpose to NHWC -> rows [N*H*W, C] -> MatMul + bias -> back to [N, H, W, COUT]
     (shape computed from Shape, as tf2onnx's Tensordot does) -> GELU-like (``middle``) -> per-channel
     Mul -> channel mean subtracted -> Transpose to NCHW -> Relu. ``back``: which of the NHWC dims the
-    Reshape back takes. ``pixel``: x is [N, C, 1, 1], made rows by a Reshape (no Transpose), as tf2onnx
+    Reshape back takes. ``pixel``: x is [N, C, *size], made rows by a Reshape (no Transpose), as tf2onnx
     leaves it for 1x1 pixels, and the shape back comes from x's."""
-    h, w = (1, 1) if pixel else (H, W)
+    h, w = size if pixel else (H, W)
     rng = np.random.default_rng(0)
     inits = [
         numpy_helper.from_array(rng.normal(size=(C, COUT)).astype(np.float32), "w"),
@@ -89,15 +89,17 @@ def test_region_rewritten_in_nchw_with_the_same_numbers(pixel):
         assert not check(rewritten, target).errors, target.name
 
 
-@pytest.mark.parametrize("case", ["unknown op", "shape not proven"])
+@pytest.mark.parametrize("case", ["unknown op", "shape not proven", "rows not pixels"])
 def test_region_not_understood_is_left_intact(case):
-    """A Softmax over the channels (an op the pass does not rewrite), or a Reshape back to [N, W, H, C]
-    (legal ONNX, but not the [N, H, W, C] the rewrite needs): the region keeps its Transposes and the
-    graph its outputs."""
-    model = _region_model(middle="Softmax") if case == "unknown op" else _region_model(back=(0, 2, 1))
+    """A Softmax over the channels (an op the pass does not rewrite); a Reshape back to [N, W, H, C]
+    (legal ONNX, but not the [N, H, W, C] the rewrite needs); rows [-1, C] reshaped straight from an
+    NCHW tensor of HxW pixels (not its pixels): the graph keeps its Transposes and its outputs."""
+    model = {"unknown op": lambda: _region_model(middle="Softmax"),
+             "shape not proven": lambda: _region_model(back=(0, 2, 1)),
+             "rows not pixels": lambda: _region_model(pixel=True, size=(H, W))}[case]()
     x = np.random.default_rng(2).normal(size=(2, C, H, W)).astype(np.float32)
     rewritten, removed = _channels_first(model)
-    assert removed == 0 and op_histogram(rewritten)["Transpose"] == 2
+    assert removed == 0 and op_histogram(rewritten)["Transpose"] == (1 if case == "rows not pixels" else 2)
     assert np.array_equal(_run(rewritten, x), _run(model, x))
 
 

@@ -52,7 +52,8 @@ def channels_first(graph) -> int:
         region = _Region(graph, node, order, consts)
         tried.update(region.entries)
         if region.understood():
-            region.rewrite()
+            region.rewrite()  # its old nodes stay until the cleanup below: none may start a region
+            tried.update(id(n) for n in (*region.nodes, *region.exits))
             removed += len(region.exits) + sum(e.op == "Transpose" for e in region.entry_nodes)
     graph.cleanup()
     return removed
