@@ -1,6 +1,6 @@
 """Named, chainable graph passes over an onnx-graphsurgeon Graph::
 
-    model = (Passes(model).strip_training().cast_double().fold_constants().fold_batchnorm()
+    model = (Passes(model).strip_training().cast_double().fold_constants().channels_first().fold_batchnorm()
              .replace_unsupported(target.supported_ops)
              .rename_io(outputs=["probs"]).set_batch("batch").cleanup().toposort().model())
 
@@ -81,6 +81,20 @@ class Passes:
                 replaced += 1
         self.graph.cleanup()
         return self._done("replace_unsupported", replaced)
+
+    def channels_first(self) -> "Passes":
+        """Rewrite channel-last regions (Keras Dense on a feature map) in NCHW: Transposes removed
+        (see :mod:`edgekit.graph.layout`)."""
+        import onnx
+
+        from edgekit.graph.layout import channels_first
+
+        gs = _gs()
+        if not any(node.op == "Transpose" for node in self.graph.nodes):
+            return self._done("channels_first", 0)
+        # the pass reads channel counts from shapes, which tf2onnx leaves out: inferred (as model() does)
+        self.graph = gs.import_onnx(onnx.shape_inference.infer_shapes(gs.export_onnx(self.graph)))
+        return self._done("channels_first", channels_first(self.graph))
 
     def fold_batchnorm(self) -> "Passes":
         """Fold BatchNormalization, and per-channel Mul/Add left from one, into the Conv before it."""

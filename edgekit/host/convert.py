@@ -192,7 +192,7 @@ def to_onnx(source: Source, height: int, width: int, batch: int | None, opset: i
     spec = (tf.TensorSpec((batch, height, width, 3), tf.float32, name=INPUT_NAME),)
     function = tf.function(tf.autograph.experimental.do_not_convert(source.fn), input_signature=spec)
     try:
-        with _transpose_optimizer_fixed(), _grouped_conv_traceable(tf):
+        with _transpose_optimizer_fixed(), _xla_functions_inlined():
             model, _ = tf2onnx.convert.from_function(
                 function, input_signature=spec, opset=opset, inputs_as_nchw=[INPUT_NAME],
                 custom_op_handlers={"Erfc": (_erfc_as_erf, [])},
@@ -233,8 +233,8 @@ def _check_converted(model, path) -> None:
                    if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type) or n.domain not in domains)
     if left:
         ops = ", ".join(f"{op} x{n}" for op, n in left.most_common())
-        hint = (" (StatefulPartitionedCall: a function TensorFlow compiles with XLA, e.g. Keras 3's grouped"
-                " convolutions)" if "StatefulPartitionedCall" in left else "")
+        hint = (" (StatefulPartitionedCall: a TensorFlow function call tf2onnx could not inline)"
+                if "StatefulPartitionedCall" in left else "")
         raise ModelError(f"tf2onnx cannot convert {path}: TensorFlow ops without an ONNX equivalent: {ops}{hint}")
 
 
@@ -265,31 +265,37 @@ def _transpose_optimizer_fixed():
 
 
 @contextmanager
-def _grouped_conv_traceable(tf):
-    """Keras 3 (TensorFlow backend) runs a grouped convolution (ConvNeXt's depthwise Conv2D with
-    ``groups``) as an XLA-compiled function, which tf2onnx cannot look into. While converting, a
-    grouped 2-D NHWC convolution is traced as the plain TensorFlow Conv2D op it is (tf2onnx converts
-    it to a grouped ONNX Conv); the model itself, and a SavedModel's saved graph, are unchanged.
+def _xla_functions_inlined():
+    """tf2onnx able to look into functions TensorFlow must compile with XLA.
+
+    Keras 3 (TensorFlow backend) runs a grouped convolution (ConvNeXt's depthwise ``Conv2D`` with
+    ``groups``) as a ``jit_compile=True`` function: the traced graph, and a SavedModel's saved graph
+    alike, call it through a ``StatefulPartitionedCall`` marked ``_XlaMustCompile``, and the function
+    itself is marked ``_noinline``. Grappler, which tf2onnx runs to inline function calls, leaves such
+    calls alone, and tf2onnx has no ONNX op for them. The marks only say how TensorFlow should run the
+    function (the body is a plain ``Conv2D``), so they are dropped from the frozen graph before Grappler.
     """
-    try:
-        from keras.src import backend
-    except ImportError:  # another Keras layout: nothing to trace differently
-        yield
-        return
-    original = backend.nn.conv
+    from tf2onnx import tf_loader
 
-    def conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
-        if (backend.standardize_data_format(data_format) == "channels_last" and len(inputs.shape) == 4
-                and inputs.shape[-1] != kernel.shape[-2]):
-            return tf.nn.convolution(inputs, kernel, strides, padding.upper(), data_format="NHWC",
-                                     dilations=dilation_rate)
-        return original(inputs, kernel, strides, padding, data_format, dilation_rate)
+    original = tf_loader.tf_optimize
 
-    backend.nn.conv = conv
+    def tf_optimize(input_names, output_names, graph_def):
+        functions = graph_def.library.function
+        marked = set()
+        for node in [*graph_def.node, *(n for f in functions for n in f.node_def)]:
+            if node.attr.pop("_XlaMustCompile", None) is not None and "f" in node.attr:
+                marked.add(node.attr["f"].func.name)
+        for function in functions:
+            function.attr.pop("_XlaMustCompile", None)
+            if function.signature.name in marked:
+                function.attr.pop("_noinline", None)
+        return original(input_names, output_names, graph_def)
+
+    tf_loader.tf_optimize = tf_optimize
     try:
         yield
     finally:
-        backend.nn.conv = original
+        tf_loader.tf_optimize = original
 
 
 def _erfc_as_erf(ctx, node, name, args):

@@ -158,7 +158,7 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
         out_op = _last_op(onnx_model)
         out_name, meaning = ("probs", "probabilities") if out_op == "Softmax" else ("logits", "logits")
         passes = (
-            Passes(onnx_model).strip_training().cast_double().fold_constants().fold_batchnorm()
+            Passes(onnx_model).strip_training().cast_double().fold_constants().channels_first().fold_batchnorm()
             .replace_unsupported(tgt.supported_ops)
             .rename_io(inputs=[convert.INPUT_NAME], outputs=[out_name]).set_batch(batch or "batch")
             .cleanup().toposort()

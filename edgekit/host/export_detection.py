@@ -51,7 +51,7 @@ def pre_plugin_graph(onnx_model, input_name: str, batch, supported_ops, named: b
         if not named:
             graph.outputs = _boxes_first(graph.outputs)
     passes = (
-        Passes(graph).strip_training().cast_double().fold_constants().fold_batchnorm()
+        Passes(graph).strip_training().cast_double().fold_constants().channels_first().fold_batchnorm()
         .replace_unsupported(supported_ops)
     )
     boxes, scores = _output_values(passes.graph)
