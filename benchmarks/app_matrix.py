@@ -72,6 +72,7 @@ def main() -> None:
         for name, module, side in APPS:
             if only and name not in only:
                 continue
+            keras.utils.set_random_seed(0)  # weights=None: the same random network every run
             family = importlib.import_module(f"keras.applications.{module}")
             frames = photo_frames((side, side), 8, seed=1)
             rgb = np.stack(frames)[..., ::-1].astype(np.float32)
