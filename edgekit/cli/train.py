@@ -26,7 +26,7 @@ DEFAULTS = {"classify": {"image_size": 32, "epochs": 10, "batch_size": 32},
 @click.option("--val-split", type=Number(0, 1, max_open=True),
               help="Fraction of each class held out for validation [0.2]; classify only (a detection set has val/).")
 @click.option("--learning-rate", type=Number(0, 1, min_open=True), default=None,
-              help="Initial Adam learning rate, cosine-decayed [small 3e-3; others 1e-3, 1e-4 pretrained].")
+              help="Initial Adam learning rate, cosine-decayed [classifiers: small 3e-3; detectors: small/medium 6e-3, small-v1 3e-3; Keras applications 1e-3, 1e-4 pretrained].")
 @click.option("--no-augment", is_flag=True,
               help="Train without augmentation (random zoom and shift, colour; detect: left-right flips too).")
 @click.option("--no-flip", is_flag=True,

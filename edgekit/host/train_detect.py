@@ -62,14 +62,14 @@ def train_detector(
     rng = np.random.default_rng(seed)
     model = build_detector(spec, image_size, n_classes, weights)
     grid = grid_of(model)
-    lr = learning_rate or (1e-4 if weights != "none" else 3e-3 if spec.application is None else 1e-3)
+    head = head_for(spec)
+    lr = learning_rate or _default_lr(head, weights)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     log.info("training a %s detector on %s (%s, %d classes) for %d epochs", arch, dataset.root, dataset.format,
              n_classes, epochs)
     for line in dataset.report().splitlines():
         log.info("  %s", line)
-    head = head_for(spec)
     if head is not None and head.legacy:
         make = _dataset_class(keras)
         fit_data = make(*splits["train"], prep, grid, n_classes, batch_size, augment, rng)
@@ -111,6 +111,16 @@ def train_detector(
         "training": {k: v for k, v in result.items() if k not in ("model", "labels", "task")},
     })
     return result
+
+
+def _default_lr(head, weights: str) -> float:
+    """Adam's initial rate: 6e-3 for the pyramid heads (bench_detector: +4-5 mAP over 3e-3 on the sample set
+    at 30 epochs, two seeds), 3e-3 for small-v1, 1e-3 for a Keras application, 1e-4 from pretrained weights."""
+    if weights != "none":
+        return 1e-4
+    if head is None:
+        return 1e-3
+    return 3e-3 if head.legacy else 6e-3
 
 
 def _fit_aligned(keras, model, train, prep, epochs, batch_size, augment, lr, seed, verbose, config=None):
