@@ -1,7 +1,7 @@
 """Today's detector (``--arch small-v1``) against the pyramid detector (``--arch small``), same data and epochs.
 
-    python benchmarks/bench_detector.py                          # both sets, 20 epochs, 128 px, a temp dir
-    python benchmarks/bench_detector.py --work DIR --epochs 30   # keep (and reuse) data, models and bundles
+    python benchmarks/bench_detector.py                          # both sets, 30 epochs, 128 px, a temp dir
+    python benchmarks/bench_detector.py --work DIR --epochs 20   # keep (and reuse) data, models and bundles
     python benchmarks/bench_detector.py --sets sample --archs small-v1,small,medium
 
 Sets: ``sample`` is `edgekit sample-data --task detect` (digits on real photos, 1-4 a scene, trained
@@ -194,7 +194,7 @@ def main() -> None:
     ap.add_argument("--work", help="folder for data, models and bundles (default: a temporary one)")
     ap.add_argument("--sets", default="sample,hard")
     ap.add_argument("--archs", default="small-v1,small", help="the first is the baseline")
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--hard-image-size", type=int, default=160, help="input side for the hard set (small objects)")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (0: its default)")
