@@ -138,9 +138,13 @@ def load(path: str | os.PathLike, unsafe: bool = False) -> Source:
             shape = list(model.inputs[0].shape)
             prep_layers = leading_preprocessing(model)
             scopes, output_names = keras_scopes(model), list(getattr(model, "output_names", None) or [])
+            keys = _output_keys(model)
+            if keys:  # keras.Model(inputs, {name: tensor}): the model returns a dict; its keys name the outputs
+                output_names = keys
 
-            def fn(x, _model=model):
-                return _model(tf.convert_to_tensor(x, tf.float32), training=False)
+            def fn(x, _model=model, _keys=keys):
+                out = _model(tf.convert_to_tensor(x, tf.float32), training=False)
+                return [out[k] for k in _keys] if _keys and isinstance(out, dict) else out
 
             if adapters.is_anchor_detector(model):  # decoding outside call: brought into the function
                 decode = adapters.detector_function(model)
@@ -159,6 +163,36 @@ def load(path: str | os.PathLike, unsafe: bool = False) -> Source:
     if len(shape) != 4 or shape[-1] != 3:
         raise ModelError(f"{path}: input shape {shape} is not an NHWC 3-channel image batch")
     return Source(path, fmt, shape[1], shape[2], fn, prep_layers, scopes, detector_nms, output_names)
+
+
+def _output_keys(model) -> list[str]:
+    """The keys of a functional Keras model whose outputs are a dict (sorted, the order Keras flattens
+    them in), else []."""
+    try:
+        struct = model.output
+    except Exception:  # a subclassed model that was never called has no output (Keras raises several types)
+        return []
+    return sorted(struct) if isinstance(struct, dict) else []
+
+
+TF_NMS_OPS = frozenset({"NonMaxSuppression", "NonMaxSuppressionV2", "NonMaxSuppressionV3", "NonMaxSuppressionV4",
+                        "NonMaxSuppressionV5", "CombinedNonMaxSuppression"})
+
+
+def ends_in_tf_nms(source: Source) -> bool:
+    """True when the model's TensorFlow graph (its functions included) holds a TensorFlow NMS: traced, not
+    converted, so export can tell before it picks a detector's outputs by name."""
+    from edgekit.host import import_tf
+
+    tf, _ = import_tf()
+    spec = tf.TensorSpec((1, source.height, source.width, 3), tf.float32)
+    try:
+        function = tf.function(tf.autograph.experimental.do_not_convert(source.fn))
+        graph_def = function.get_concrete_function(spec).graph.as_graph_def()
+    except Exception as exc:  # TF raises many types for a graph it cannot trace
+        raise ModelError(f"cannot trace {source.path}: {first_line(exc)}") from exc
+    nodes = [*graph_def.node, *(n for f in graph_def.library.function for n in f.node_def)]
+    return any(node.op in TF_NMS_OPS for node in nodes)
 
 
 PREPROCESSING_LAYERS = ("Rescaling", "Normalization")

@@ -100,6 +100,7 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
     meta = _sidecar(model)
     if task is not None:  # --task: "detect" or "classify", as train names them
         meta["task"] = "detection" if task == "detect" else "classification"
+    explicit_outputs = outputs
     raw, outputs = _detector_outputs(meta, model, output_format, outputs)
     if raw.given and meta.get("task") == "classification":
         raise UsageError(f"{raw.first_given} describes a detector's outputs; this model is a classifier "
@@ -114,8 +115,17 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
 
         decode_boxes_layer()
     source = convert.load(model, unsafe=unsafe_load)
+    named = outputs
     if not outputs and meta.get("task") == "detection" and {"boxes", "scores"} <= set(source.output_names):
         outputs = ("boxes", "scores")  # named as the contract names them (edgekit's own detectors are)
+    if outputs and len(source.output_names) > len(outputs) and convert.ends_in_tf_nms(source):
+        # a TensorFlow NMS's outputs (boxes, scores, classes, counts) are read as they are: none is dropped
+        if named:
+            where = ("--boxes-output/--scores-output" if named == explicit_outputs
+                     else f'"boxes_output"/"scores_output" in {model.name}.edgekit.json')
+            raise UsageError(f"{where} name a detector's raw outputs; this graph ends in TensorFlow NMS, "
+                             "whose outputs export reads as they are")
+        outputs = None
     if outputs:  # --boxes-output/--scores-output: a detector's outputs by name
         meta["task"] = "detection"
         source.select_outputs(list(outputs))
@@ -143,7 +153,8 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
     cut = None
     if detection:
         onnx_model, passes, cut = det.pre_plugin_graph(onnx_model, convert.INPUT_NAME, batch, tgt.supported_ops,
-                                                        named=bool(outputs), fmt=raw)
+                                                        named=bool(outputs), fmt=raw,
+                                                        output_names=source.output_names)
         n_out = onnx_model.graph.output[1].type.tensor_type.shape.dim[2].dim_value
         params = det.nms_params(cut, nms)
         if cut is not None and cut.per_class_cap is not None:
@@ -261,6 +272,12 @@ def _sidecar(model: Path) -> dict:
     meta = read_json(path, InputError, f"corrupt sidecar {path}")
     if not isinstance(meta, dict):
         raise InputError(f"corrupt sidecar {path}: not a JSON object")
+    task = meta.get("task")
+    if task is not None and task not in ("detection", "classification"):
+        raise InputError(f'"task" in {path.name} must be "detection" or "classification", got {task!r}')
+    labels = meta.get("labels")
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) and x for x in labels)):
+        raise InputError(f'"labels" in {path.name} must be a list of strings, one per class, got {labels!r}')
     return meta
 
 

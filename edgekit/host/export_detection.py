@@ -28,11 +28,13 @@ def has_tf_nms(model) -> bool:
     return op_histogram(model).get("NonMaxSuppression", 0) > 0
 
 
-def pre_plugin_graph(onnx_model, input_name: str, batch, supported_ops, named: bool = False, fmt=None):
+def pre_plugin_graph(onnx_model, input_name: str, batch, supported_ops, named: bool = False, fmt=None,
+                     output_names=None):
     """The cleaned pre-plugin graph (``onnx.ModelProto``), its Passes, and the NMS Cut (None for a native
     detector). ``named``: the outputs are (boxes, scores) in that order, as the user named them. ``fmt``
     (:class:`edgekit.graph.detector_outputs.OutputFormat`) describes a native detector's raw outputs,
-    converted to the contract inside the graph."""
+    converted to the contract inside the graph. ``output_names``: the model's names of the graph's outputs,
+    in order (what --boxes-output/--scores-output take), for messages."""
     import onnx_graphsurgeon as gs
 
     from edgekit.graph.detector_outputs import OutputFormat, check_raw_shapes, convert
@@ -49,7 +51,7 @@ def pre_plugin_graph(onnx_model, input_name: str, batch, supported_ops, named: b
             raise ModelError(f"a detector exports two outputs (boxes [B, N, 4], scores [B, N, C]); this one has "
                              f"{len(graph.outputs)} and no TensorFlow NMS to cut")
         if not named:
-            graph.outputs = _boxes_first(graph.outputs)
+            graph.outputs = _boxes_first(graph.outputs, output_names)
     passes = (
         Passes(graph).strip_training().cast_double().fold_constants().channels_first().fold_batchnorm()
         .replace_unsupported(supported_ops)
@@ -75,10 +77,13 @@ def pre_plugin_graph(onnx_model, input_name: str, batch, supported_ops, named: b
     return model, passes, cut
 
 
-def _boxes_first(outputs: list) -> list:
-    """(boxes, scores): the output whose last dimension is 4 first; ModelError when both end in 4."""
+def _boxes_first(outputs: list, names=None) -> list:
+    """(boxes, scores): the output whose last dimension is 4 first; ModelError when both end in 4, naming
+    them by ``names`` (the model's names, which --boxes-output/--scores-output take) where given."""
     if all(_is_boxes(t) for t in outputs):
-        raise ModelError(f"both detector outputs end in 4 ({', '.join(f'{t.name} {t.shape}' for t in outputs)}): "
+        names = list(names) if names and len(names) == len(outputs) else [t.name for t in outputs]
+        shapes = [f"[{', '.join(str(d) if isinstance(d, int) else '?' for d in t.shape)}]" for t in outputs]
+        raise ModelError(f"both detector outputs end in 4 ({', '.join(f'{n} {s}' for n, s in zip(names, shapes))}): "
                          "say which holds the boxes with --boxes-output NAME --scores-output NAME")
     return sorted(outputs, key=lambda t: not _is_boxes(t))
 
