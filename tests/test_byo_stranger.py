@@ -118,3 +118,21 @@ def test_tensorflow_nms_outputs_called_boxes_and_scores(cli, tmp_path):
                               "--boxes-output", "boxes", "--scores-output", "scores"),
                           "--boxes-output", "TensorFlow NMS")
     assert not (tmp_path / "b").exists()
+
+
+
+def test_a_misspelt_sidecar_field_is_named_and_labels_one_short_hint_at_the_background(cli, keras, tmp_path):
+    """A sidecar field export does not read is warned of with the field it resembles; labels one short
+    of the score columns suggest --background."""
+    L = keras.layers
+    inp, cells = _cells(keras)
+    boxes = L.Rescaling(32.0)(L.Dense(4, activation="sigmoid")(cells))
+    keras.Model(inp, [boxes, L.Dense(3)(cells)]).save(tmp_path / "d.keras")
+    no_background = [a for a in RAW if a not in ("--background", "first")]
+    r = cli("export", tmp_path / "d.keras", "-o", tmp_path / "a", "--task", "detect", "--labels", "x,y", *no_background)
+    assert_one_line_error(r, "3 classes but 2 labels", "--background first|last")
+    sidecar = {"task": "detection", "labels": ["x", "y"], "box_fromat": "cxcywh", "box_units": "pixels",
+               "score_activation": "softmax", "background": "first"}
+    (tmp_path / "d.keras.edgekit.json").write_text(json.dumps(sidecar))
+    r = cli("export", tmp_path / "d.keras", "-o", tmp_path / "b", "--preprocess", "raw")
+    assert "'box_fromat'" in r.err and 'did you mean "box_format"' in r.err, r

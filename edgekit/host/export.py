@@ -157,8 +157,6 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
                                                         output_names=source.output_names)
         n_out = onnx_model.graph.output[1].type.tensor_type.shape.dim[2].dim_value
         params = det.nms_params(cut, nms)
-        if cut is not None and cut.per_class_cap is not None:
-            log.warning("%s", cut.per_class_note())
     else:
         if nms:
             raise UsageError("NMS options apply to detectors only (sidecar task 'detection' or a TensorFlow NMS)")
@@ -182,7 +180,12 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
         log.warning("no labels recorded for %s (no sidecar from `edgekit train`); using 0..%d: pass --labels "
                     "FILE_OR_LIST to name them", model.name, n_out - 1)
     if len(labels) != n_out:
-        raise ModelError(f"{model} has {n_out} {'classes' if detection else 'outputs'} but {len(labels)} labels")
+        hint = ""
+        if detection and cut is None:
+            hint = ("; labels name the classes without the background column" if raw.background != "none" else
+                    "; a background column among the scores? --background first|last drops it"
+                    if len(labels) == n_out - 1 else "")
+        raise ModelError(f"{model} has {n_out} {'classes' if detection else 'outputs'} but {len(labels)} labels{hint}")
 
     trt_model = _with_plugin(onnx_model, params, tgt) if detection else onnx_model
     report = check(trt_model, tgt)
@@ -200,6 +203,8 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
     if not error <= tolerance:
         raise ModelError(f"ONNX Runtime differs from TensorFlow by {error:.3g} > tolerance {tolerance:g}")
     log.info("parity: max abs error %.3g (tolerance %g)", error, tolerance)
+    if cut is not None and cut.per_class_cap is not None:  # parity held on the probe images; it may not elsewhere
+        log.warning("%s", cut.per_class_note())
     if spread <= CONSTANT_OUTPUT:
         log.warning("%s gives the same output for %d different images (spread %.2g): the parity check "
                     "proves little, and the model cannot tell images apart (untrained weights?)",
@@ -263,7 +268,15 @@ def _installed(dist: str) -> str | None:
         return None
 
 
+SIDECAR_FIELDS = ("task", "labels", "preprocess", "outputs", "training", "box_format", "box_units",
+                  "score_activation", "background", "boxes_output", "scores_output")
+
+
 def _sidecar(model: Path) -> dict:
+    """The sidecar's fields (``{}`` without one); InputError for a field of the wrong type, a warning for
+    a field export does not read (a misspelt one would otherwise be ignored without a word)."""
+    import difflib
+
     from edgekit.host.train import sidecar_path
 
     path = sidecar_path(model)
@@ -278,6 +291,11 @@ def _sidecar(model: Path) -> dict:
     labels = meta.get("labels")
     if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) and x for x in labels)):
         raise InputError(f'"labels" in {path.name} must be a list of strings, one per class, got {labels!r}')
+    for key in meta:
+        if key not in SIDECAR_FIELDS:
+            close = difflib.get_close_matches(str(key), SIDECAR_FIELDS, n=1)
+            log.warning("%s: field %r is not one export reads (ignored)%s", path.name, key,
+                        f'; did you mean "{close[0]}"?' if close else f"; it reads {', '.join(SIDECAR_FIELDS)}")
     return meta
 
 
