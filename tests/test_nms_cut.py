@@ -126,3 +126,10 @@ def test_a_per_class_cap_the_cut_cannot_keep_is_named(cli, tmp_path):
     src = _detector(tmp_path / "det", "combined", per_class=2)  # 2 per class of 20: reached on these photos
     assert_one_line_error(cli("export", src, "-o", tmp_path / "b", "--preprocess", "unit"),
                           "max_output_size_per_class")
+
+
+def test_task_classify_on_a_graph_ending_in_nms_is_refused(cli, tmp_path):
+    src = _detector(tmp_path / "det", "combined")
+    assert_one_line_error(cli("export", src, "-o", tmp_path / "b", "--preprocess", "unit", "--task", "classify"),
+                          "--task classify", "TensorFlow NMS", "--task detect")
+    assert not (tmp_path / "b").exists()

@@ -144,6 +144,9 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
     from edgekit.host import export_detection as det
 
     tf_nms = det.has_tf_nms(onnx_model)
+    if tf_nms and meta.get("task") == "classification":
+        said = "--task classify" if task is not None else f'"task": "classification" in {model.name}.edgekit.json'
+        raise UsageError(f"{said}, but this graph ends in TensorFlow NMS: it is a detector (--task detect)")
     detection = meta.get("task") == "detection" or tf_nms
     if raw.given and (tf_nms or not detection):
         raise UsageError(f"{raw.first_given} describes a detector's raw outputs (boxes, scores); "
@@ -159,7 +162,8 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
         params = det.nms_params(cut, nms)
     else:
         if nms:
-            raise UsageError("NMS options apply to detectors only (sidecar task 'detection' or a TensorFlow NMS)")
+            raise UsageError("NMS options apply to detectors only (--task detect, \"task\": \"detection\" in the "
+                             "sidecar, or a graph ending in TensorFlow NMS)")
         if len(onnx_model.graph.output) != 1:
             raise ModelError(f"{model} has {len(onnx_model.graph.output)} outputs; a classifier has one "
                              "(a detector needs --task detect, or \"task\": \"detection\" in its sidecar, "
