@@ -175,6 +175,7 @@ def test_convnext_like_blocks_export_without_transposes(convnext_like, fmt, tmp_
     assert b.manifest["parity"]["max_abs_error"] <= 1e-4
     assert ops.get("Transpose", 0) <= 1 and passes["channels_first"] == 4, (ops, passes)
     assert ops["Conv"] == 4 + 2 * 2 and ops["MatMul"] == 1, ops  # stem, down, 2 depthwise; 2 Dense a block; head
+    assert "Reshape" not in ops and passes["drop_noop_reshapes"] >= 1, (ops, passes)  # the LayerNorm means' moves
     assert passes["fold_batchnorm"] >= 6  # each Dense's bias, each LayerScale
 
 
@@ -214,3 +215,26 @@ def test_convnext_like_int8_quantizes_the_new_convs(convnext_like, tmp_path):
     x = b.preprocess.batch(frames)
     fp32, int8 = (_run(onnx.load(b.model_path(key)), x, "input") for key in ("fp32", "int8"))
     assert np.abs(int8 - fp32).max() <= 0.1 * np.ptp(fp32), (np.abs(int8 - fp32).max(), np.ptp(fp32))
+
+
+@pytest.mark.parametrize("target, kept", [([-1, 1, H, W], False), ([0, 0, H, W], False), ([-1, 1, W, H], True)])
+def test_only_a_reshape_to_its_own_shape_is_dropped(target, kept):
+    """[N, 1, H, W] reshaped to [-1, 1, H, W] or [0, 0, H, W] is itself and goes; to [-1, 1, W, H] it stays
+    (H != W), and the outputs do not change either way."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekit.graph.passes import Passes
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["r"]), helper.make_node("Relu", ["r"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, H, W])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(target, np.int64), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    passes = Passes(model).drop_noop_reshapes()
+    out = passes.model()
+    assert (op_histogram(out).get("Reshape", 0) == 1) is kept and passes.applied[-1][1] == (0 if kept else 1)
+    x = np.random.default_rng(0).normal(size=(2, 1, H, W)).astype(np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    np.testing.assert_array_equal(run(out), run(model))

@@ -2,7 +2,7 @@
 
     model = (Passes(model).strip_training().cast_double().fold_constants().channels_first().fold_batchnorm()
              .replace_unsupported(target.supported_ops)
-             .rename_io(outputs=["probs"]).set_batch("batch").cleanup().toposort().model())
+             .rename_io(outputs=["probs"]).set_batch("batch").drop_noop_reshapes().cleanup().toposort().model())
 
 Each pass returns ``self``; ``applied`` lists ``(pass, changes)`` in order for the manifest.
 """
@@ -138,6 +138,22 @@ class Passes:
                 tensor.shape = None
         return self._done("set_batch", 1)
 
+    def drop_noop_reshapes(self) -> "Passes":
+        """Bypass Reshapes whose constant target is their input's own shape (left where ``channels_first``
+        rewrote a channel-last region: a Reshape that moved a singleton channel is a no-op in NCHW)."""
+        import onnx
+
+        gs = _gs()
+        if not any(node.op == "Reshape" for node in self.graph.nodes):
+            return self._done("drop_noop_reshapes", 0)
+        dropped, progress = 0, True
+        while progress:  # shape inference stops at a Reshape it cannot see through: again after each round
+            self.graph = gs.import_onnx(onnx.shape_inference.infer_shapes(gs.export_onnx(self.graph), data_prop=True))
+            progress = sum(self._bypass(n) for n in list(self.graph.nodes) if _noop_reshape(n))
+            self.graph.cleanup(remove_unused_graph_inputs=False)
+            dropped += progress
+        return self._done("drop_noop_reshapes", dropped)
+
     def cleanup(self) -> "Passes":
         """Drop nodes and tensors that do not contribute to an output."""
         before = len(self.graph.nodes)
@@ -218,6 +234,17 @@ def _reciprocal(node) -> list:
 
 
 REPLACEMENTS = {"Reciprocal": _reciprocal}
+
+
+def _noop_reshape(node) -> bool:
+    """A Reshape to a constant shape equal to its input's (0 copies a dimension; one -1 takes what is left,
+    which is the input's own dimension when every other one is equal)."""
+    if node.op != "Reshape" or node.attrs.get("allowzero", 0) or not isinstance(node.inputs[1], _gs().Constant):
+        return False
+    target, shape = [int(v) for v in node.inputs[1].values.ravel()], node.inputs[0].shape
+    if shape is None or len(target) != len(shape) or target.count(-1) > 1:
+        return False
+    return all(t in (0, -1) or (isinstance(d, (int, np.integer)) and t == d) for t, d in zip(target, shape))
 
 
 def _inference_dropout(node) -> bool:

@@ -174,7 +174,7 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
             Passes(onnx_model).strip_training().cast_double().fold_constants().channels_first().fold_batchnorm()
             .replace_unsupported(tgt.supported_ops)
             .rename_io(inputs=[convert.INPUT_NAME], outputs=[out_name]).set_batch(batch or "batch")
-            .cleanup().toposort()
+            .drop_noop_reshapes().cleanup().toposort()
         )
         onnx_model = passes.model()
         n_out = _output_width(onnx_model)

@@ -70,7 +70,7 @@ def pre_plugin_graph(onnx_model, input_name: str, batch, supported_ops, named: b
     if boxes.ndim != 3 or boxes.shape[2] != 4 or scores.ndim != 3 or scores.shape[:2] != boxes.shape[:2]:
         raise ModelError(f"detector outputs must be boxes [B, N, 4] and scores [B, N, C]; got boxes "
                          f"{list(boxes.shape)} and scores {list(scores.shape)}")
-    passes.rename_io(inputs=[input_name], outputs=[BOXES, SCORES]).set_batch(batch or "batch").cleanup().toposort()
+    passes.rename_io(inputs=[input_name], outputs=[BOXES, SCORES]).set_batch(batch or "batch").drop_noop_reshapes().cleanup().toposort()
     for tensor, value in zip(passes.graph.outputs, (boxes, scores)):
         tensor.shape, tensor.dtype = [batch or "batch", *value.shape[1:]], np.float32
     model = passes.model()
