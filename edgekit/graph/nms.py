@@ -138,7 +138,8 @@ def cut_tf_nms(graph) -> Cut:
     before = Counter(n.op for n in graph.nodes)
     clip = _clips_to_unit(_consumers_downstream(*nms.outputs))
     cut = Cut([n.name for n in nodes], iou_threshold=_scalar(nms, 3), score_threshold=_scalar(nms, 4))
-    per_class = int(_scalar(nms, 2)) if _scalar(nms, 2) else None
+    per_class = _scalar(nms, 2)
+    per_class = int(per_class) if per_class else None
     cut.max_detections = _max_total(graph) or per_class
     if per_class and cut.max_detections and per_class < cut.max_detections:
         cut.per_class_cap = per_class  # export drops it when no class can reach it (see Cut.candidates)

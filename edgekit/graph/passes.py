@@ -4,6 +4,9 @@
              .replace_unsupported(target.supported_ops)
              .rename_io(outputs=["probs"]).set_batch("batch").drop_noop_reshapes().cleanup().toposort().model())
 
+export runs that chain as ``Passes(model).clean(target.supported_ops)`` (up to replace_unsupported) and
+``.finish(inputs, outputs, batch)`` (from rename_io on), the detection branch with its own steps between.
+
 Each pass returns ``self``; ``applied`` lists ``(pass, changes)`` in order for the manifest.
 """
 
@@ -82,18 +85,24 @@ class Passes:
         self.graph.cleanup()
         return self._done("replace_unsupported", replaced)
 
+    def clean(self, supported_ops) -> "Passes":
+        """Export's cleaning: strip_training, cast_double, fold_constants, channels_first, fold_batchnorm,
+        replace_unsupported."""
+        return (self.strip_training().cast_double().fold_constants().channels_first().fold_batchnorm()
+                .replace_unsupported(supported_ops))
+
+    def finish(self, inputs: list[str], outputs: list[str], batch: int | str) -> "Passes":
+        """Export's last steps: rename_io, set_batch, drop_noop_reshapes, cleanup, toposort."""
+        return self.rename_io(inputs, outputs).set_batch(batch).drop_noop_reshapes().cleanup().toposort()
+
     def channels_first(self) -> "Passes":
         """Rewrite channel-last regions (Keras Dense on a feature map) in NCHW: Transposes removed
         (see :mod:`edgekit.graph.layout`)."""
-        import onnx
-
         from edgekit.graph.layout import channels_first
 
-        gs = _gs()
         if not any(node.op == "Transpose" for node in self.graph.nodes):
             return self._done("channels_first", 0)
-        # the pass reads channel counts from shapes, which tf2onnx leaves out: inferred (as model() does)
-        self.graph = gs.import_onnx(onnx.shape_inference.infer_shapes(gs.export_onnx(self.graph)))
+        self._infer_shapes()  # the pass reads channel counts from shapes, which tf2onnx leaves out
         return self._done("channels_first", channels_first(self.graph))
 
     def fold_batchnorm(self) -> "Passes":
@@ -141,14 +150,11 @@ class Passes:
     def drop_noop_reshapes(self) -> "Passes":
         """Bypass Reshapes whose constant target is their input's own shape (left where ``channels_first``
         rewrote a channel-last region: a Reshape that moved a singleton channel is a no-op in NCHW)."""
-        import onnx
-
-        gs = _gs()
         if not any(node.op == "Reshape" for node in self.graph.nodes):
             return self._done("drop_noop_reshapes", 0)
         dropped, progress = 0, True
         while progress:  # shape inference stops at a Reshape it cannot see through: again after each round
-            self.graph = gs.import_onnx(onnx.shape_inference.infer_shapes(gs.export_onnx(self.graph), data_prop=True))
+            self._infer_shapes(data_prop=True)
             progress = sum(self._bypass(n) for n in list(self.graph.nodes) if _noop_reshape(n))
             self.graph.cleanup(remove_unused_graph_inputs=False)
             dropped += progress
@@ -176,6 +182,13 @@ class Passes:
         return onnx.shape_inference.infer_shapes(model)
 
     # ---- helpers -------------------------------------------------------------------------------
+    def _infer_shapes(self, data_prop: bool = False) -> None:
+        """Replace the graph with itself, every tensor's shape inferred by ONNX."""
+        import onnx
+
+        gs = _gs()
+        self.graph = gs.import_onnx(onnx.shape_inference.infer_shapes(gs.export_onnx(self.graph), data_prop=data_prop))
+
     def _bypass(self, node) -> bool:
         """Connect ``node``'s first input straight to the consumers of its first output."""
         src, dst = node.inputs[0], node.outputs[0]

@@ -170,12 +170,7 @@ def _export(model, out, *, target, batch, opset, allow_unsupported, force, toler
                              "or a TensorFlow NMS)")
         out_op = _last_op(onnx_model)
         out_name, meaning = ("probs", "probabilities") if out_op == "Softmax" else ("logits", "logits")
-        passes = (
-            Passes(onnx_model).strip_training().cast_double().fold_constants().channels_first().fold_batchnorm()
-            .replace_unsupported(tgt.supported_ops)
-            .rename_io(inputs=[convert.INPUT_NAME], outputs=[out_name]).set_batch(batch or "batch")
-            .drop_noop_reshapes().cleanup().toposort()
-        )
+        passes = Passes(onnx_model).clean(tgt.supported_ops).finish([convert.INPUT_NAME], [out_name], batch or "batch")
         onnx_model = passes.model()
         n_out = _output_width(onnx_model)
     prep, origin = _preprocess(given, source, onnx_model, height, width)

@@ -52,10 +52,7 @@ def pre_plugin_graph(onnx_model, input_name: str, batch, supported_ops, named: b
                              f"{len(graph.outputs)} and no TensorFlow NMS to cut")
         if not named:
             graph.outputs = _boxes_first(graph.outputs, output_names)
-    passes = (
-        Passes(graph).strip_training().cast_double().fold_constants().channels_first().fold_batchnorm()
-        .replace_unsupported(supported_ops)
-    )
+    passes = Passes(graph).clean(supported_ops)
     boxes, scores = _output_values(passes.graph)
     if cut is not None:
         cut.candidates(boxes.shape[1])
@@ -70,7 +67,7 @@ def pre_plugin_graph(onnx_model, input_name: str, batch, supported_ops, named: b
     if boxes.ndim != 3 or boxes.shape[2] != 4 or scores.ndim != 3 or scores.shape[:2] != boxes.shape[:2]:
         raise ModelError(f"detector outputs must be boxes [B, N, 4] and scores [B, N, C]; got boxes "
                          f"{list(boxes.shape)} and scores {list(scores.shape)}")
-    passes.rename_io(inputs=[input_name], outputs=[BOXES, SCORES]).set_batch(batch or "batch").drop_noop_reshapes().cleanup().toposort()
+    passes.finish([input_name], [BOXES, SCORES], batch or "batch")
     for tensor, value in zip(passes.graph.outputs, (boxes, scores)):
         tensor.shape, tensor.dtype = [batch or "batch", *value.shape[1:]], np.float32
     model = passes.model()
