@@ -92,18 +92,22 @@ def _draw(img, c, box, color):
         cv2.ellipse(img, (cx, cy), (w // 2 - t // 2, h // 2 - t // 2), 0, 0, 360, color, t)
 
 
+def _area(a) -> float:
+    return (a[2] - a[0]) * (a[3] - a[1])
+
+
+def _intersection(a, b) -> float:
+    return max(min(a[2], b[2]) - max(a[0], b[0]), 0) * max(min(a[3], b[3]) - max(a[1], b[1]), 0)
+
+
 def _iou(a, b) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(w, 0) * max(h, 0)
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+    inter = _intersection(a, b)
+    return inter / (_area(a) + _area(b) - inter)
 
 
 def _covered(a, b) -> float:
     """The fraction of box ``a`` that box ``b`` covers."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    return max(w, 0) * max(h, 0) / ((a[2] - a[0]) * (a[3] - a[1]))
+    return _intersection(a, b) / _area(a)
 
 
 def precision_recall(truth, dets, size, iou: float = 0.5) -> tuple[float, float, int]:
@@ -167,8 +171,8 @@ def score(bundle_path: Path, data: Path) -> dict:
     report = evaluate(bundle, x, truth, tensorrt=False, reference=((boxes, scores), 0.0))
     int8 = {res.name: res.accuracy for res in report.results if res.name != "fp32"}
     return {"map": stats[0], "map50": stats[1], "map75": stats[2], "ap_small": stats[3], "ar100": stats[8],
-            "precision": p, "recall": r, "capped": capped,
-            "precision_agnostic": p_agnostic, "recall_agnostic": r_agnostic, "images": len(x), "threshold": params.score_threshold,
+            "precision": p, "recall": r, "precision_agnostic": p_agnostic, "recall_agnostic": r_agnostic,
+            "capped": capped, "images": len(x), "threshold": params.score_threshold,
             "int8_map50": int8, "params": bundle.manifest.get("training", {})}
 
 
@@ -209,7 +213,8 @@ def main() -> None:
     ap.add_argument("--archs", default="small-v1,small", help="the first is the baseline")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--image-size", type=int, default=128)
-    ap.add_argument("--hard-image-size", type=int, default=320, help="input side for the hard set (its native width: small objects)")
+    ap.add_argument("--hard-image-size", type=int, default=320,
+                    help="input side for the hard set (its native width: small objects)")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (0: its default)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=50)
