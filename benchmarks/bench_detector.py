@@ -1,6 +1,6 @@
 """Today's detector (``--arch small-v1``) against the pyramid detector (``--arch small``), same data and epochs.
 
-    python benchmarks/bench_detector.py                          # both sets, 30 epochs, 128 px, a temp dir
+    python benchmarks/bench_detector.py                          # both sets, 30 epochs, 160 px, a temp dir
     python benchmarks/bench_detector.py --work DIR --epochs 20   # keep (and reuse) data, models and bundles
     python benchmarks/bench_detector.py --sets sample --archs small-v1,small,medium
 
@@ -135,7 +135,7 @@ def precision_recall(truth, dets, size, iou: float = 0.5) -> tuple[float, float,
     return tp / max(n_det, 1), tp / max(n_gt, 1), capped
 
 
-def build(work: Path, data: Path, arch: str, epochs: int, image_size: int, flip: bool):
+def build(work: Path, data: Path, arch: str, epochs: int, image_size: int, flip: bool, seed: int = 0):
     """Train ``arch`` on ``data`` and export + quantize it (reused when present); the bundle path and seconds."""
     from edgekit.host.export import export_bundle
     from edgekit.host.train_detect import train_detector
@@ -144,7 +144,7 @@ def build(work: Path, data: Path, arch: str, epochs: int, image_size: int, flip:
     model, bundle = work / f"{arch}.keras", work / f"{arch}.bundle"
     start = time.monotonic()
     if not model.is_file():
-        train_detector(data, model, arch=arch, image_size=image_size, epochs=epochs, seed=0, flip=flip, verbose=0)
+        train_detector(data, model, arch=arch, image_size=image_size, epochs=epochs, seed=seed, flip=flip, verbose=0)
     train_s = time.monotonic() - start
     if not (bundle / "edgekit.json").is_file():
         export_bundle(model, bundle)
@@ -212,7 +212,8 @@ def main() -> None:
     ap.add_argument("--sets", default="sample,hard")
     ap.add_argument("--archs", default="small-v1,small", help="the first is the baseline")
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (the hard set's content is fixed)")
+    ap.add_argument("--image-size", type=int, default=160, help="input side for the sample set (train's default)")
     ap.add_argument("--hard-image-size", type=int, default=320,
                     help="input side for the hard set (its native width: small objects)")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (0: its default)")
@@ -235,15 +236,15 @@ def main() -> None:
             data, size, flip = hard_set(folder / "data"), args.hard_image_size, True
         bundles, figures = {}, {}
         for arch in archs:
-            out = folder / f"{size}px-{args.epochs}ep"
+            out = folder / (f"{size}px-{args.epochs}ep" + (f"-seed{args.seed}" if args.seed else ""))
             out.mkdir(parents=True, exist_ok=True)
-            bundles[arch], train_s = build(out, data, arch, args.epochs, size, flip)
+            bundles[arch], train_s = build(out, data, arch, args.epochs, size, flip, args.seed)
             figures[arch] = score(bundles[arch], data)
             figures[arch]["train_s"] = train_s
         ms = latency(bundles, args.rounds, args.runs, args.threads)
         for arch in archs:
             rows.append((name, size, arch, figures[arch], ms[arch], ms[archs[0]]))
-    print(f"\nsame data, {args.epochs} epochs, seed 0; COCOeval on the val split; P/R after NMS at score 0.25; "
+    print(f"\nsame data, {args.epochs} epochs, seed {args.seed}; COCOeval on the val split; P/R after NMS at score 0.25; "
           f"ONNX Runtime batch-1 model latency, {args.threads or 'default'} thread(s), median of {args.rounds} rounds")
     head = (f"{'set':<7}{'px':>4} {'arch':<9}{'mAP':>6}{'AP50':>6}{'AP75':>6}{'APs':>6}{'AR100':>6}{'P@.25':>7}"
             f"{'R@.25':>7}{'agnostic P/R':>14}{'capped':>7}{'int8 AP50 drop (qdq/cpu)':>26}{'ms':>7}{'x base':>7}")

@@ -84,6 +84,32 @@ def test_batches_pad_the_truth_and_normalise_as_the_bundle_will():
     assert len(list(detection_batches(frames, boxes, classes, prep, 2, epochs=3))) == 6  # no batch spans two passes
 
 
+def test_the_last_plain_epochs_are_shuffled_but_not_augmented():
+    import dataclasses
+
+    from edgekit.host.archs import get_arch
+    from edgekit.host.augment import Augment, detection_batches
+
+    prep = dataclasses.replace(get_arch("small").preprocess(32), resize="letterbox")
+    frames = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    boxes = [np.array([[0.1 * i, 0.2, 0.1 * i + 0.5, 0.7]]) for i in range(4)]
+    classes = [np.array([i]) for i in range(4)]
+    plain = np.stack([prep.hwc(f) for f in frames])
+
+    def passes(plain_epochs):
+        return [(x.numpy(), b.numpy(), c.numpy()) for x, b, c in detection_batches(
+            frames, boxes, classes, prep, 4, Augment(zoom=(1.3, 1.5)), epochs=3, seed=0, plain_epochs=plain_epochs)]
+
+    for x, b, c in passes(0):
+        assert not any(np.allclose(row, plain[c[k, 0]], atol=1e-5) for k, row in enumerate(x))
+    *augmented, (x, b, c) = passes(1)
+    order = c[:, 0]
+    assert sorted(order) == [0, 1, 2, 3]
+    np.testing.assert_allclose(x, plain[order], atol=1e-5)  # the image and its boxes as they are
+    np.testing.assert_allclose(b[:, 0], np.stack(boxes)[order, 0], atol=1e-6)
+    assert all(not np.allclose(a[0], plain[a[2][:, 0].clip(0)], atol=1e-5) for a in augmented)
+
+
 def _tiny_case():
     """A 32x32 input, strides 8 and 16: 16 + 4 cells. One 16x16 box in the top-left quarter."""
     from edgekit.host.detector import Grid
@@ -107,13 +133,17 @@ def test_task_aligned_assignment_picks_the_best_aligned_cells_inside_the_box():
     grid, centers, gt, boxes, scores = _tiny_case()
     t_boxes, t_scores, fg = (a.numpy() for a in assign(
         tf.constant(scores), tf.constant(boxes), tf.constant(gt), tf.constant([[1]], tf.int32),
-        tf.constant(centers), LossConfig(topk=2, alpha=1.0, beta=6.0)))
+        tf.constant(centers), LossConfig(topk=2, alpha=1.0, beta=6.0, quality_power=1.0)))
     assert np.flatnonzero(fg[0]).tolist() == [0, 5]  # top-2 of the 5 candidates by score * IoU**6
     np.testing.assert_allclose(t_boxes[0, [0, 5]], gt[0, [0, 0]])
     # class target: alignment / best alignment * best IoU -> 1 at the exact box, 0.5**6 at the half box
     np.testing.assert_allclose(t_scores[0, 0], [0, 1.0], atol=1e-5)
     np.testing.assert_allclose(t_scores[0, 5], [0, 0.5**6], atol=1e-5)
     assert t_scores[0, fg[0] == 0].max() == 0
+    # quality_power lifts a partial target (0.5**6 -> 0.5**3) and leaves a perfect one at 1
+    _, lifted, _ = assign(tf.constant(scores), tf.constant(boxes), tf.constant(gt), tf.constant([[1]], tf.int32),
+                          tf.constant(centers), LossConfig(topk=2, quality_power=0.5))
+    np.testing.assert_allclose(lifted.numpy()[0, [0, 5], 1], [1.0, 0.5**3], atol=1e-5)
     # with room for all candidates, each of the 5 cells whose centre is inside the box is positive
     _, _, fg = assign(tf.constant(scores), tf.constant(boxes), tf.constant(gt), tf.constant([[1]], tf.int32),
                       tf.constant(centers), LossConfig(topk=10))
@@ -161,7 +191,7 @@ def test_losses_on_the_tiny_case_equal_the_formulas():
         total, parts = detection_loss(tf.constant(logits), tf.constant(boxes), tf.constant(gt),
                                       tf.constant([[1]], tf.int32), tf.constant(centers), cfg)
         t = np.zeros_like(scores)
-        t[0, 0, 1], t[0, 5, 1] = 1.0, 0.5**6
+        t[0, 0, 1], t[0, 5, 1] = 1.0, 0.5 ** (6 * config.quality_power)
         p = scores.astype(np.float64)
         bce = -(t * np.log(p) + (1 - t) * np.log(1 - p))
         if kind == "varifocal":
@@ -172,7 +202,7 @@ def test_losses_on_the_tiny_case_equal_the_formulas():
         norm = t.sum()
         assert float(parts["cls"]) == pytest.approx((bce * weight).sum() / norm, rel=1e-4)
         half = float(ciou(tf.constant(boxes[0, 5]), tf.constant(gt[0, 0])))
-        assert float(parts["box"]) == pytest.approx((1 - half) * 0.5**6 / norm, rel=1e-4)  # the exact box costs 0
+        assert float(parts["box"]) == pytest.approx((1 - half) * t[0, 5, 1] / norm, rel=1e-4)  # the exact box costs 0
         assert float(total) == pytest.approx(cfg.cls_weight * float(parts["cls"]) + cfg.box_weight * float(parts["box"]))
 
 

@@ -75,10 +75,10 @@ def augment_image(image, boxes, classes, config: Augment, seed):
 
 
 def detection_batches(frames: np.ndarray, boxes: list, classes: list, prep, batch_size: int,
-                      augment: Augment | None = None, epochs: int = 1, seed: int = 0):
+                      augment: Augment | None = None, epochs: int = 1, seed: int = 0, plain_epochs: int = 0):
     """A tf.data dataset of ``(inputs, gt_boxes, gt_classes)`` batches over ``epochs`` passes: ``frames``
     (uint8 BGR, letterboxed by ``prep``) normalised as ``prep`` says; with ``augment``, shuffled and
-    augmented afresh every pass (deterministic for a ``seed``)."""
+    augmented afresh every pass but the last ``plain_epochs`` (shuffled only; deterministic for a ``seed``)."""
     import tensorflow as tf
 
     gt_boxes, gt_classes = pad_truth(boxes, classes)
@@ -96,7 +96,9 @@ def detection_batches(frames: np.ndarray, boxes: list, classes: list, prep, batc
         if rgb:
             x = x[..., ::-1]
         if augment is not None:
-            x, b, c = augment_image(x, b, c, augment, tf.stack([epoch + seed, tf.cast(index, tf.int64)]))
+            seed_i = tf.stack([epoch + seed, tf.cast(index, tf.int64)])
+            x, b, c = tf.cond(epoch < epochs - plain_epochs, lambda: augment_image(x, b, c, augment, seed_i),
+                              lambda: (x, b, c))
         return x * gain + bias, b, c
 
     def one_pass(epoch):

@@ -24,6 +24,7 @@ from edgekit.nms import NmsParams
 log = logging.getLogger(__name__)
 
 RECALL_IOU = 0.5
+PLAIN_FRACTION = 6  # the last epochs // 6 train without augmentation (as Ultralytics' close_mosaic)
 
 
 def train_detector(
@@ -64,13 +65,15 @@ def train_detector(
     grid = grid_of(model)
     head = head_for(spec)
     lr = learning_rate or _default_lr(head, weights)
+    legacy = head is not None and head.legacy
+    plain_epochs = epochs // PLAIN_FRACTION if augment and not legacy else 0
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     log.info("training a %s detector on %s (%s, %d classes) for %d epochs", arch, dataset.root, dataset.format,
              n_classes, epochs)
     for line in dataset.report().splitlines():
         log.info("  %s", line)
-    if head is not None and head.legacy:
+    if legacy:
         make = _dataset_class(keras)
         fit_data = make(*splits["train"], prep, grid, n_classes, batch_size, augment, rng)
         val_data = make(*splits["val"], prep, grid, n_classes, batch_size, False, rng)
@@ -81,7 +84,7 @@ def train_detector(
         from edgekit.host.augment import Augment
 
         _fit_aligned(keras, model, splits["train"], prep, epochs, batch_size,
-                     Augment(flip=flip) if augment else None, lr, seed, verbose)
+                     Augment(flip=flip) if augment else None, lr, seed, verbose, plain_epochs=plain_epochs)
 
     frames, boxes, classes = splits["val"]
     pred_boxes, pred_scores = model.predict(np.stack([prep.hwc(f) for f in frames]), batch_size=batch_size, verbose=0)
@@ -99,7 +102,7 @@ def train_detector(
         "boxes": {split: dataset.boxes(split) for split in splits},
         "skipped": skipped,
         "epochs": epochs,
-        "augment": {"on": augment, "flip": flip and augment},
+        "augment": {"on": augment, "flip": flip and augment, "plain_epochs": plain_epochs},
         "image_size": image_size,
         "val_recall": val_recall,
         "val_precision": val_precision,
@@ -123,9 +126,11 @@ def _default_lr(head, weights: str) -> float:
     return 3e-3 if head.legacy else 6e-3
 
 
-def _fit_aligned(keras, model, train, prep, epochs, batch_size, augment, lr, seed, verbose, config=None):
-    """Train a pyramid detector: tf.data batches, task-aligned targets from the current predictions,
-    quality focal + CIoU losses, Adam with a one-epoch warm-up then cosine decay."""
+def _fit_aligned(keras, model, train, prep, epochs, batch_size, augment, lr, seed, verbose, config=None,
+                 plain_epochs=0):
+    """Train a pyramid detector: tf.data batches (the last ``plain_epochs`` unaugmented), task-aligned
+    targets from the current predictions, quality focal + CIoU losses, Adam with a one-epoch warm-up then
+    cosine decay."""
     import time
 
     import tensorflow as tf
@@ -153,7 +158,7 @@ def _fit_aligned(keras, model, train, prep, epochs, batch_size, augment, lr, see
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return tf.stack([loss, parts["cls"], parts["box"]])
 
-    data = detection_batches(frames, boxes, classes, prep, batch_size, augment, epochs, seed)
+    data = detection_batches(frames, boxes, classes, prep, batch_size, augment, epochs, seed, plain_epochs)
     totals, start = np.zeros(3), time.monotonic()
     for i, (x, gt_boxes, gt_classes) in enumerate(data):
         totals += step(x, gt_boxes, gt_classes).numpy()
