@@ -244,8 +244,9 @@ def main() -> None:
         ms = latency(bundles, args.rounds, args.runs, args.threads)
         for arch in archs:
             rows.append((name, size, arch, figures[arch], ms[arch], ms[archs[0]]))
-    print(f"\nsame data, {args.epochs} epochs, seed {args.seed}; COCOeval on the val split; P/R after NMS at score 0.25; "
-          f"ONNX Runtime batch-1 model latency, {args.threads or 'default'} thread(s), median of {args.rounds} rounds")
+    print(f"\nsame data, {args.epochs} epochs, seed {args.seed}; COCOeval on the val split; P/R after NMS at "
+          f"score 0.25; ONNX Runtime batch-1 model latency, {args.threads or 'default'} thread(s), "
+          f"median of {args.rounds} rounds")
     head = (f"{'set':<7}{'px':>4} {'arch':<9}{'mAP':>6}{'AP50':>6}{'AP75':>6}{'APs':>6}{'AR100':>6}{'P@.25':>7}"
             f"{'R@.25':>7}{'agnostic P/R':>14}{'capped':>7}{'int8 AP50 drop (qdq/cpu)':>26}{'ms':>7}{'x base':>7}")
     print(head)

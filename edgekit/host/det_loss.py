@@ -41,7 +41,7 @@ class LossConfig:
     box_weight: float = 2.5
     cls_weight: float = 1.0
     # the IoU-aware class target raised to 0.65 lifts the scores of found objects above the run threshold: with
-    # the last epochs unaugmented (train_detect.PLAIN_FRACTION), the sample set at 160 px went from mAP 71.1 and
+    # the last epochs unaugmented (train_detect.PLAIN_DIVISOR), the sample set at 160 px went from mAP 71.1 and
     # P/R 0.922/0.913 at 0.25 to 74.5 and 0.924/0.945 (seed 0; 0.5: 73.3, 0.907/0.948; bench_detector.py's set)
     quality_power: float = 0.65
 

@@ -24,7 +24,7 @@ from edgekit.nms import NmsParams
 log = logging.getLogger(__name__)
 
 RECALL_IOU = 0.5
-PLAIN_FRACTION = 6  # the last epochs // 6 train without augmentation (as Ultralytics' close_mosaic)
+PLAIN_DIVISOR = 6  # the last epochs // 6 train without augmentation (as Ultralytics' close_mosaic)
 
 
 def train_detector(
@@ -66,7 +66,7 @@ def train_detector(
     head = head_for(spec)
     lr = learning_rate or _default_lr(head, weights)
     legacy = head is not None and head.legacy
-    plain_epochs = epochs // PLAIN_FRACTION if augment and not legacy else 0
+    plain_epochs = epochs // PLAIN_DIVISOR if augment and not legacy else 0
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     log.info("training a %s detector on %s (%s, %d classes) for %d epochs", arch, dataset.root, dataset.format,
